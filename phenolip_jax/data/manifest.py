@@ -1,0 +1,124 @@
+"""Manifest readers/writers: PhenoKG JSONL and PhenoBench's testdata.csv."""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+import re
+from typing import Iterable
+
+from phenolip_jax.data.records import BadRecordError, Record, ValidationReport
+
+_HPO_RE = re.compile(r"HP[:_]\s*(\d{7})", re.IGNORECASE)
+
+
+def parse_hpo_matches(text) -> tuple[str, ...]:
+    """HPO ids from a PhenoBench `full_matches` cell, normalised to 'HP:NNNNNNN', order kept, no repeats.
+
+    Accepts, in this order: a JSON or Python-literal list (of ids, or of dicts/tuples holding ids),
+    ids separated by ';' ',' or '|', and otherwise any 'HP:NNNNNNN' / 'HP_NNNNNNN' tokens found in
+    free text. Empty / NaN cells give ().
+    """
+    if text is None:
+        return ()
+    if isinstance(text, (list, tuple)):
+        return _unique(i for item in text for i in parse_hpo_matches(item))
+    if isinstance(text, dict):
+        return _unique(i for v in text.values() for i in parse_hpo_matches(v))
+    s = str(text).strip()
+    if not s or s.lower() in ("nan", "none", "[]"):
+        return ()
+    if s[0] in "[({":
+        for loads in (json.loads, ast.literal_eval):
+            try:
+                return parse_hpo_matches(loads(s))
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+    # Ids separated by ';' ',' '|' or spaces, or embedded in free text ("HP:0001250 (Seizure)"):
+    # the token regex finds them in all these layouts and never invents one.
+    return _unique(f"HP:{m}" for m in _HPO_RE.findall(s))
+
+
+def _unique(ids: Iterable[str]) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for i in ids:
+        out.setdefault(i, None)
+    return tuple(out)
+
+
+def _malformed(report: ValidationReport | None, strict: bool, where: str, detail: str) -> None:
+    if strict:
+        raise BadRecordError(where, "malformed_line", detail)
+    if report is not None:
+        report.total += 1
+        report.add("malformed_line", where, detail)
+
+
+def read_jsonl(path: str | os.PathLike, *, strict: bool = False,
+               report: ValidationReport | None = None) -> list[Record]:
+    """Records from a JSONL manifest: one object per line with image, caption, hpo_ids, split, source.
+
+    Blank lines are skipped; a line that is not a JSON object or lacks `image`/`caption` is a
+    'malformed_line' (counted in `report`, or raised under strict).
+    """
+    path = os.fspath(path)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+                hpo = obj.get("hpo_ids") or ()
+                out.append(Record(
+                    image=str(obj["image"]), caption=str(obj.get("caption") or ""),
+                    hpo_ids=parse_hpo_matches(hpo) if isinstance(hpo, str) else tuple(map(str, hpo)),
+                    split=str(obj.get("split") or "train"), source=str(obj.get("source") or ""),
+                    image_id=str(obj.get("image_id") or ""), origin=path, line=lineno))
+            except (ValueError, KeyError, TypeError) as e:
+                _malformed(report, strict, where, f"{type(e).__name__}: {e}")
+    return out
+
+
+def read_phenobench_csv(path: str | os.PathLike, *, split: str = "test", source: str = "phenobench",
+                        strict: bool = False, report: ValidationReport | None = None) -> list[Record]:
+    """Records from PhenoBench's testdata.csv (columns image_path, caption, full_matches)."""
+    path = os.fspath(path)
+    out = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"image_path", "caption", "full_matches"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}; have {reader.fieldnames}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row.get("image_path"):
+                _malformed(report, strict, where, "empty image_path")
+                continue
+            out.append(Record(
+                image=row["image_path"].strip(), caption=row.get("caption") or "",
+                hpo_ids=parse_hpo_matches(row.get("full_matches")), split=split, source=source,
+                origin=path, line=reader.line_num))
+    return out
+
+
+def read_manifest(path: str | os.PathLike, **kwargs) -> list[Record]:
+    """Dispatch on the extension: .csv -> PhenoBench layout, anything else -> JSONL."""
+    if os.fspath(path).lower().endswith(".csv"):
+        return read_phenobench_csv(path, **kwargs)
+    return read_jsonl(path, **kwargs)
+
+
+def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
+    """Write records in the JSONL manifest format (image paths as stored in the records)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            obj = {"image": r.image, "caption": r.caption, "hpo_ids": list(r.hpo_ids),
+                   "split": r.split, "source": r.source}
+            if r.image_id != r.image:
+                obj["image_id"] = r.image_id
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")

@@ -1,0 +1,171 @@
+"""Packed form for scale: sharded ArrayRecord files of (JSON metadata, encoded image bytes).
+
+    python -m phenolip_jax.data.packing --manifest=data/manifest.jsonl --image_root=data \
+        --output=packed/ --num_shards=8 [--tokenizer=DIR --max_len=256] [--strict] [--max_side=512]
+
+Writes, per split, `{split}-{i:05d}-of-{N:05d}.array_record` (contiguous chunks of the validated
+manifest, in manifest order) and `packing.json` (format version, per-split counts and shard names,
+the validation report). One entry = uint32 little-endian length of the metadata JSON, the JSON
+(caption, hpo_ids, image_id, caption_id, image_key, split, source, origin, line), the image bytes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import sys
+import time
+from typing import Any, Sequence
+
+import grain
+from PIL import Image
+
+from phenolip_jax.data.records import Record, ValidationReport, assign_ids, resolve_image_path
+
+FORMAT_VERSION = 1
+_LEN = struct.Struct("<I")
+
+
+def encode_entry(meta: dict[str, Any], image_bytes: bytes) -> bytes:
+    """One ArrayRecord entry: length-prefixed JSON metadata followed by the encoded image."""
+    blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    return _LEN.pack(len(blob)) + blob + image_bytes
+
+
+def decode_entry(entry: bytes) -> tuple[dict[str, Any], bytes]:
+    """Inverse of encode_entry."""
+    (n,) = _LEN.unpack_from(entry)
+    return json.loads(entry[4:4 + n].decode("utf-8")), entry[4 + n:]
+
+
+def shrink_image(data: bytes, max_side: int) -> bytes:
+    """Re-encode only images whose longer side exceeds max_side (bicubic; JPEG stays JPEG, else PNG)."""
+    img = Image.open(io.BytesIO(data))
+    if max_side <= 0 or max(img.size) <= max_side:
+        return data
+    fmt = "JPEG" if img.format == "JPEG" else "PNG"
+    s = max_side / max(img.size)
+    img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.BICUBIC)
+    out = io.BytesIO()
+    img.save(out, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def _progress(done: int, total: int, start: float, every: int) -> None:
+    if done == total or done % every == 0:
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        print(f"\rpacked {done}/{total} records ({rate:.0f}/s)", end="\n" if done == total else "",
+              file=sys.stderr, flush=True)
+
+
+def pack_records(records: Sequence[Record], image_root, output: str | os.PathLike, num_shards: int,
+                 *, max_side: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Write validated records as ArrayRecord shards per split; returns the per-split summary."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    output = os.fspath(output)
+    os.makedirs(output, exist_ok=True)
+    splits: dict[str, list[Record]] = {}
+    for r in records:
+        splits.setdefault(r.split, []).append(r)
+    summary, done, start = {}, 0, time.perf_counter()
+    every = max(1, len(records) // 100)
+    for split, recs in sorted(splits.items()):
+        image_ids, caption_ids, _, _ = assign_ids(recs)
+        n_shards = max(1, min(num_shards, len(recs)))
+        names = [f"{split}-{i:05d}-of-{n_shards:05d}.array_record" for i in range(n_shards)]
+        bounds = [len(recs) * i // n_shards for i in range(n_shards + 1)]
+        for s, name in enumerate(names):
+            # group_size:1 makes every entry its own chunk: cheap random access for grain.
+            writer = ArrayRecordWriter(os.path.join(output, name), "group_size:1")
+            for j in range(bounds[s], bounds[s + 1]):
+                r = recs[j]
+                with open(resolve_image_path(r.image, image_root), "rb") as f:
+                    data = shrink_image(f.read(), max_side)
+                meta = {"caption": r.caption, "hpo_ids": list(r.hpo_ids), "image_id": image_ids[j],
+                        "caption_id": caption_ids[j], "image_key": r.image_id, "split": r.split,
+                        "source": r.source, "origin": r.origin, "line": r.line}
+                writer.write(encode_entry(meta, data))
+                done += 1
+                if progress:
+                    _progress(done, len(records), start, every)
+            writer.close()
+        summary[split] = {"num_examples": len(recs), "shards": names}
+    return summary
+
+
+def shard_paths(directory: str | os.PathLike, split: str) -> list[str]:
+    """The split's shard files listed in `packing.json`, in order."""
+    with open(os.path.join(directory, "packing.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    if split not in info["splits"]:
+        raise KeyError(f"split {split!r} not packed in {directory}; have {sorted(info['splits'])}")
+    return [os.path.join(os.fspath(directory), n) for n in info["splits"][split]["shards"]]
+
+
+class PackedSource(grain.sources.RandomAccessDataSource):
+    """Random access over packed shards, yielding pipeline examples (image = encoded bytes)."""
+
+    def __init__(self, directory: str | os.PathLike, split: str):
+        self.paths = shard_paths(directory, split)
+        self._source = grain.sources.ArrayRecordDataSource(self.paths)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        meta, data = decode_entry(self._source[index])
+        return {"image": data, "caption": meta["caption"], "hpo_ids": tuple(meta["hpo_ids"]),
+                "image_id": meta["image_id"], "caption_id": meta["caption_id"]}
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: read, validate, pack, write packing.json, print the report."""
+    from absl import flags
+
+    from phenolip_jax.data.manifest import read_manifest
+    from phenolip_jax.data.records import validate_records
+    from phenolip_jax.ontology import load_ontology
+
+    del argv
+    f = flags.FLAGS
+    image_root = f.image_root or os.path.dirname(os.path.abspath(f.manifest))
+    report = ValidationReport()
+    records = read_manifest(f.manifest, strict=f.strict, report=report)
+    tokenizer = None
+    if f.tokenizer:
+        from phenolip_jax.data.tokenize import load_tokenizer
+
+        tokenizer = load_tokenizer(f.tokenizer)
+    kept, report = validate_records(records, load_ontology(), image_root, tokenizer, f.max_len,
+                                    f.strict, max_hpo=f.max_hpo, report=report)
+    print(report, file=sys.stderr)
+    summary = pack_records(kept, image_root, f.output, f.num_shards, max_side=f.max_side)
+    info = {"format_version": FORMAT_VERSION, "manifest": os.path.abspath(f.manifest),
+            "splits": summary, "validation": report.as_dict()}
+    with open(os.path.join(f.output, "packing.json"), "w", encoding="utf-8") as fh:
+        json.dump(info, fh, indent=1)
+    print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {f.output}",
+          file=sys.stderr)
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("manifest", None, "JSONL manifest or PhenoBench testdata.csv", required=True)
+    flags.DEFINE_string("image_root", None, "folder image paths are relative to (default: manifest's)")
+    flags.DEFINE_string("output", None, "output folder", required=True)
+    flags.DEFINE_integer("num_shards", 1, "ArrayRecord shards per split")
+    flags.DEFINE_string("tokenizer", None, "tokenizer dir, to count captions longer than max_len")
+    flags.DEFINE_integer("max_len", 256, "caption context length (with --tokenizer)")
+    flags.DEFINE_integer("max_hpo", None, "HPO ids kept per record (default: all)")
+    flags.DEFINE_integer("max_side", 0, "downscale images whose longer side exceeds this (0 = keep bytes)")
+    flags.DEFINE_bool("strict", False, "raise on the first bad record instead of skipping it")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,251 @@
+"""Grain input pipelines: records -> shuffled, process-sharded, augmented, tokenised numpy batches.
+
+Elements flowing between stages are "examples": dicts with `image` (encoded bytes or uint8
+[H,W,3]), `caption` (str), `hpo_ids` (current HPO ids), `image_id` / `caption_id` (int). Any
+random-access source yielding examples can feed the pipeline: `RecordSource` (manifest records),
+`packing.PackedSource` (ArrayRecord shards), `tfds_builder.ExampleSource` (a tfds data_source).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from phenolip_jax.data import images
+from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
+from phenolip_jax.data.tokenize import Tokenize
+
+# Every field the pipelines read, with its default. A config may set any subset; unknown keys fail.
+DATA_DEFAULTS: dict[str, Any] = dict(
+    image_size=224,  # square side of the model input, pixels
+    mean=images.CLIP_MEAN,  # per-channel normalisation mean (of x/255)
+    std=images.CLIP_STD,  # per-channel normalisation std
+    crop_scale=(0.9, 1.0),  # RandomResizedCrop area fraction range (train only)
+    hflip=False,  # random horizontal flip (train only); off: laterality matters in medical images
+    max_len=256,  # caption context length L in tokens (longer captions are truncated)
+    max_hpo=8,  # M: HPO ids per record, -1 padded
+    max_ancestors=32,  # A: ancestors-or-self per HPO id, -1 padded
+    max_hops=3,  # ancestors farther than this many is-a hops are left out of hpo_anc
+    max_organs=23,  # O: organ systems per record (HPO has 23, so nothing is cut by default)
+    per_host_batch_size=32,  # B: examples per host per step
+    workers=0,  # grain worker processes (0 = decode in the main process)
+    prefetch=2,  # batches buffered per worker (workers > 0) / per read thread (workers = 0)
+    read_threads=2,  # threads decoding in-process when workers = 0
+    shuffle_seed=None,  # global shuffle seed; None = the `seed` argument
+)
+
+
+def resolve_config(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """DATA_DEFAULTS overridden by cfg (dict or ConfigDict); rejects unknown keys and bad values."""
+    given = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    unknown = set(given) - set(DATA_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown data config fields {sorted(unknown)}; known: {sorted(DATA_DEFAULTS)}")
+    out = {**DATA_DEFAULTS, **given}
+    for key in ("image_size", "max_len", "max_hpo", "max_ancestors", "max_organs", "per_host_batch_size"):
+        if int(out[key]) <= 0:
+            raise ValueError(f"data config {key} must be positive, got {out[key]}")
+    lo, hi = out["crop_scale"]
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {out['crop_scale']}")
+    if len(out["mean"]) != 3 or len(out["std"]) != 3 or min(out["std"]) <= 0:
+        raise ValueError("mean and std need 3 entries, std positive")
+    return out
+
+
+class RecordSource(grain.sources.RandomAccessDataSource):
+    """Random access over validated records: reads the image file's bytes on demand."""
+
+    def __init__(self, records: Sequence[Record], image_root: str | os.PathLike | None):
+        self.records = list(records)
+        self.image_root = None if image_root is None else os.fspath(image_root)
+        self.image_ids, self.caption_ids, self.image_keys, self.captions = assign_ids(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        with open(resolve_image_path(rec.image, self.image_root), "rb") as f:
+            data = f.read()
+        return {"image": data, "caption": rec.caption, "hpo_ids": rec.hpo_ids,
+                "image_id": self.image_ids[index], "caption_id": self.caption_ids[index]}
+
+
+class HpoEncoder:
+    """HPO ids -> fixed-width index arrays, from per-term tables precomputed once (cheap to pickle)."""
+
+    def __init__(self, ontology, max_hpo: int, max_ancestors: int, max_hops: int, max_organs: int):
+        from phenolip_jax.ontology import ancestor_table, organ_table
+
+        all_terms = np.arange(len(ontology.ids), dtype=np.int32)
+        self.anc, self.hops = ancestor_table(ontology, all_terms, max_hops, width=max_ancestors)
+        self.organ = organ_table(ontology, all_terms)
+        # Validated records hold current ids; alt ids are accepted too so an unvalidated source
+        # with old annotations still works. Anything else fails loudly below.
+        self.lookup = {h: i for i, h in enumerate(ontology.ids)}
+        self.lookup.update(getattr(ontology, "aliases", {}))
+        self.max_hpo, self.max_organs = max_hpo, max_organs
+
+    def __call__(self, hpo_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """`hpo` [M], `hpo_anc` [M,A], `hpo_hops` [M,A], `organs` [O]; -1 padded int32."""
+        try:
+            idx = np.array([self.lookup[h] for h in list(hpo_ids)[: self.max_hpo]], np.int32)
+        except KeyError as e:
+            raise KeyError(f"HPO id {e} not in the ontology; run validate_records first") from None
+        m, a = self.max_hpo, self.anc.shape[1]
+        hpo = np.full(m, -1, np.int32)
+        anc = np.full((m, a), -1, np.int32)
+        hops = np.full((m, a), -1, np.int32)
+        hpo[: len(idx)], anc[: len(idx)], hops[: len(idx)] = idx, self.anc[idx], self.hops[idx]
+        organ_ids = np.unique(self.organ[idx]) if len(idx) else np.zeros(0, np.int32)
+        organ_ids = organ_ids[organ_ids >= 0][: self.max_organs]
+        organs = np.full(self.max_organs, -1, np.int32)
+        organs[: len(organ_ids)] = organ_ids
+        return {"hpo": hpo, "hpo_anc": anc, "hpo_hops": hops, "organs": organs}
+
+
+def _decode(image: Any) -> np.ndarray:
+    if isinstance(image, np.ndarray):  # tfds data sources hand over decoded arrays
+        if image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.uint8:
+            return image
+        return images.to_rgb(Image.fromarray(np.squeeze(image)))[0]
+    return images.decode_rgb(bytes(image))[0]
+
+
+@dataclasses.dataclass
+class TrainImage(grain.transforms.RandomMap):
+    """Decode, random resized crop (+ optional flip), normalise; randomness from grain's per-index rng."""
+
+    size: int
+    scale: tuple[float, float]
+    hflip: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        view = images.train_view(_decode(element["image"]), self.size, rng, self.scale, self.hflip)
+        return {**element, "image": images.normalize(view, self.mean, self.std)}
+
+
+@dataclasses.dataclass
+class EvalImage(grain.transforms.Map):
+    """Decode, resize shorter side + centre crop, normalise."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def map(self, element: dict[str, Any]) -> dict[str, Any]:
+        view = images.eval_view(_decode(element["image"]), self.size)
+        return {**element, "image": images.normalize(view, self.mean, self.std)}
+
+
+class EncodeHpo(grain.transforms.Map):
+    """Replaces `hpo_ids` by the HpoEncoder arrays; makes ids int32 scalars."""
+
+    def __init__(self, encoder: HpoEncoder):
+        self.encoder = encoder
+
+    def map(self, element: dict[str, Any]) -> dict[str, Any]:
+        element = dict(element)
+        element.update(self.encoder(element.pop("hpo_ids")))
+        element["image_id"] = np.int32(element["image_id"])
+        element["caption_id"] = np.int32(element["caption_id"])
+        return element
+
+
+class PaddedExample(grain.transforms.Map):
+    """Index -> example; indices past the end give example 0 marked invalid (eval padding)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def map(self, i: int) -> dict[str, Any]:
+        valid = i < len(self.source)
+        ex = dict(self.source[i if valid else 0])
+        ex["valid"] = np.bool_(valid)
+        if not valid:
+            ex["image_id"] = ex["caption_id"] = -1
+        return ex
+
+
+def as_source(records, image_root=None):
+    """A list of Records becomes a RecordSource; anything else must already yield examples."""
+    if isinstance(records, (list, tuple)) and (not records or isinstance(records[0], Record)):
+        return RecordSource(records, image_root)
+    return records
+
+
+def _process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    return (jax.process_index() if process_index is None else process_index,
+            jax.process_count() if process_count is None else process_count)
+
+
+def _to_iter(ds: grain.MapDataset, cfg: dict[str, Any]) -> grain.IterDataset:
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, cfg["read_threads"]),
+                                              prefetch_buffer_size=max(1, cfg["prefetch"])))
+    if cfg["workers"] > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=cfg["workers"], per_worker_buffer_size=max(1, cfg["prefetch"])))
+    return it
+
+
+def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, image_root=None,
+                       process_index: int | None = None, process_count: int | None = None,
+                       num_epochs: int | None = None) -> grain.IterDataset:
+    """Infinite (or num_epochs) per-host train batches; see `make_train_iterator`."""
+    cfg = resolve_config(cfg_data)
+    pi, pc = _process_shard(process_index, process_count)
+    shuffle_seed = seed if cfg["shuffle_seed"] is None else cfg["shuffle_seed"]
+    ds = grain.MapDataset.source(as_source(records, image_root))
+    # Global shuffle, reshuffled every epoch (the shuffle seed advances per epoch inside repeat),
+    # then every process takes its strided slice, so processes never see the same example.
+    ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)[pi::pc]
+    ds = ds.random_map(TrainImage(cfg["image_size"], tuple(cfg["crop_scale"]), bool(cfg["hflip"]),
+                                  tuple(cfg["mean"]), tuple(cfg["std"])), seed=seed + 1)
+    ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
+    ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
+                                     cfg["max_hops"], cfg["max_organs"])))
+    ds = ds.batch(cfg["per_host_batch_size"], drop_remainder=True)
+    return _to_iter(ds, cfg)
+
+
+def make_train_iterator(cfg_data, records, tokenizer, ontology, seed: int, **kwargs):
+    """A checkpointable iterator of per-host train batches (`get_state()` / `set_state()`).
+
+    Batch keys: image f32 [B,H,W,3], input_ids / attention_mask i32 [B,L], hpo i32 [B,M],
+    hpo_anc / hpo_hops i32 [B,M,A], organs i32 [B,O], image_id / caption_id i32 [B].
+    `records`: validated Records (read with `image_root`) or a random-access source of examples.
+    """
+    return iter(make_train_dataset(cfg_data, records, tokenizer, ontology, seed, **kwargs))
+
+
+def make_eval_batches(cfg_data, records, tokenizer, ontology, *, image_root=None,
+                      process_index: int | None = None, process_count: int | None = None
+                      ) -> grain.IterDataset:
+    """Deterministic per-host eval batches in source order, every example exactly once.
+
+    No shuffle, no drop: the example count is padded up to a multiple of
+    process_count * per_host_batch_size, so every host yields the same number of full batches;
+    padding rows repeat example 0 with `valid` False and image_id = caption_id = -1.
+    """
+    cfg = resolve_config(cfg_data)
+    pi, pc = _process_shard(process_index, process_count)
+    source = as_source(records, image_root)
+    n, b = len(source), cfg["per_host_batch_size"]
+    if n == 0:
+        raise ValueError("make_eval_batches: no examples")
+    total = -(-n // (pc * b)) * pc * b
+
+    ds = grain.MapDataset.range(total)[pi::pc].map(PaddedExample(source))
+    ds = ds.map(EvalImage(cfg["image_size"], tuple(cfg["mean"]), tuple(cfg["std"])))
+    ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
+    ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
+                                     cfg["max_hops"], cfg["max_organs"])))
+    return _to_iter(ds.batch(b, drop_remainder=False), cfg)

@@ -1,0 +1,177 @@
+"""Stage-1 text source: per-term text views from the ontology, held-out synonyms, and N-terms x K-views batches.
+
+Views of one term (KAD / KEP style): its name, each synonym, its definition, and relation views. For an
+is-a edge child -> parent, the text "{child name} [SEP] is a" is a view of the parent (kind
+'relation_child': made from a child) and "is a [SEP] {parent name}" is a view of the child (kind
+'relation_parent': made from a parent). The name is always a term's first view. Nothing here tokenises.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Mapping, Sequence
+
+import grain
+import numpy as np
+
+from phenolip_jax.ontology import Ontology, load_ontology
+
+VIEW_KINDS = ("name", "synonym", "definition", "relation_child", "relation_parent")
+DEFAULT_ROOT = "HP:0000118"  # Phenotypic abnormality
+
+View = tuple[str, str]  # (text, kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class TermViews:
+    """Training views per term index (name first) and the held-out (synonym text, term index) pairs."""
+
+    views: Mapping[int, tuple[View, ...]]
+    held_out: tuple[tuple[str, int], ...]
+    root: str
+    sep: str
+
+    @property
+    def terms(self) -> np.ndarray:
+        """The term indices that have views (the root and its descendants), sorted, int32."""
+        return np.array(sorted(self.views), dtype=np.int32)
+
+
+def _unique_synonyms(onto: Ontology, i: int) -> list[str]:
+    # Exact synonyms first, then the others (related, broad, narrow); a synonym equal, ignoring case, to the
+    # name or to an earlier synonym is dropped: HPO has ~1,000 such case-only variants, which would be
+    # duplicate views and could never be held out (the copy would stay in training).
+    seen = {onto.names[i].casefold()}
+    out = []
+    for s in (*onto.exact_synonyms[i], *onto.other_synonyms[i]):
+        if s and s.casefold() not in seen:
+            seen.add(s.casefold())
+            out.append(s)
+    return out
+
+
+def _all_views(onto: Ontology, pool: np.ndarray, sep: str) -> dict[int, list[View]]:
+    in_pool = set(int(i) for i in pool)
+    views: dict[int, list[View]] = {}
+    for i in in_pool:
+        views[i] = [(onto.names[i], "name")] + [(s, "synonym") for s in _unique_synonyms(onto, i)]
+        if onto.definitions[i]:
+            views[i].append((onto.definitions[i], "definition"))
+    for i in sorted(in_pool):
+        for p in (int(p) for p in onto.parents(i)):
+            if p in in_pool:  # edges leaving the root's subtree (root -> HP:0000001) carry no view
+                views[p].append((f"{onto.names[i]} {sep} is a", "relation_child"))
+                views[i].append((f"is a {sep} {onto.names[p]}", "relation_parent"))
+    return views
+
+
+def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_ROOT, sep: str = "[SEP]",
+                     holdout_fraction: float = 0.1, seed: int = 0) -> TermViews:
+    """Text views for every term under `root`, with one synonym held out for ~holdout_fraction of the terms.
+
+    Candidates for holding out are the terms with >= 1 synonym of any scope (exact or other). Terms are
+    visited in a seeded order until round(holdout_fraction * candidates) are held out; a term's held-out
+    synonym is drawn among those whose text, ignoring case, occurs in no other view of any term (a term
+    without such a synonym is skipped), so that no held-out text is ever seen in training.
+    """
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    if ontology is None:
+        ontology = load_ontology()
+    pool = ontology.subtree(root)
+    views = _all_views(ontology, pool, sep)
+    counts = collections.Counter(text.casefold() for vs in views.values() for text, _ in vs)
+    candidates = [i for i in sorted(views) if any(kind == "synonym" for _, kind in views[i])]
+    target = int(round(holdout_fraction * len(candidates)))
+    rng = np.random.default_rng([seed, 0x5EED])
+    held_out: list[tuple[str, int]] = []
+    for pos in rng.permutation(len(candidates)):
+        if len(held_out) >= target:
+            break
+        term = candidates[pos]
+        unique = [k for k, (text, kind) in enumerate(views[term]) if kind == "synonym" and counts[text.casefold()] == 1]
+        if unique:
+            k = unique[int(rng.integers(len(unique)))]
+            held_out.append((views[term].pop(k)[0], term))
+    return TermViews(views={i: tuple(v) for i, v in views.items()}, held_out=tuple(held_out), root=root, sep=sep)
+
+
+def sample_views(term_views: Sequence[View], views_per_term: int, rng: np.random.Generator) -> list[str]:
+    """K texts for one term: its name, then K-1 other views drawn without replacement.
+
+    Only a term with fewer than K views repeats texts: after all its views, the rest are drawn with
+    replacement from all of them (name included).
+    """
+    if views_per_term < 1:
+        raise ValueError(f"views_per_term must be >= 1, got {views_per_term}")
+    name, others = term_views[0][0], [text for text, _ in term_views[1:]]
+    need = views_per_term - 1
+    if len(others) >= need:
+        picked = [others[j] for j in rng.choice(len(others), size=need, replace=False)]
+    else:
+        everything = [name] + others
+        picked = others + [everything[j] for j in rng.integers(len(everything), size=need - len(others))]
+    return [name] + picked
+
+
+def sample_term_batch(views: TermViews | Mapping[int, Sequence[View]], term_pool: Sequence[int] | np.ndarray,
+                      rng: np.random.Generator, num_terms: int, views_per_term: int) -> tuple[list[str], np.ndarray]:
+    """N distinct terms from term_pool, K views each: (texts [N*K], term_idx int32 [N*K]), term-major."""
+    table = views.views if isinstance(views, TermViews) else views
+    pool = np.asarray(term_pool, dtype=np.int32)
+    if num_terms > len(pool):
+        raise ValueError(f"num_terms={num_terms} exceeds the {len(pool)} terms in the pool")
+    terms = pool[rng.choice(len(pool), size=num_terms, replace=False)]
+    texts = [text for t in terms for text in sample_views(table[int(t)], views_per_term, rng)]
+    return texts, np.repeat(terms, views_per_term).astype(np.int32)
+
+
+class Stage1TermSource:
+    """Grain random-access source over a term pool: index -> term index (an int)."""
+
+    def __init__(self, term_pool: Sequence[int] | np.ndarray):
+        self._terms = np.asarray(term_pool, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self._terms)
+
+    def __getitem__(self, index: int) -> int:
+        return int(self._terms[index])
+
+    def __repr__(self) -> str:
+        return f"Stage1TermSource({len(self)} terms)"
+
+
+class SampleTermViews(grain.transforms.RandomMap):
+    """Grain transform: term index -> {'texts': str [K], 'term_idx': int32 [K]} with the name first."""
+
+    def __init__(self, views: TermViews | Mapping[int, Sequence[View]], views_per_term: int):
+        self._views = views.views if isinstance(views, TermViews) else views
+        self._k = views_per_term
+
+    def random_map(self, element: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        texts = sample_views(self._views[int(element)], self._k, rng)
+        return {"texts": np.asarray(texts, dtype=np.str_), "term_idx": np.full(self._k, element, np.int32)}
+
+
+def stage1_dataset(views: TermViews, *, num_terms: int, views_per_term: int, seed: int,
+                   term_pool: Sequence[int] | np.ndarray | None = None) -> grain.MapDataset:
+    """Endless grain MapDataset of stage-1 batches: {'texts': str [N, K], 'term_idx': int32 [N, K]}.
+
+    Shuffle -> sample views -> batch -> repeat: each batch lies inside one epoch, so its N terms are
+    distinct; every epoch reshuffles the terms and redraws the views (grain seeds both by epoch). Iterators
+    from `.to_iter_dataset()` checkpoint like any grain iterator.
+    """
+    pool = views.terms if term_pool is None else np.asarray(term_pool, dtype=np.int32)
+    if num_terms > len(pool):
+        raise ValueError(f"num_terms={num_terms} exceeds the {len(pool)} terms in the pool")
+    return (grain.MapDataset.source(Stage1TermSource(pool))
+            .shuffle(seed=seed)
+            .random_map(SampleTermViews(views, views_per_term), seed=seed)
+            .batch(num_terms, drop_remainder=True)
+            .repeat())
+
+
+def flatten_term_batch(batch: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """A stage1_dataset batch as (texts [N*K], term_idx int32 [N*K]), the layout of sample_term_batch."""
+    return [str(t) for t in np.asarray(batch["texts"]).reshape(-1)], np.asarray(batch["term_idx"], np.int32).reshape(-1)

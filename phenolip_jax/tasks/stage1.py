@@ -1,0 +1,138 @@
+"""Stage 1: train the phenotype knowledge encoder on HPO text; evaluate held-out synonym retrieval.
+
+Writes to the workdir: metrics.jsonl, tb/, checkpoints/, eval.json ({"before": .., "after": ..}),
+phenotype_table.npz (ids, unit vectors, names) and stage1_config.json (to rebuild the encoder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from phenolip_jax import config_lib
+from phenolip_jax.data import text_views as tv
+from phenolip_jax.data.tokenize import tokenize_captions
+from phenolip_jax.evaluate.concept_retrieval import concept_retrieval_metrics
+from phenolip_jax.inference import text_encoder
+from phenolip_jax.ontology import ancestor_table, organ_table
+from phenolip_jax.tasks import common
+from phenolip_jax.train import loop, objectives
+
+
+class Stage1Features(grain.transforms.Map):
+    """N x K text views -> tokenised rows with the terms' ancestor and organ-system tables."""
+
+    def __init__(self, tokenizer: Any, max_len: int, anc: np.ndarray, hops: np.ndarray, organs: np.ndarray):
+        self.tokenizer, self.max_len = tokenizer, max_len
+        self.anc, self.hops, self.organs = anc, hops, organs
+
+    def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts, terms = tv.flatten_term_batch(batch)
+        ids, mask = tokenize_captions(self.tokenizer, texts, self.max_len)
+        return dict(input_ids=ids, attention_mask=mask, hpo=terms[:, None], hpo_anc=self.anc[terms][:, None],
+                    hpo_hops=self.hops[terms][:, None], organs=self.organs[terms])
+
+
+def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
+    """Checkpointable grain iterator of N terms x K tokenised views (this process's share of terms)."""
+    every = np.arange(len(onto))
+    anc, hops = ancestor_table(onto, every, cfg.loss.hierarchy.max_hops, width=cfg.data.max_ancestors)
+    organs = organ_table(onto, every, width=cfg.data.max_organs)
+    terms = cfg.data.terms_per_batch // jax.process_count()
+    pool = views.terms[jax.process_index()::jax.process_count()]
+    ds = tv.stage1_dataset(views, num_terms=terms, views_per_term=cfg.data.views_per_term, seed=cfg.seed,
+                           term_pool=pool)
+    ds = ds.map(Stage1Features(tokenizer, cfg.data.max_len, anc, hops, organs)).to_iter_dataset()
+    if cfg.data.workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.workers))
+    return iter(ds)
+
+
+def _evaluate(encode, onto, candidates: np.ndarray, heldout: Any, cfg: Any) -> dict[str, float]:
+    texts, gold_terms = heldout
+    if cfg.eval.max_queries:
+        texts, gold_terms = texts[: cfg.eval.max_queries], gold_terms[: cfg.eval.max_queries]
+    pos = {int(t): i for i, t in enumerate(candidates)}
+    gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
+    cand_emb = encode([onto.names[i] for i in candidates])
+    query_emb = encode(list(texts))
+
+    def related(top1: np.ndarray, g: np.ndarray) -> np.ndarray:
+        hit = top1 == g
+        for n, (a, b) in enumerate(zip(candidates[top1], candidates[g])):
+            if not hit[n]:
+                hit[n] = b in onto.parents(int(a)) or a in onto.parents(int(b))
+        return hit
+
+    return concept_retrieval_metrics(query_emb, cand_emb, gold, ks=tuple(cfg.eval.ks), top1_related=related)
+
+
+def save_encoder(path: str, text_params: Any) -> None:
+    """Writes the trained TextTower params as an orbax checkpoint (the stage-2 teacher)."""
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.abspath(path), {"text": text_params}, force=True)
+    ckptr.wait_until_finished()
+
+
+def load_encoder(workdir: str) -> tuple[Any, dict, dict]:
+    """(TextTower, params, stage1_config.json) of a finished stage-1 workdir."""
+    import orbax.checkpoint as ocp
+
+    from phenolip_jax.models import two_tower
+
+    meta_path = os.path.join(workdir, "stage1_config.json")
+    enc_path = os.path.join(workdir, "encoder")
+    if not (os.path.exists(meta_path) and os.path.exists(enc_path)):
+        raise FileNotFoundError(f"{workdir} is not a finished stage-1 workdir (needs stage1_config.json and encoder/)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    params = ocp.StandardCheckpointer().restore(os.path.abspath(enc_path))["text"]
+    return two_tower.text_tower_from_config(meta["text_tower"]), params, meta
+
+
+def run(cfg: Any, workdir: str) -> dict[str, Any]:
+    """Trains stage 1 from `cfg` into `workdir`; returns the before/after evaluation."""
+    config_lib.validate(cfg, jax.device_count())
+    t0 = time.time()
+    onto = common.load_ontology_from_config(cfg.ontology)
+    pool = np.asarray(onto.subtree(cfg.ontology.root), np.int64)
+    views = tv.build_text_views(onto, root=cfg.ontology.root, holdout_fraction=cfg.data.heldout_fraction,
+                                seed=cfg.seed)
+    heldout = ([t for t, _ in views.held_out], np.array([i for _, i in views.held_out], np.int64))
+    model, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)
+    print(f"stage 1: {len(pool)} terms under {cfg.ontology.root}, {len(heldout[0])} held-out synonyms, "
+          f"encoder {cfg.text.hf_dir} ({time.time() - t0:.1f}s)", flush=True)
+    params = {"text": tparams, "logit_scale": common.log_scale(cfg.loss.logit_scale_init)}
+    apply_text = lambda p, ids, mask: model.apply({"params": p}, ids, mask)  # noqa: E731
+    encode_with = lambda p: text_encoder(  # noqa: E731
+        lambda ids, mask: apply_text(p, ids, mask), tokenizer, cfg.data.max_len, cfg.eval.batch_size)
+
+    before = _evaluate(encode_with(params["text"]), onto, pool, heldout, cfg)
+    print("before training: " + loop.format_metrics(before), flush=True)
+    state, _ = loop.train(
+        cfg, workdir, params=params, objective=objectives.stage1_objective(model, cfg),
+        make_data_iter=lambda: stage1_batches(cfg, views, tokenizer, onto),
+        progress_keys=("loss", "logit_scale", "lr"),
+    )
+    final_text = jax.device_get(state.params["text"])
+    after = _evaluate(encode_with(final_text), onto, pool, heldout, cfg)
+    print("after training:  " + loop.format_metrics(after), flush=True)
+    result = {"before": before, "after": after}
+    common.write_json(os.path.join(workdir, "eval.json"), result)
+    common.write_json(os.path.join(workdir, "stage1_config.json"),
+                      {"text_tower": fields, "max_len": cfg.data.max_len, "hf_dir": cfg.text.hf_dir,
+                       "obo_path": cfg.ontology.obo_path, "root": cfg.ontology.root})
+    save_encoder(os.path.join(workdir, "encoder"), final_text)
+    if cfg.export_table and jax.process_index() == 0:
+        vectors = encode_with(final_text)([onto.names[i] for i in pool])
+        np.savez(os.path.join(workdir, "phenotype_table.npz"), ids=np.array([onto.ids[i] for i in pool]),
+                 vectors=vectors.astype(np.float32), names=np.array([onto.names[i] for i in pool]))
+    print(f"stage 1 done in {time.time() - t0:.0f}s; results in {workdir}", flush=True)
+    return result

@@ -1,0 +1,182 @@
+"""The train loop: sharded init, AOT compile, steps, logging, evaluation, checkpoints, preemption.
+
+The loop does I/O and bookkeeping only; all math lives in the jitted step.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from phenolip_jax.train import checkpoint as ckpt_lib
+from phenolip_jax.train import mesh as mesh_lib
+from phenolip_jax.train.logger import MetricLogger
+from phenolip_jax.train.optimizer import make_optimizer
+from phenolip_jax.train.step import Objective, TrainState, create_state, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Raised after too many consecutive non-finite steps (a checkpoint of the last good state is written)."""
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag checked between steps, so the current step finishes and is saved."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            del frame
+            log.warning("signal %d received: finishing the current step, then checkpointing", signum)
+            self.requested = True
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread (e.g. under some test runners)
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+    def should_stop(self) -> bool:
+        """True once any process got a preemption notice (JAX's sync point on multi-host)."""
+        if self.requested:
+            return True
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(0))
+        return False
+
+
+def init_state(
+    cfg: Any, params: Any, teacher: Any, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, Any, Any, Any]:
+    """Places params/teacher on the mesh and builds the sharded initial state (+ tx, schedule, shardings)."""
+    rules = [tuple(r) for r in cfg.get("sharding_rules", [])]
+    tx, schedule = make_optimizer(cfg.optim, params, cfg.total_steps)
+    rng = jax.random.key_data(jax.random.key(cfg.seed))
+    teacher = teacher if teacher is not None else {}
+    shapes = jax.eval_shape(lambda p, t, r: create_state(p, tx, r, t), params, teacher, rng)
+    shardings = mesh_lib.tree_shardings(shapes, mesh, rules, min_size=cfg.mesh.get("fsdp_min_size", 2**14))
+    params = jax.device_put(params, shardings.params)
+    teacher = jax.device_put(teacher, shardings.teacher)
+    make = jax.jit(lambda p, t, r: create_state(p, tx, r, t), out_shardings=shardings)
+    return make(params, teacher, rng), tx, schedule, shardings
+
+
+def _compile(step_fn, state, batch, shardings, mesh):
+    batch_shapes = {
+        k: jax.ShapeDtypeStruct(
+            (v.shape[0] * jax.process_count(),) + tuple(v.shape[1:]), v.dtype, sharding=mesh_lib.batch_sharding(mesh)
+        )
+        for k, v in batch.items()
+    }
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+        out_shardings=(shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+    t0 = time.time()
+    compiled = jitted.lower(state, batch_shapes).compile()
+    mem = compiled.memory_analysis()
+    if mem is not None and jax.process_index() == 0:
+        gib = 1 / 2**30
+        print(
+            f"compiled train step in {time.time() - t0:.1f}s; per-device memory: "
+            f"args {mem.argument_size_in_bytes * gib:.2f} GiB, temps {mem.temp_size_in_bytes * gib:.2f} GiB, "
+            f"outputs {mem.output_size_in_bytes * gib:.2f} GiB",
+            flush=True,
+        )
+    return compiled
+
+
+def train(
+    cfg: Any,
+    workdir: str,
+    *,
+    params: Any,
+    objective: Objective,
+    make_data_iter: Callable[[], Iterator[dict[str, np.ndarray]]],
+    teacher: Any = None,
+    evaluate: Callable[[TrainState], dict[str, float]] | None = None,
+    progress_keys: tuple[str, ...] = ("loss",),
+) -> tuple[TrainState, dict[str, float]]:
+    """Runs `cfg.total_steps` steps (resuming from `workdir/checkpoints`); returns the state and last eval."""
+    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    state, tx, schedule, shardings = init_state(cfg, params, teacher, mesh)
+    data_iter = make_data_iter()
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        abstract = ckpt_lib.abstract_like(state, shardings)
+        step0, state, _ = ckpt.restore(abstract, data_iter)
+        print(f"resumed from {ckpt.directory} at step {step0}", flush=True)
+    step_fn = make_train_step(
+        objective, tx, schedule, grad_accum_steps=cfg.optim.grad_accum_steps, max_logit_scale=cfg.max_logit_scale
+    )
+    logger = MetricLogger(workdir, cfg.total_steps)
+    start = int(jax.device_get(state.step))
+    batch = next(data_iter)
+    compiled = _compile(step_fn, state, batch, shardings, mesh)
+    last_eval: dict[str, float] = {}
+    t_last, n_last = time.time(), start
+    with _Preemption() as preempt:
+        step = start
+        while step < cfg.total_steps:
+            state, metrics = compiled(state, mesh_lib.host_to_global(batch, mesh))
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.total_steps:
+                metrics = jax.device_get(metrics)
+                now = time.time()
+                metrics["pairs_per_s"] = (step - n_last) * batch_rows(batch) * jax.process_count() / (now - t_last)
+                t_last, n_last = now, step
+                scalars = logger.write(step, metrics)
+                logger.progress(step, scalars, progress_keys)
+                streak = int(metrics["nonfinite_streak"])
+                if streak >= cfg.max_nonfinite_steps:
+                    ckpt.save(step, state, data_iter, meta={"reason": "nonfinite"}, force=True)
+                    ckpt.close()
+                    raise NonFiniteError(
+                        f"{streak} consecutive non-finite steps at step {step}: stopped; the last good "
+                        f"parameters are checkpointed in {ckpt.directory}"
+                    )
+            if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.total_steps):
+                last_eval = evaluate(state)
+                logger.write(step, last_eval, prefix="eval/")
+                if jax.process_index() == 0:
+                    print("eval @ %d: %s" % (step, format_metrics(last_eval)), flush=True)
+            stop = preempt.should_stop()
+            if stop or step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+                ckpt.save(step, state, data_iter, meta={"step": step}, force=stop)
+            if stop:
+                ckpt.close()
+                print(f"preempted: checkpoint at step {step} written to {ckpt.directory}", flush=True)
+                raise SystemExit(0)
+            if step < cfg.total_steps:
+                batch = next(data_iter)
+    ckpt.close()
+    logger.close()
+    return state, last_eval
+
+
+def batch_rows(batch: dict[str, np.ndarray]) -> int:
+    """Rows (examples) in a host batch."""
+    return int(next(iter(batch.values())).shape[0])
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One-line rendering of a metric dict."""
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))

@@ -1,0 +1,150 @@
+"""Stage-1 text views: counts against the ontology, held-out synonyms, sampling, grain pipeline."""
+import numpy as np
+import pytest
+
+from phenolip_jax.data import text_views as tv
+from phenolip_jax.ontology import load_ontology
+
+
+@pytest.fixture(scope="module")
+def onto():
+    return load_ontology()
+
+
+@pytest.fixture(scope="module")
+def views(onto):
+    return tv.build_text_views(onto, seed=0)
+
+
+def _unique_synonyms(onto, i):
+    seen, out = {onto.names[i].casefold()}, []
+    for s in (*onto.exact_synonyms[i], *onto.other_synonyms[i]):
+        if s.casefold() not in seen:
+            seen.add(s.casefold())
+            out.append(s)
+    return out
+
+
+def test_every_term_under_root_has_its_name_first(onto, views):
+    pool = onto.subtree("HP:0000118")
+    assert sorted(views.views) == pool.tolist()
+    assert len(pool) > 18000
+    for i in pool:
+        kinds = [k for _, k in views.views[int(i)]]
+        assert views.views[int(i)][0] == (onto.names[i], "name")
+        assert kinds.count("name") == 1
+        assert kinds.count("definition") == int(bool(onto.definitions[i]))
+        assert set(kinds) <= set(tv.VIEW_KINDS)
+
+
+def test_synonym_views_are_synonyms_minus_held_out(onto, views):
+    held = {}
+    for text, term in views.held_out:
+        assert term not in held, "at most one held-out synonym per term"
+        held[term] = text
+    for i in views.terms:
+        synonyms = [t for t, k in views.views[int(i)] if k == "synonym"]
+        expected = [s for s in _unique_synonyms(onto, int(i)) if s != held.get(int(i))]
+        assert synonyms == expected
+    assert sum(len(_unique_synonyms(onto, int(i))) for i in views.terms) > 20000
+
+
+def test_held_out_synonyms_are_about_ten_percent_and_unseen(onto, views):
+    candidates = [i for i in views.terms if _unique_synonyms(onto, int(i))]
+    assert len(views.held_out) == round(0.1 * len(candidates))
+    training = {t.casefold() for vs in views.views.values() for t, _ in vs}
+    for text, term in views.held_out:
+        assert text in _unique_synonyms(onto, term)
+        assert text.casefold() not in training
+
+
+def test_held_out_split_is_seeded(onto, views):
+    again = tv.build_text_views(onto, seed=0)
+    other = tv.build_text_views(onto, seed=1)
+    assert again.held_out == views.held_out
+    assert again.views == views.views
+    assert set(other.held_out) != set(views.held_out)
+
+
+def test_relation_views_of_a_known_pair(onto, views):
+    child, parent = onto.index("HP:0001263"), onto.index("HP:0012758")  # GDD is a Neurodevelopmental delay
+    assert parent in onto.parents(child).tolist()
+    assert ("is a [SEP] Neurodevelopmental delay", "relation_parent") in views.views[child]
+    assert ("Global developmental delay [SEP] is a", "relation_child") in views.views[parent]
+    n_child = sum(k == "relation_child" for _, k in views.views[parent])
+    assert n_child == len(onto.children(parent))
+
+
+def test_custom_root_and_separator(onto):
+    eye = tv.build_text_views(onto, root="HP:0000478", sep="<s>", holdout_fraction=0.0)
+    root = onto.index("HP:0000478")
+    assert sorted(eye.views) == onto.subtree("HP:0000478").tolist()
+    assert eye.held_out == ()
+    # The root's parent lies outside the pool: no view points there.
+    assert not [t for t, k in eye.views[root] if k == "relation_parent"]
+    texts = [t for vs in eye.views.values() for t, k in vs if k.startswith("relation")]
+    assert texts and all("<s>" in t and "[SEP]" not in t for t in texts)
+
+
+def test_sample_term_batch_shape_names_and_determinism(views):
+    n, k = 16, 8
+    texts, idx = tv.sample_term_batch(views, views.terms, np.random.default_rng(3), n, k)
+    assert len(texts) == n * k and idx.shape == (n * k,) and idx.dtype == np.int32
+    terms = idx.reshape(n, k)
+    assert (terms == terms[:, :1]).all() and len(set(terms[:, 0].tolist())) == n
+    for row, term in enumerate(terms[:, 0]):
+        own = views.views[int(term)]
+        chunk = texts[row * k:(row + 1) * k]
+        assert chunk[0] == own[0][0]
+        assert set(chunk) <= {t for t, _ in own}
+        if len(own) >= k:  # enough views: no repeats
+            assert len(set(chunk)) == k
+    again = tv.sample_term_batch(views, views.terms, np.random.default_rng(3), n, k)
+    assert again[0] == texts and (again[1] == idx).all()
+    other = tv.sample_term_batch(views, views.terms, np.random.default_rng(4), n, k)
+    assert other[0] != texts
+
+
+def test_sample_views_repeats_only_when_short():
+    rng = np.random.default_rng(0)
+    short = (("Name", "name"), ("Syn", "synonym"))
+    out = tv.sample_views(short, 5, rng)
+    assert out[:2] == ["Name", "Syn"] and len(out) == 5 and set(out) == {"Name", "Syn"}
+    long = (("N", "name"),) + tuple((f"s{j}", "synonym") for j in range(10))
+    assert len(set(tv.sample_views(long, 8, rng))) == 8
+
+
+def test_bad_arguments_raise(onto, views):
+    with pytest.raises(ValueError):
+        tv.sample_term_batch(views, views.terms[:3], np.random.default_rng(0), 4, 2)
+    with pytest.raises(ValueError):
+        tv.sample_views(views.views[int(views.terms[0])], 0, np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        tv.build_text_views(onto, holdout_fraction=1.0)
+    with pytest.raises(ValueError):
+        tv.stage1_dataset(views, num_terms=10, views_per_term=2, seed=0, term_pool=views.terms[:5])
+
+
+def test_grain_pipeline_batches_and_checkpoints(views):
+    n, k = 8, 4
+    pool = views.terms[:20]  # 2 full batches per epoch, remainder dropped
+    ds = tv.stage1_dataset(views, num_terms=n, views_per_term=k, seed=7, term_pool=pool)
+    it = iter(ds.to_iter_dataset())
+    epoch_terms = []
+    for _ in range(3):
+        batch = next(it)
+        assert batch["texts"].shape == (n, k) and batch["term_idx"].shape == (n, k)
+        texts, idx = tv.flatten_term_batch(batch)
+        assert len(texts) == n * k and idx.dtype == np.int32
+        terms = batch["term_idx"][:, 0]
+        assert len(set(terms.tolist())) == n and set(terms.tolist()) <= set(pool.tolist())
+        assert all(texts[r * k] == views.views[int(t)][0][0] for r, t in enumerate(terms))
+        epoch_terms.append(terms)
+    # The third batch opens epoch 2, which is reshuffled.
+    assert not np.array_equal(epoch_terms[2], epoch_terms[0])
+    state = it.get_state()
+    expected = next(it)
+    it.set_state(state)
+    restored = next(it)
+    assert (restored["texts"] == expected["texts"]).all()
+    assert (restored["term_idx"] == expected["term_idx"]).all()
