@@ -53,12 +53,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=256,  # texts per encoder call during evaluation
         ks=(1, 10),  # Acc@K reported
         max_queries=0,  # cap on held-out synonym queries (0 = all)
+        max_len=16,  # tokens when encoding names and held-out synonyms (they are short)
+        before=True,  # also evaluate the starting encoder
     ))
     c.export_table = True  # write phenotype_table.npz (ids, vectors, names) after training
 
     if arg == "teacher":
         c.total_steps = 150
         c.checkpoint_every = 150
+        c.eval.before = False  # the teacher run only needs its trained encoder
+        c.export_table = False
     elif arg == "pubmedbert":
         c.text.hf_dir = ""  # must be set: --config.text.hf_dir=/path/to/BiomedNLP-PubMedBERT
         c.text.dtype = "bfloat16"

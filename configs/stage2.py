@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         source="demo",  # 'demo' (generated on demand), 'jsonl' (manifest + image_root) or 'arrayrecord'
         demo_dir="",  # '' = $PHENOLIP_CACHE_DIR/demo or ~/.cache/phenolip_jax/demo
+        demo=dict(num_phenotypes=150, train_pairs=3000, val_pairs=300, test_pairs=600),  # generator sizes
         manifest="",  # JSONL manifest (source='jsonl'), image paths relative to image_root
         image_root="",
         test_csv="",  # PhenoBench-style testdata.csv for the held-out evaluation ('' = manifest's test split)

@@ -53,7 +53,8 @@ def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
     return iter(ds)
 
 
-def _evaluate(encode, onto, candidates: np.ndarray, heldout: Any, cfg: Any) -> dict[str, float]:
+def _evaluate(encode, onto, candidates: np.ndarray, heldout: Any, cfg: Any) -> tuple[dict[str, float], np.ndarray]:
+    """Held-out synonym -> term-name retrieval; returns the metrics and the candidates' name embeddings."""
     texts, gold_terms = heldout
     if cfg.eval.max_queries:
         texts, gold_terms = texts[: cfg.eval.max_queries], gold_terms[: cfg.eval.max_queries]
@@ -69,7 +70,8 @@ def _evaluate(encode, onto, candidates: np.ndarray, heldout: Any, cfg: Any) -> d
                 hit[n] = b in onto.parents(int(a)) or a in onto.parents(int(b))
         return hit
 
-    return concept_retrieval_metrics(query_emb, cand_emb, gold, ks=tuple(cfg.eval.ks), top1_related=related)
+    metrics = concept_retrieval_metrics(query_emb, cand_emb, gold, ks=tuple(cfg.eval.ks), top1_related=related)
+    return metrics, cand_emb
 
 
 def save_encoder(path: str, text_params: Any) -> None:
@@ -112,17 +114,19 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     params = {"text": tparams, "logit_scale": common.log_scale(cfg.loss.logit_scale_init)}
     apply_text = lambda p, ids, mask: model.apply({"params": p}, ids, mask)  # noqa: E731
     encode_with = lambda p: text_encoder(  # noqa: E731
-        lambda ids, mask: apply_text(p, ids, mask), tokenizer, cfg.data.max_len, cfg.eval.batch_size)
+        lambda ids, mask: apply_text(p, ids, mask), tokenizer, cfg.eval.max_len, cfg.eval.batch_size)
 
-    before = _evaluate(encode_with(params["text"]), onto, pool, heldout, cfg)
-    print("before training: " + loop.format_metrics(before), flush=True)
+    before = {}
+    if cfg.eval.before:
+        before, _ = _evaluate(encode_with(params["text"]), onto, pool, heldout, cfg)
+        print("before training: " + loop.format_metrics(before), flush=True)
     state, _ = loop.train(
         cfg, workdir, params=params, objective=objectives.stage1_objective(model, cfg),
         make_data_iter=lambda: stage1_batches(cfg, views, tokenizer, onto),
         progress_keys=("loss", "logit_scale", "lr"),
     )
     final_text = jax.device_get(state.params["text"])
-    after = _evaluate(encode_with(final_text), onto, pool, heldout, cfg)
+    after, name_emb = _evaluate(encode_with(final_text), onto, pool, heldout, cfg)
     print("after training:  " + loop.format_metrics(after), flush=True)
     result = {"before": before, "after": after}
     common.write_json(os.path.join(workdir, "eval.json"), result)
@@ -131,8 +135,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                        "obo_path": cfg.ontology.obo_path, "root": cfg.ontology.root})
     save_encoder(os.path.join(workdir, "encoder"), final_text)
     if cfg.export_table and jax.process_index() == 0:
-        vectors = encode_with(final_text)([onto.names[i] for i in pool])
         np.savez(os.path.join(workdir, "phenotype_table.npz"), ids=np.array([onto.ids[i] for i in pool]),
-                 vectors=vectors.astype(np.float32), names=np.array([onto.names[i] for i in pool]))
+                 vectors=name_emb.astype(np.float32), names=np.array([onto.names[i] for i in pool]))
     print(f"stage 1 done in {time.time() - t0:.0f}s; results in {workdir}", flush=True)
     return result

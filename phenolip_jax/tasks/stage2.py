@@ -43,7 +43,7 @@ def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, list], 
         from phenolip_jax.data import demo
 
         root = str(demo.generate_demo_dataset(cfg.data.demo_dir or None, image_size=cfg.data.image_size,
-                                              ontology=onto))
+                                              ontology=onto, seed=cfg.seed, **dict(cfg.data.demo)))
         manifest, image_root = os.path.join(root, "manifest.jsonl"), root
     elif cfg.data.source == "jsonl":
         if not cfg.data.manifest:

@@ -54,7 +54,7 @@ class MetricLogger:
         self._fh.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in scalars.items():
-                self._tb.add_scalar(k, v, step)
+                self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TB tags allow no '@'
             self._tb.flush()
         return scalars
 

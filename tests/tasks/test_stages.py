@@ -1,0 +1,98 @@
+"""End to end: stage 1 and stage 2 on tiny models and data; exact resume; outputs on disk."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.tasks.conftest import load_config
+
+
+def tiny_stage1(bert_dir):
+    cfg = load_config("stage1")
+    cfg.text.hf_dir = bert_dir
+    cfg.text.head_hidden = 16
+    cfg.text.embed_dim = 16
+    cfg.total_steps = 3
+    cfg.log_every = 1
+    cfg.checkpoint_every = 3
+    cfg.data.terms_per_batch = 8
+    cfg.data.views_per_term = 2
+    cfg.data.max_len = 16
+    cfg.eval.max_queries = 40
+    cfg.eval.batch_size = 512
+    return cfg
+
+
+def tiny_stage2(bert_dir, demo_dir, teacher_dir):
+    cfg = load_config("stage2")
+    cfg.text.hf_dir = bert_dir
+    cfg.text.head_hidden = 16
+    cfg.data.demo_dir = demo_dir
+    cfg.data.demo = dict(num_phenotypes=8, train_pairs=64, val_pairs=8, test_pairs=16)
+    cfg.data.image_size = 16
+    cfg.data.batch_size = 16
+    cfg.data.max_len = 32
+    cfg.model.image = dict(image_size=16, patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, pool="cls")
+    cfg.model.embed_dim = 16
+    cfg.teacher.workdir = teacher_dir
+    cfg.total_steps = 4
+    cfg.log_every = 1
+    cfg.eval_every = 4
+    cfg.checkpoint_every = 2
+    cfg.optim.schedule = "constant"  # lr independent of total_steps, so a shortened run is a prefix
+    cfg.optim.warmup_steps = 0
+    cfg.eval.batch_size = 16
+    cfg.eval.ks = (1, 5, 10)
+    return cfg
+
+
+def read_losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tiny_bert_dir, tmp_path_factory):
+    from phenolip_jax.tasks import stage1
+
+    workdir = str(tmp_path_factory.mktemp("stage1"))
+    result = stage1.run(tiny_stage1(tiny_bert_dir), workdir)
+    assert set(result) == {"before", "after"}
+    return workdir
+
+
+def test_stage1_outputs(teacher_dir):
+    with open(os.path.join(teacher_dir, "eval.json")) as f:
+        ev = json.load(f)
+    for part in ("before", "after"):
+        for key in ("acc@1", "acc@10", "mrr"):
+            assert 0.0 <= ev[part][key] <= 1.0
+    assert sorted(read_losses(teacher_dir)) == [1, 2, 3]
+    table = np.load(os.path.join(teacher_dir, "phenotype_table.npz"))
+    assert table["vectors"].shape == (len(table["ids"]), 16)
+    np.testing.assert_allclose(np.linalg.norm(table["vectors"], axis=1), 1.0, atol=1e-5)
+    assert os.path.isdir(os.path.join(teacher_dir, "encoder"))
+
+
+def test_stage2_resume_is_exact(tiny_bert_dir, tiny_demo_dir, teacher_dir, tmp_path):
+    from phenolip_jax.tasks import stage2
+
+    full = str(tmp_path / "full")
+    result = stage2.run(tiny_stage2(tiny_bert_dir, tiny_demo_dir, teacher_dir), full)
+    for key in ("i2t_r@10", "t2i_r@10", "i2p_r@10", "p2i_r@10", "chance_r@10"):
+        assert 0.0 <= result[key] <= 1.0
+    with open(os.path.join(full, "eval.json")) as f:
+        assert json.load(f)["i2t_r@10"] == result["i2t_r@10"]
+
+    # An interrupted run: stop after step 2 (its checkpoint), then restart with the full length.
+    split = str(tmp_path / "split")
+    cfg = tiny_stage2(tiny_bert_dir, tiny_demo_dir, teacher_dir)
+    cfg.total_steps = 2
+    stage2.run(cfg, split)
+    stage2.run(tiny_stage2(tiny_bert_dir, tiny_demo_dir, teacher_dir), split)
+    a, b = read_losses(full), read_losses(split)
+    assert sorted(a) == [1, 2, 3, 4]
+    for step in (1, 2, 3, 4):
+        assert a[step] == b[step], (step, a[step], b[step])
