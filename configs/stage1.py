@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     c.text = ml_collections.ConfigDict(dict(
         hf_dir=config_lib.default_minilm_dir(),  # local Hugging Face BERT dir (weights + tokenizer)
-        pool="cls",  # 'cls' or 'mean' pooling of the BERT output
+        pool="mean",  # 'cls' or 'mean' pooling of the BERT output (all-MiniLM-L6-v2 was trained with mean)
         head="mlp",  # projection head: 'mlp' (hidden -> head_hidden -> embed, GELU) or 'linear'
         head_hidden=512,
         embed_dim=512,
@@ -33,9 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         remat=False,  # rematerialise transformer blocks (saves activation memory)
     ))
     c.data = ml_collections.ConfigDict(dict(
-        terms_per_batch=16,  # N distinct terms per batch (global)
-        views_per_term=4,  # K text views per term; the name is always one of them
+        terms_per_batch=64,  # N distinct terms per batch (global)
+        views_per_term=2,  # K text views per term; the name is always one of them (others kind-balanced)
         max_len=32,  # tokens per view (definitions are truncated)
+        view_kinds=("synonym", "definition", "relation_child", "relation_parent"),  # besides the name
         heldout_fraction=0.1,  # terms with synonyms that lose one synonym to the evaluation split
         max_ancestors=16,  # ancestor-table width per term (ancestors within loss.hierarchy.max_hops)
         max_organs=4,  # organ-system table width per term
@@ -65,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.export_table = False
     elif arg == "pubmedbert":
         c.text.hf_dir = ""  # must be set: --config.text.hf_dir=/path/to/BiomedNLP-PubMedBERT
+        c.text.pool = "cls"  # KEP pools PubMedBERT on [CLS]
         c.text.dtype = "bfloat16"
         c.data.terms_per_batch = 32
         c.data.views_per_term = 8

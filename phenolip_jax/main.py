@@ -40,8 +40,16 @@ def main(argv: list[str]) -> None:
         from phenolip_jax.tasks import stage2
 
         stage2.run(cfg, workdir)
+    elif cfg.stage == "eval":
+        from phenolip_jax.evaluate import run as evaluate_run
+
+        evaluate_run.run(cfg, workdir)
+    elif cfg.stage == "export":
+        from phenolip_jax.convert import export
+
+        export.run(cfg)
     else:
-        raise app.UsageError(f"config.stage={cfg.stage!r} is not one of stage1, stage2")
+        raise app.UsageError(f"config.stage={cfg.stage!r} is not one of stage1, stage2, eval, export")
 
 
 if __name__ == "__main__":

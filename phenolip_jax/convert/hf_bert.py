@@ -201,6 +201,6 @@ def load_tokenizer(path: str | Path) -> Any:
     """`AutoTokenizer.from_pretrained(path)` for a local directory, checked to know real words."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     check_tokenizer(tokenizer)
     return tokenizer

@@ -97,20 +97,25 @@ def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_RO
 
 
 def sample_views(term_views: Sequence[View], views_per_term: int, rng: np.random.Generator) -> list[str]:
-    """K texts for one term: its name, then K-1 other views drawn without replacement.
+    """K texts for one term: its name, then K-1 other views drawn without replacement, kinds balanced.
 
-    Only a term with fewer than K views repeats texts: after all its views, the rest are drawn with
-    replacement from all of them (name included).
+    Each other view is drawn with probability inversely proportional to how many views of its kind the term
+    has, so every kind (synonym, definition, relation) is equally likely: a term with 30 children would
+    otherwise train almost only on "child [SEP] is a" views. Only a term with fewer than K views repeats
+    texts: after all its views, the rest are drawn with replacement from all of them (name included).
     """
     if views_per_term < 1:
         raise ValueError(f"views_per_term must be >= 1, got {views_per_term}")
-    name, others = term_views[0][0], [text for text, _ in term_views[1:]]
+    name, others = term_views[0][0], list(term_views[1:])
     need = views_per_term - 1
     if len(others) >= need:
-        picked = [others[j] for j in rng.choice(len(others), size=need, replace=False)]
+        per_kind = collections.Counter(kind for _, kind in others)
+        p = np.array([1.0 / per_kind[kind] for _, kind in others])
+        picked = [others[j][0] for j in rng.choice(len(others), size=need, replace=False, p=p / p.sum())]
     else:
-        everything = [name] + others
-        picked = others + [everything[j] for j in rng.integers(len(everything), size=need - len(others))]
+        everything = [name] + [text for text, _ in others]
+        picked = [text for text, _ in others] + [everything[j] for j in rng.integers(len(everything),
+                                                                                       size=need - len(others))]
     return [name] + picked
 
 

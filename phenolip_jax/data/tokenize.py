@@ -9,17 +9,14 @@ import numpy as np
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """AutoTokenizer from a local dir (tokenizer.json / vocab.txt); refuses a broken vocabulary.
+    """`AutoTokenizer.from_pretrained(path)` for a local dir, checked to know real words.
 
-    `BertTokenizerFast(vocab_file=...)` silently builds a 5-token vocabulary in transformers 5,
-    so we go through AutoTokenizer and check the size.
+    Checked because `BertTokenizerFast(vocab_file=...)` silently builds a 5-token vocabulary in
+    transformers 5 (every word becomes [UNK]).
     """
-    from transformers import AutoTokenizer
+    from phenolip_jax.convert.hf_bert import load_tokenizer as load_checked
 
-    tok = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
-    if len(tok) < 100:
-        raise ValueError(f"tokenizer at {path} has only {len(tok)} tokens; wrong vocab file?")
-    return tok
+    return load_checked(path)
 
 
 def count_tokens(tokenizer, text: str) -> int:

@@ -65,3 +65,21 @@ def load_ontology_from_config(ontology_cfg: Any):
     from phenolip_jax.ontology import load_ontology
 
     return load_ontology(ontology_cfg.obo_path or None)
+
+
+def save_params(path: str, params: Any) -> None:
+    """Writes a params pytree as an orbax checkpoint at `path` (overwriting), blocking until done."""
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.abspath(path), params, force=True)
+    ckptr.wait_until_finished()
+
+
+def load_params(path: str) -> Any:
+    """Reads a params pytree written by `save_params` (as host numpy arrays)."""
+    import orbax.checkpoint as ocp
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no params checkpoint at {path}")
+    return jax.device_get(ocp.StandardCheckpointer().restore(os.path.abspath(path)))

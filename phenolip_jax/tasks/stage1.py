@@ -5,6 +5,7 @@ phenotype_table.npz (ids, unit vectors, names) and stage1_config.json (to rebuil
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -36,6 +37,15 @@ class Stage1Features(grain.transforms.Map):
         ids, mask = tokenize_captions(self.tokenizer, texts, self.max_len)
         return dict(input_ids=ids, attention_mask=mask, hpo=terms[:, None], hpo_anc=self.anc[terms][:, None],
                     hpo_hops=self.hops[terms][:, None], organs=self.organs[terms])
+
+
+def keep_view_kinds(views: Any, kinds: tuple[str, ...]) -> Any:
+    """Drops view kinds not in `kinds` (the name is always kept: it anchors every term)."""
+    unknown = set(kinds) - set(tv.VIEW_KINDS)
+    if unknown:
+        raise ValueError(f"config.data.view_kinds has unknown kinds {sorted(unknown)}; use {tv.VIEW_KINDS}")
+    kept = {t: tuple(v for v in vs if v[1] == "name" or v[1] in kinds) for t, vs in views.views.items()}
+    return dataclasses.replace(views, views=kept)
 
 
 def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
@@ -76,17 +86,11 @@ def _evaluate(encode, onto, candidates: np.ndarray, heldout: Any, cfg: Any) -> t
 
 def save_encoder(path: str, text_params: Any) -> None:
     """Writes the trained TextTower params as an orbax checkpoint (the stage-2 teacher)."""
-    import orbax.checkpoint as ocp
-
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), {"text": text_params}, force=True)
-    ckptr.wait_until_finished()
+    common.save_params(path, {"text": text_params})
 
 
 def load_encoder(workdir: str) -> tuple[Any, dict, dict]:
     """(TextTower, params, stage1_config.json) of a finished stage-1 workdir."""
-    import orbax.checkpoint as ocp
-
     from phenolip_jax.models import two_tower
 
     meta_path = os.path.join(workdir, "stage1_config.json")
@@ -95,7 +99,7 @@ def load_encoder(workdir: str) -> tuple[Any, dict, dict]:
         raise FileNotFoundError(f"{workdir} is not a finished stage-1 workdir (needs stage1_config.json and encoder/)")
     with open(meta_path) as f:
         meta = json.load(f)
-    params = ocp.StandardCheckpointer().restore(os.path.abspath(enc_path))["text"]
+    params = common.load_params(enc_path)["text"]
     return two_tower.text_tower_from_config(meta["text_tower"]), params, meta
 
 
@@ -107,6 +111,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     pool = np.asarray(onto.subtree(cfg.ontology.root), np.int64)
     views = tv.build_text_views(onto, root=cfg.ontology.root, holdout_fraction=cfg.data.heldout_fraction,
                                 seed=cfg.seed)
+    views = keep_view_kinds(views, tuple(cfg.data.view_kinds))
     heldout = ([t for t, _ in views.held_out], np.array([i for _, i in views.held_out], np.int64))
     model, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)
     print(f"stage 1: {len(pool)} terms under {cfg.ontology.root}, {len(heldout[0])} held-out synonyms, "

@@ -1,6 +1,7 @@
 """Stage 2: PhenoLIP pretraining (image-text contrastive + distillation from the frozen stage-1 teacher).
 
-Writes to the workdir: metrics.jsonl, tb/, checkpoints/, eval.json (held-out retrieval with chance
+Writes to the workdir: metrics.jsonl, tb/, checkpoints/ (train state, for resuming), params/ (final
+TwoTower params), model_config.json (to rebuild the model), eval.json (held-out retrieval with chance
 levels) and, when it had to make one, teacher/ (a stage-1 run).
 """
 from __future__ import annotations
@@ -96,6 +97,26 @@ def init_params(cfg: Any, model: two_tower.TwoTower, text_params: dict) -> dict:
     return params
 
 
+def load_init_checkpoint(path: str, expected: dict) -> dict:
+    """Params from a stage-2 run dir or an open_clip (BiomedCLIP) dir, checked against the model's shapes."""
+    from phenolip_jax.convert import export, open_clip
+
+    if os.path.exists(os.path.join(path, "model_config.json")):
+        _, params = export.load_run_params(path)
+    elif os.path.exists(os.path.join(path, "open_clip_config.json")):
+        _, params = open_clip.import_open_clip(path)
+    else:
+        raise FileNotFoundError(f"config.init.checkpoint={path!r} is neither a stage-2 run dir (model_config.json) "
+                                "nor an open_clip dir (open_clip_config.json)")
+    want = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if bad:
+        detail = ", ".join(f"{k}: model {want.get(k)} vs checkpoint {got.get(k)}" for k in bad[:10])
+        raise ValueError(f"config.init.checkpoint={path!r} does not fit config.model ({len(bad)} mismatches): {detail}")
+    return jax.tree.map(lambda a, b: np.asarray(a, np.asarray(b).dtype), params, expected)
+
+
 def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_root: str, tokenizer: Any,
                    onto: Any):
     """A `state -> metrics` function computing held-out retrieval."""
@@ -154,6 +175,13 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         dtype=layers.canonical_dtype(cfg.model.dtype),
     )
     params = init_params(cfg, model, text_params)
+    if cfg.init.checkpoint:
+        params = load_init_checkpoint(cfg.init.checkpoint, params)
+        print(f"initialised from {cfg.init.checkpoint}", flush=True)
+    common.write_json(os.path.join(workdir, "model_config.json"), {
+        "image_config": image_fields, "text_config": text_fields, "dtype": cfg.model.dtype,
+        "text_hf_dir": cfg.text.hf_dir, "max_len": cfg.data.max_len, "image_size": cfg.data.image_size,
+        "mean": list(cfg.data.mean), "std": list(cfg.data.std)})
     print(f"stage 2: {len(splits['train'])} train / {len(test)} test pairs ({time.time() - t0:.0f}s)", flush=True)
     evaluate = make_evaluator(cfg, model, test, image_root, tokenizer, onto)
     state, last = loop.train(
@@ -162,13 +190,11 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         make_data_iter=lambda: pipeline.make_train_iterator(pipeline_config(cfg), splits["train"], tokenizer, onto,
                                                             cfg.seed, image_root=image_root),
         evaluate=evaluate, progress_keys=("loss", "loss_it", "loss_kd", "logit_scale"),
+        eval_keys=tuple(f"{t}_r@10" for t in ("i2t", "t2i", "i2p", "p2i")) + ("chance_r@10",),
     )
     final = last or evaluate(state)
+    common.save_params(os.path.join(workdir, "params"), jax.device_get(state.params))
     common.write_json(os.path.join(workdir, "eval.json"), final)
-    common.write_json(os.path.join(workdir, "model_config.json"), {
-        "image_config": image_fields, "text_config": text_fields, "dtype": cfg.model.dtype,
-        "text_hf_dir": cfg.text.hf_dir, "max_len": cfg.data.max_len, "image_size": cfg.data.image_size,
-        "mean": list(cfg.data.mean), "std": list(cfg.data.std)})
     k = 10 if 10 in cfg.eval.ks else cfg.eval.ks[0]
     print(json.dumps({key: round(final[key], 4) for key in
                       (f"i2t_r@{k}", f"t2i_r@{k}", f"i2p_r@{k}", f"p2i_r@{k}", f"chance_r@{k}",

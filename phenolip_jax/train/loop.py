@@ -114,6 +114,7 @@ def train(
     teacher: Any = None,
     evaluate: Callable[[TrainState], dict[str, float]] | None = None,
     progress_keys: tuple[str, ...] = ("loss",),
+    eval_keys: tuple[str, ...] | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Runs `cfg.total_steps` steps (resuming from `workdir/checkpoints`); returns the state and last eval."""
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
@@ -157,7 +158,8 @@ def train(
                 last_eval = evaluate(state)
                 logger.write(step, last_eval, prefix="eval/")
                 if jax.process_index() == 0:
-                    print("eval @ %d: %s" % (step, format_metrics(last_eval)), flush=True)
+                    shown = {k: v for k, v in last_eval.items() if eval_keys is None or k in eval_keys}
+                    print("eval @ %d: %s" % (step, format_metrics(shown)), flush=True)
             stop = preempt.should_stop()
             if stop or step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
                 ckpt.save(step, state, data_iter, meta={"step": step}, force=stop)

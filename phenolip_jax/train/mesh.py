@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from phenolip_jax.data import sharding as data_sharding
+
 # Activations are sharded along both axes: FSDP is data parallel for the batch, sharded for the weights.
 BATCH_AXES = ("data", "fsdp")
 
@@ -75,7 +77,7 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, tuple]] = (
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of a batch: leading dimension split over the data and fsdp axes."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+    return data_sharding.batch_sharding(mesh, BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -85,5 +87,4 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles per-process numpy batches into global arrays sharded along the batch axes."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+    return data_sharding.to_global(batch, mesh, BATCH_AXES)

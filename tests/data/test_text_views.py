@@ -148,3 +148,11 @@ def test_grain_pipeline_batches_and_checkpoints(views):
     restored = next(it)
     assert (restored["texts"] == expected["texts"]).all()
     assert (restored["term_idx"] == expected["term_idx"]).all()
+
+
+def test_sample_views_balances_kinds():
+    # One synonym beside 40 relation views: kind balancing draws the synonym about half the time.
+    term = [("name", "name"), ("syn", "synonym")] + [(f"child {i} [SEP] is a", "relation_child") for i in range(40)]
+    rng = np.random.default_rng(0)
+    hits = sum("syn" in tv.sample_views(term, 2, rng) for _ in range(2000))
+    assert 850 < hits < 1150  # uniform over views would give ~49

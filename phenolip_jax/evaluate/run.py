@@ -1,0 +1,193 @@
+"""The eval stage: load a model, read the dataset, run the configured evaluators, write the report."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from phenolip_jax.evaluate import datasets, evaluators, report
+
+_HEADLINE = (("retrieval", "image_to_text", "r@10"), ("retrieval", "text_to_image", "r@10"),
+             ("retrieval", "image_to_phenotype", "r@10"), ("retrieval", "phenotype_to_image", "r@10"),
+             ("zero_shot", None, "top1"), ("zero_shot", None, "mean_per_class_recall"), ("zero_shot", None, "auc"),
+             ("matching", None, "r@10"), ("matching", None, "micro_f1"), ("hierarchy", None, "exact"),
+             ("hierarchy", None, "hierarchical"))
+
+
+def read_candidates(path: str) -> list[str]:
+    """Candidate HPO ids from a JSON list or a text file (one id per line, '#' comments)."""
+    with open(path) as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        return [str(x) for x in json.loads(text)]
+    return [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
+
+
+def load_data(cfg: Any, onto: Any, image_size: int | None) -> tuple[str, datasets.PairSet | None,
+                                                                   datasets.ClassificationSet | None]:
+    """(name, pairs or None, classification set or None) for config.data."""
+    d = cfg.data
+    if d.kind in ("demo", "manifest"):
+        if d.kind == "demo":
+            from phenolip_jax.data import demo
+
+            size = d.demo_image_size or image_size or 64  # the generator's cache key includes the size
+            root = demo.generate_demo_dataset(d.demo_dir or None, image_size=size, ontology=onto,
+                                              **dict(d.demo))
+            manifest, image_root = os.path.join(str(root), "manifest.jsonl"), str(root)
+        else:
+            if not d.manifest:
+                raise ValueError("config.data.manifest is empty (config.data.kind='manifest')")
+            manifest, image_root = d.manifest, d.image_root
+        pairs = datasets.load_pairs(manifest, image_root, onto)
+        try:
+            cls = datasets.classification_from_pairs(pairs, onto, name=d.name or "single-phenotype images")
+        except ValueError:
+            cls = None
+        return d.name or os.path.basename(os.path.dirname(os.path.abspath(manifest))), pairs, cls
+    if d.kind == "folder":
+        return d.name or os.path.basename(os.path.normpath(d.path)), None, datasets.load_image_folder(
+            d.path, d.class_map, onto, d.name)
+    if d.kind == "medmnist":
+        cls = datasets.load_medmnist(d.path, d.class_map, onto, d.task, d.name)
+        return cls.name, None, cls
+    raise ValueError(f"config.data.kind={d.kind!r}: use demo, manifest, folder or medmnist")
+
+
+def _limit(split: datasets.Split, n: int) -> datasets.Split:
+    return split if not n or len(split) <= n else datasets.Split(split.images[:n], split.labels[:n])
+
+
+def _phenotype_tasks(cfg: Any, onto: Any, pairs: datasets.PairSet | None,
+                     cls: datasets.ClassificationSet | None) -> tuple[Any, list, list[str]]:
+    """(test images, gold HPO sets, candidate HPO ids) for matching / hierarchy / the phenotype map."""
+    if pairs is not None:
+        images, gold = _limited_pairs(cfg, pairs).images()
+        if not cfg.data.candidates:
+            return images, gold, sorted({t for g in gold for t in g})
+        # The records' ids were resolved to current terms; resolve the candidates (alt / obsolete ids) alike.
+        cands = list(dict.fromkeys(onto.ids[onto.index(c)] for c in read_candidates(cfg.data.candidates)))
+        return images, gold, cands
+    if cls is not None and all(h is not None for h in cls.class_hpo) and not cls.multi_label:
+        s = _limit(cls.splits["test"], cfg.data.max_images)
+        return s.images, [[cls.class_hpo[int(y)]] for y in s.labels], list(cls.class_hpo)
+    return None, [], []
+
+
+def run_evaluators(cfg: Any, encoder: Any, onto: Any, pairs: datasets.PairSet | None,
+                   cls: datasets.ClassificationSet | None) -> dict[str, Any]:
+    """Every configured evaluator's results, plus `skipped` {name: reason}."""
+    enc = evaluators.CachedEncoder(encoder)
+    templates = tuple(cfg.templates)
+    images, gold, cands = _phenotype_tasks(cfg, onto, pairs, cls)
+    m = cfg.matching
+    jobs = {
+        "retrieval": lambda: evaluators.cross_modal_retrieval(
+            enc, _limited_pairs(cfg, pairs), cands, tuple(cfg.ks), templates) if pairs is not None else _skip(
+            "needs image-caption pairs (a manifest)"),
+        "matching": lambda: evaluators.phenotype_matching(
+            enc, images, gold, cands, k=None if m.threshold >= -1 else m.k,
+            threshold=m.threshold if m.threshold >= -1 else None, ks=tuple(m.ks),
+            templates=templates) if pairs is not None else _skip("needs multi-phenotype annotations (a manifest)"),
+        "zero_shot": lambda: evaluators.zero_shot_classification(
+            enc, _limited_set(cfg, cls), templates) if cls is not None else _skip("no classification set"),
+        "hierarchy": lambda: evaluators.hierarchy_scores(
+            enc, images, gold, cands, onto, cfg.hierarchy.max_hops, templates) if cands else _skip(
+            "classes are not HPO phenotypes"),
+        "linear_probe": lambda: evaluators.linear_probe_eval(
+            enc, cls, tuple(cfg.probe.fractions), tuple(cfg.probe.seeds), tuple(cfg.probe.cs))
+        if cls is not None else _skip("no labelled classification set"),
+    }
+    results: dict[str, Any] = {"skipped": {}}
+    for name in cfg.evaluators:
+        if name not in jobs:
+            raise ValueError(f"unknown evaluator {name!r}; known: {sorted(jobs)}")
+        t0 = time.time()
+        try:
+            results[name] = jobs[name]()
+            print(f"eval: {name} done in {time.time() - t0:.1f}s", flush=True)
+        except evaluators.Skip as e:
+            results["skipped"][name] = str(e)
+            print(f"eval: {name} skipped: {e}", flush=True)
+    results["_phenotypes"] = cands
+    return results
+
+
+def _skip(reason: str):
+    raise evaluators.Skip(reason)
+
+
+def _limited_pairs(cfg: Any, pairs: datasets.PairSet) -> datasets.PairSet:
+    """The evaluated split's pairs, cut to config.data.max_images pairs when set."""
+    test = pairs.select(cfg.data.split)
+    n = cfg.data.max_images
+    return test if not n else datasets.PairSet(*(x[:n] for x in (
+        test.image_paths, test.image_ids, test.captions, test.hpo_ids, test.splits)))
+
+
+def _limited_set(cfg: Any, cls: datasets.ClassificationSet) -> datasets.ClassificationSet:
+    if not cfg.data.max_images or "test" not in cls.splits:
+        return cls
+    splits = dict(cls.splits, test=_limit(cls.splits["test"], cfg.data.max_images))
+    return datasets.ClassificationSet(cls.name, cls.class_names, cls.class_texts, cls.class_hpo, splits, cls.task)
+
+
+def make_figures(cfg: Any, results: dict[str, Any], encoder: Any, onto: Any, out_dir: str) -> dict[str, str]:
+    """The report's PNGs: recall@K curves, per-organ-system accuracy, the phenotype-embedding map."""
+    figs: dict[str, str] = {}
+    if "retrieval" in results:
+        figs["recall_at_k"] = report.plot_recall_curves(results["retrieval"], os.path.join(out_dir, "recall_at_k.png"))
+    if "hierarchy" in results and results["hierarchy"]["per_organ_system"]:
+        figs["organ_system_accuracy"] = report.plot_organ_accuracy(
+            results["hierarchy"]["per_organ_system"], os.path.join(out_dir, "organ_system_accuracy.png"))
+    phen = list(results.get("_phenotypes") or [])[: cfg.map_max_phenotypes]
+    if len(phen) >= 2:
+        # Image prompts for a two-tower model; a stage-1 knowledge encoder reads bare names (its own templates).
+        templates = tuple(cfg.templates) if getattr(encoder, "has_images", True) else None
+        emb = encoder.encode_phenotypes(phen, templates)
+        groups = [(evaluators.organ_system_names(onto, [h]) or ["(none)"])[0] for h in phen]
+        names = [onto.names[onto.index(h)] for h in phen]
+        figs["phenotype_map"] = report.plot_phenotype_map(emb, groups, os.path.join(out_dir, "phenotype_map.png"),
+                                                          labels=names)
+    return figs
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """The few numbers printed at the end (percent-free fractions)."""
+    out = {}
+    for section, sub, key in _HEADLINE:
+        block = results.get(section) or {}
+        block = block.get(sub, {}) if sub else block
+        if isinstance(block.get(key), (int, float, np.floating)):
+            out[f"{section}/{sub + '/' if sub else ''}{key}"] = round(float(block[key]), 4)
+    return out
+
+
+def run(cfg: Any, workdir: str) -> dict[str, Any]:
+    """Evaluates `cfg.checkpoint` on `cfg.data`; writes eval_results.json, report.md and PNGs; returns results."""
+    from phenolip_jax import inference
+
+    if not cfg.checkpoint:
+        raise ValueError("config.checkpoint is empty: pass --config.checkpoint=WORKDIR (stage-1 / stage-2 workdir, "
+                         "a checkpoint folder inside one, or an open_clip directory)")
+    t0 = time.time()
+    out_dir = cfg.output_dir or workdir
+    os.makedirs(out_dir, exist_ok=True)
+    model = inference.load(cfg.checkpoint, tokenizer_dir=cfg.tokenizer_dir or None, batch_size=cfg.batch_size)
+    if cfg.ontology.obo_path:
+        model.obo_path = cfg.ontology.obo_path
+    onto = model.ontology
+    name, pairs, cls = load_data(cfg, onto, model.image_size)
+    print(f"eval: {model.kind} model from {model.path}; dataset {name} ({time.time() - t0:.0f}s)", flush=True)
+    results = run_evaluators(cfg, model, onto, pairs, cls)
+    figures = make_figures(cfg, results, model, onto, out_dir)
+    results.pop("_phenotypes", None)
+    results.update(dataset=name, model=model.path, model_kind=model.kind, templates=list(cfg.templates),
+                   config=cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg), seconds=round(time.time() - t0, 1))
+    res_path, md_path = report.write_report(results, out_dir, figures)
+    print(json.dumps(headline(results)), flush=True)
+    print(f"eval done in {time.time() - t0:.0f}s: {res_path}, {md_path}, {len(figures)} figures", flush=True)
+    return results

