@@ -1,10 +1,12 @@
-"""Input pipeline throughput (examples/s) with 0 and N grain workers, side by side.
+"""Input pipeline throughput (examples/s) with 0 and N grain workers, beside the train step's consumption.
 
-    python -m benchmarks.input_pipeline [--num_images=512 --batch=32 --batches=12 --workers=2]
+    python -m benchmarks.input_pipeline [--num_images=512 --batch=64 --batches=12 --workers=2]
 
 Writes a temp folder of PNGs (--source_px square, smooth gradients + noise so they compress like
 photographs rather than like pure noise), then times the train pipeline (decode, random resized
-crop to 224, normalise, tokenise to 256, HPO arrays, batch). `pipeline_rate` is the reusable part.
+crop to --image_size, normalise, tokenise to --max_len, HPO arrays, batch) and, in the same run, the
+stage-2 train step of the embedded small config at the same batch (pairs/s it consumes). Input is the
+bottleneck when the pipeline's rate is below the step's. `pipeline_rate` is the reusable part.
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ from phenolip_jax.data.records import Record
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 512, "PNGs to generate")
 flags.DEFINE_integer("source_px", 224, "side of the generated PNGs")
-flags.DEFINE_integer("batch", 32, "per-host batch size")
+flags.DEFINE_integer("batch", 64, "per-host batch size")
+flags.DEFINE_integer("image_size", 64, "model input side (the embedded small config's)")
+flags.DEFINE_integer("max_len", 32, "caption tokens (the embedded small config's)")
+flags.DEFINE_integer("step_iters", 3, "timed train steps (0 = skip the consumption side)")
 flags.DEFINE_integer("batches", 12, "timed batches per setting (after warm-up)")
 flags.DEFINE_integer("workers", 2, "grain workers for the second setting")
 
@@ -72,7 +77,7 @@ def main(argv: Sequence[str]) -> None:
         records = write_image_folder(root, FLAGS.num_images, FLAGS.source_px)
         print(f"wrote {len(records)} PNGs of {FLAGS.source_px}px in {time.perf_counter() - t:.1f}s "
               f"({os.cpu_count()} CPUs visible)")
-        cfg = dict(image_size=224, max_len=256, per_host_batch_size=FLAGS.batch, prefetch=2)
+        cfg = dict(image_size=FLAGS.image_size, max_len=FLAGS.max_len, per_host_batch_size=FLAGS.batch, prefetch=2)
         rates = {}
         for workers in (0, FLAGS.workers):
             rates[workers] = pipeline_rate(dict(cfg, workers=workers), records, tok, onto, root,
@@ -81,6 +86,23 @@ def main(argv: Sequence[str]) -> None:
     for workers, rate in rates.items():
         print(f"{workers:>8} {rate:>11.1f}")
     print(f"ratio {FLAGS.workers} workers / 0 workers: {rates[FLAGS.workers] / rates[0]:.2f}x")
+    if FLAGS.step_iters:
+        consume = step_rate(FLAGS.batch, FLAGS.image_size, FLAGS.max_len, FLAGS.step_iters)
+        best = max(rates.values())
+        print(f"train step (embedded small stage-2 config, batch {FLAGS.batch}): {consume:.1f} pairs/s")
+        print(f"pipeline (best setting) / train step: {best / consume:.2f}x -> "
+              f"{'input is NOT the bottleneck' if best > consume else 'input IS the bottleneck'}")
+
+
+def step_rate(batch: int, image_size: int, max_len: int, steps: int) -> float:
+    """Pairs/s consumed by the jitted stage-2 train step of the embedded small config (same run)."""
+    from benchmarks import train_step as ts
+
+    cfg, fields = ts.build("small", max_len, batch, "float32")
+    cfg.data.image_size = image_size
+    fields["image_config"]["vit"]["image_size"] = image_size
+    out = ts.jax_side(cfg, fields, ts.make_batch(cfg, batch), steps)
+    return batch / out["per_step"]
 
 
 if __name__ == "__main__":

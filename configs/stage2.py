@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         hf_dir=config_lib.default_minilm_dir(),  # local Hugging Face BERT dir (init weights + tokenizer)
         pool="cls",
         head="mlp",  # BiomedCLIP text.proj: Linear(no bias) -> GELU -> Linear(no bias)
-        head_hidden=640,
+        head_hidden=0,  # 0 = (width + embed_dim) // 2 as open_clip builds it (640 for BERT-base: BiomedCLIP)
         head_bias=False,
     ))
     c.init = ml_collections.ConfigDict(dict(
@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         kd_weight=0.3,  # text<->teacher-knowledge contrastive (KEP: 0.3)
         struct_weight=0.0,  # phenotype-structure KL (student vs teacher similarity to phenotypes)
         struct_temperature=0.1,
+        chunk=0,  # >0: softmax terms built in [B, chunk] logit blocks (same loss/grads, O(B*chunk) memory)
         hierarchy=config_lib.hierarchy_section(enabled=True, max_hops=2, hop_decay=0.5, organ_weight=0.0),
     ))
     c.optim = config_lib.optim_section(

@@ -84,7 +84,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     bs = _batch_size(cfg)
     accum = cfg.optim.grad_accum_steps
     if bs % num_devices:
-        raise ValueError(f"config.data.batch_size={bs} is not divisible by the device count {num_devices}")
+        raise ValueError(f"{_batch_field(cfg)}={bs} is not divisible by the device count {num_devices}")
     if accum < 1 or bs % accum or (bs // accum) % num_devices:
         raise ValueError(
             f"config.optim.grad_accum_steps={accum}: batch {bs} must split into micro-batches divisible by "
@@ -99,8 +99,21 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         value = cfg[section][key] if section in cfg and key in cfg[section] else ""
         if value and not os.path.exists(value):
             raise ValueError(f"config.{field}={value!r} does not exist")
+    teacher = cfg.teacher.workdir if "teacher" in cfg else ""
+    if teacher and not all(os.path.exists(os.path.join(teacher, f)) for f in ("stage1_config.json", "encoder")):
+        raise ValueError(f"config.teacher.workdir={teacher!r} is not a finished stage-1 workdir "
+                         "(needs stage1_config.json and encoder/)")
+    kinds = {"stage1": ("infonce", "adasp"), "stage2": ("softmax", "sigmoid")}.get(cfg.stage, ())
+    if kinds and cfg.loss.kind not in kinds:
+        raise ValueError(f"config.loss.kind={cfg.loss.kind!r}: use one of {kinds}")
     if cfg.optim.warmup_steps < 0 or not math.isfinite(cfg.optim.lr) or cfg.optim.lr <= 0:
         raise ValueError(f"config.optim: lr={cfg.optim.lr}, warmup_steps={cfg.optim.warmup_steps} are invalid")
+
+
+def _batch_field(cfg: Any) -> str:
+    if cfg.stage == "stage1":
+        return "config.data.terms_per_batch x config.data.views_per_term"
+    return "config.data.batch_size"
 
 
 def _batch_size(cfg: Any) -> int:

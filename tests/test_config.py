@@ -62,3 +62,25 @@ def test_unknown_config_key_fails_on_the_command_line():
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "no_such_field" in proc.stderr
+
+
+def test_stage1_batch_error_names_its_fields():
+    cfg = load_config("stage1")
+    cfg.data.terms_per_batch = 3
+    cfg.data.views_per_term = 1
+    with pytest.raises(ValueError, match="terms_per_batch x config.data.views_per_term=3"):
+        config_lib.validate(cfg, 8)
+
+
+def test_teacher_dir_must_be_a_finished_stage1_run(tmp_path):
+    cfg = load_config("stage2")
+    cfg.teacher.workdir = str(tmp_path)
+    with pytest.raises(ValueError, match="not a finished stage-1 workdir"):
+        config_lib.validate(cfg, 1)
+
+
+def test_unknown_loss_kind():
+    cfg = load_config("stage2")
+    cfg.loss.kind = "hinge"
+    with pytest.raises(ValueError, match="config.loss.kind='hinge'"):
+        config_lib.validate(cfg, 1)

@@ -59,29 +59,52 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = False,
                report: ValidationReport | None = None) -> list[Record]:
     """Records from a JSONL manifest: one object per line with image, caption, hpo_ids, split, source.
 
-    Blank lines are skipped; a line that is not a JSON object or lacks `image`/`caption` is a
-    'malformed_line' (counted in `report`, or raised under strict).
+    Blank lines are skipped; a line that is not UTF-8 JSON object text, holds unpaired surrogates (which
+    no tokenizer or file system can take) or lacks `image`/`caption` is a 'malformed_line' (counted in
+    `report`, or raised under strict). A UTF-8 byte-order mark on the first line is ignored.
     """
     path = os.fspath(path)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    # Bytes, decoded line by line: one undecodable line is one bad record, not a crash of the whole read.
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                _malformed(report, strict, where, f"not UTF-8: {e}")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise ValueError("not a JSON object")
+                _check_unicode(line, obj)
                 hpo = obj.get("hpo_ids") or ()
                 out.append(Record(
                     image=str(obj["image"]), caption=str(obj.get("caption") or ""),
                     hpo_ids=parse_hpo_matches(hpo) if isinstance(hpo, str) else tuple(map(str, hpo)),
                     split=str(obj.get("split") or "train"), source=str(obj.get("source") or ""),
                     image_id=str(obj.get("image_id") or ""), origin=path, line=lineno))
-            except (ValueError, KeyError, TypeError) as e:
-                _malformed(report, strict, where, f"{type(e).__name__}: {e}")
+            except (ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+                _malformed(report, strict, where, f"{type(e).__name__}: {str(e)[:200]}")
     return out
+
+
+def _check_unicode(line: str, obj) -> None:
+    """Raises UnicodeEncodeError when JSON escapes made a lone surrogate (e.g. "\\ud800") in any value."""
+    if "\\u" in line:  # only escapes can smuggle surrogates in: decoded UTF-8 never holds them
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding surrogates (escaped undecodable bytes or unpaired JSON escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_phenobench_csv(path: str | os.PathLike, *, split: str = "test", source: str = "phenobench",
@@ -89,7 +112,9 @@ def read_phenobench_csv(path: str | os.PathLike, *, split: str = "test", source:
     """Records from PhenoBench's testdata.csv (columns image_path, caption, full_matches)."""
     path = os.fspath(path)
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    # surrogateescape: a row with bytes that are not UTF-8 becomes one malformed row below, not a crash;
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark that would rename the first column.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         missing = {"image_path", "caption", "full_matches"} - set(reader.fieldnames or ())
         if missing:
@@ -98,6 +123,9 @@ def read_phenobench_csv(path: str | os.PathLike, *, split: str = "test", source:
             where = f"{path}:{reader.line_num}"
             if not row.get("image_path"):
                 _malformed(report, strict, where, "empty image_path")
+                continue
+            if not all(_is_unicode(v) for v in row.values() if isinstance(v, str)):
+                _malformed(report, strict, where, "not UTF-8")
                 continue
             out.append(Record(
                 image=row["image_path"].strip(), caption=row.get("caption") or "",

@@ -206,13 +206,16 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
     ds = grain.MapDataset.source(as_source(records, image_root))
     # Global shuffle, reshuffled every epoch (the shuffle seed advances per epoch inside repeat),
     # then every process takes its strided slice, so processes never see the same example.
-    ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)[pi::pc]
+    ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
+    # Maps come before the process slice: grain seeds a random map by the element's index in the dataset
+    # it is applied to, so a record's crop is then the same for any process count (maps are lazy: each
+    # process still decodes only its own slice).
     ds = ds.random_map(TrainImage(cfg["image_size"], tuple(cfg["crop_scale"]), bool(cfg["hflip"]),
                                   tuple(cfg["mean"]), tuple(cfg["std"])), seed=seed + 1)
     ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
     ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
                                      cfg["max_hops"], cfg["max_organs"])))
-    ds = ds.batch(cfg["per_host_batch_size"], drop_remainder=True)
+    ds = ds[pi::pc].batch(cfg["per_host_batch_size"], drop_remainder=True)
     return _to_iter(ds, cfg)
 
 

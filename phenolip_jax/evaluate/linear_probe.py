@@ -1,6 +1,8 @@
 """Linear probe on frozen features: logistic regression, C swept on validation, label-fraction subsampling."""
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,7 +37,10 @@ def subsample_per_class(labels: Any, fraction: float, seed: int) -> np.ndarray:
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int, max_iter: int) -> LogisticRegression:
     """One L-BFGS logistic regression."""
-    return LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, random_state=seed).fit(x, y)
+    with warnings.catch_warnings():
+        # Few-shot fractions have many classes per sample; sklearn then warns on every fit.
+        warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
+        return LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, random_state=seed).fit(x, y)
 
 
 def _logits(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.ndarray:

@@ -20,7 +20,7 @@ def text_tower_fields(text_cfg: Any, bert_kwargs: dict, dtype: str) -> dict[str,
         bert=dict(bert_kwargs, pooling=text_cfg.pool, remat=bool(text_cfg.get("remat", False))),
         head=text_cfg.head,
         embed_dim=text_cfg.get("embed_dim", 512),
-        head_hidden_dim=text_cfg.head_hidden,
+        head_hidden_dim=text_cfg.head_hidden or None,  # None: the encoder width
         head_bias=text_cfg.head_bias,
         dtype=dtype,
     )

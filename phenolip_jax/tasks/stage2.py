@@ -122,7 +122,10 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
     """A `state -> metrics` function computing held-out retrieval."""
     pcfg = pipeline_config(cfg)
     pcfg["per_host_batch_size"] = cfg.eval.batch_size
-    batches = list(pipeline.make_eval_batches(pcfg, records, tokenizer, onto, image_root=image_root))
+    # Every process evaluates the whole held-out split on its own devices (it is small), so each one
+    # holds all rows that the metrics index.
+    batches = list(pipeline.make_eval_batches(pcfg, records, tokenizer, onto, image_root=image_root,
+                                              process_index=0, process_count=1))
     pheno_ids = sorted({h for r in records for h in r.hpo_ids})
     pos = {h: i for i, h in enumerate(pheno_ids)}
     row_phen = [[pos[h] for h in r.hpo_ids] for r in records]
@@ -169,6 +172,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                         head_hidden_dim=cfg.model.image_head_hidden, head_bias=False)
     text_fields = {k: v for k, v in text_fields.items() if k != "dtype"}
     text_fields["embed_dim"] = cfg.model.embed_dim
+    if not cfg.text.head_hidden:  # open_clip's hf_proj_type='mlp' width, so the model exports 1:1
+        text_fields["head_hidden_dim"] = (text_fields["bert"]["width"] + cfg.model.embed_dim) // 2
     model = two_tower.TwoTower(
         image_config=image_fields, text_config=text_fields, logit_scale_init=float(np.log(cfg.model.logit_scale_init)),
         logit_bias_init=cfg.model.logit_bias_init if cfg.loss.kind == "sigmoid" else None,

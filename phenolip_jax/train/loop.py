@@ -28,11 +28,18 @@ class NonFiniteError(RuntimeError):
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag checked between steps, so the current step finishes and is saved."""
+    """Turns SIGTERM into a stop between steps, so the current step finishes and is saved.
+
+    One process: our handler sets a flag. Several processes: JAX's preemption service (started by
+    jax.distributed.initialize, with its own SIGTERM handler) tells every host the same step to stop at.
+    Installing ours there would replace that handler, and a host that stopped alone would leave the others
+    waiting in the next collective.
+    """
 
     def __init__(self):
         self.requested = False
         self._old = None
+        self.multihost = jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
 
     def __enter__(self):
         def handler(signum, frame):
@@ -40,6 +47,8 @@ class _Preemption:
             log.warning("signal %d received: finishing the current step, then checkpointing", signum)
             self.requested = True
 
+        if self.multihost:
+            return self
         try:
             self._old = signal.signal(signal.SIGTERM, handler)
         except ValueError:  # not the main thread (e.g. under some test runners)
@@ -50,15 +59,14 @@ class _Preemption:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
 
-    def should_stop(self) -> bool:
-        """True once any process got a preemption notice (JAX's sync point on multi-host)."""
-        if self.requested:
-            return True
-        if jax.process_count() > 1:
+    def should_stop(self, step: int) -> bool:
+        """True once a preemption notice arrived (multi-host: at the step all hosts agreed on)."""
+        if self.multihost:
             from jax.experimental import multihost_utils
 
-            return bool(multihost_utils.reached_preemption_sync_point(0))
-        return False
+            # Must be called with the current step on every host at every step (JAX's sync protocol).
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self.requested
 
 
 def init_state(
@@ -121,9 +129,13 @@ def train(
     state, tx, schedule, shardings = init_state(cfg, params, teacher, mesh)
     data_iter = make_data_iter()
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
-    if ckpt.latest_step() is not None:
+    newest = ckpt.latest_step()
+    if newest is not None:
         abstract = ckpt_lib.abstract_like(state, shardings)
         step0, state, _ = ckpt.restore(abstract, data_iter)
+        if step0 != newest:
+            print(f"WARNING: checkpoint step {newest} in {ckpt.directory} is unreadable or corrupt; "
+                  f"fell back to step {step0}", flush=True)
         print(f"resumed from {ckpt.directory} at step {step0}", flush=True)
     step_fn = make_train_step(
         objective, tx, schedule, grad_accum_steps=cfg.optim.grad_accum_steps, max_logit_scale=cfg.max_logit_scale
@@ -139,33 +151,43 @@ def train(
         while step < cfg.total_steps:
             state, metrics = compiled(state, mesh_lib.host_to_global(batch, mesh))
             step += 1
-            if step % cfg.log_every == 0 or step == cfg.total_steps:
+            # One scalar per step (a host sync, cheap next to a step): a skipped step must be noticed even
+            # between log steps, or a streak shorter than log_every would never stop the run.
+            streak = int(jax.device_get(metrics["nonfinite_streak"]))
+            if streak:
+                log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
+                            step, streak, int(jax.device_get(state.nonfinite_total)))
+            if step % cfg.log_every == 0 or step == cfg.total_steps or streak >= cfg.max_nonfinite_steps:
                 metrics = jax.device_get(metrics)
                 now = time.time()
                 metrics["pairs_per_s"] = (step - n_last) * batch_rows(batch) * jax.process_count() / (now - t_last)
                 t_last, n_last = now, step
                 scalars = logger.write(step, metrics)
                 logger.progress(step, scalars, progress_keys)
-                streak = int(metrics["nonfinite_streak"])
-                if streak >= cfg.max_nonfinite_steps:
-                    ckpt.save(step, state, data_iter, meta={"reason": "nonfinite"}, force=True)
-                    ckpt.close()
-                    raise NonFiniteError(
-                        f"{streak} consecutive non-finite steps at step {step}: stopped; the last good "
-                        f"parameters are checkpointed in {ckpt.directory}"
-                    )
+            if streak >= cfg.max_nonfinite_steps:
+                # Skipped steps leave params and optimizer state untouched: this is the last good state.
+                ckpt.save(step, state, data_iter, meta={"step": step, "reason": "nonfinite"}, force=True)
+                ckpt.close()
+                logger.close()
+                raise NonFiniteError(
+                    f"{streak} consecutive non-finite steps (config.max_nonfinite_steps="
+                    f"{cfg.max_nonfinite_steps}) at step {step}: stopped; the last good parameters are "
+                    f"checkpointed in {ckpt.directory} (step {step}); lower config.optim.lr or check the data"
+                )
             if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.total_steps):
                 last_eval = evaluate(state)
                 logger.write(step, last_eval, prefix="eval/")
                 if jax.process_index() == 0:
                     shown = {k: v for k, v in last_eval.items() if eval_keys is None or k in eval_keys}
                     print("eval @ %d: %s" % (step, format_metrics(shown)), flush=True)
-            stop = preempt.should_stop()
+            stop = preempt.should_stop(step)
             if stop or step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
                 ckpt.save(step, state, data_iter, meta={"step": step}, force=stop)
             if stop:
                 ckpt.close()
-                print(f"preempted: checkpoint at step {step} written to {ckpt.directory}", flush=True)
+                logger.close()
+                print(f"preempted: checkpoint at step {step} written to {ckpt.directory}; "
+                      "rerun the same command to resume", flush=True)
                 raise SystemExit(0)
             if step < cfg.total_steps:
                 batch = next(data_iter)

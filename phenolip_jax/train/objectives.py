@@ -5,6 +5,7 @@ step needs. The formulas are in the README ("Losses") and `phenolip_jax/losses.p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -55,13 +56,31 @@ def stage1_objective(text_model: Any, cfg: Any):
     return objective
 
 
+def contrastive_fn(chunk: int) -> Callable[..., jax.Array]:
+    """The softmax contrastive loss to use: plain ([B, B] logits) or chunked (blockwise, same value/grads)."""
+    if chunk < 0:
+        raise ValueError(f"config.loss.chunk={chunk} must be >= 0 (0 = plain loss)")
+    if chunk == 0:
+        return losses.softmax_contrastive
+
+    def chunked(a: jax.Array, b: jax.Array, scale: jax.Array, targets: jax.Array | None = None) -> jax.Array:
+        return losses.chunked_softmax_contrastive(a, b, scale, targets, chunk=chunk)
+
+    return chunked
+
+
 def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any):
-    """L = (w_it L_it + w_kd L_kd + w_st L_struct) / (w_it + w_kd + w_st), terms chosen by the config."""
+    """L = (w_it L_it + w_kd L_kd + w_st L_struct) / (w_it + w_kd + w_st), terms chosen by the config.
+
+    With `config.loss.chunk` > 0 the image-text (softmax kind) and text-knowledge terms are computed
+    blockwise (`losses.chunked_softmax_contrastive`): the same loss and gradients without [B, B] logits.
+    """
     lc = cfg.loss
     use_kd = lc.kd_weight > 0
     use_struct = lc.struct_weight > 0
     if (use_kd or use_struct) and teacher_model is None:
         raise ValueError("config.loss.kd_weight/struct_weight > 0 need a teacher (config.teacher)")
+    contrastive = contrastive_fn(int(lc.get("chunk", 0)))
 
     def objective(params, teacher, batch, rng):
         out = model.apply(
@@ -72,7 +91,7 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any):
         scale = jnp.exp(params["logit_scale"])
         targets = pair_targets(batch, lc.hierarchy)
         if lc.kind == "softmax":
-            l_it = losses.softmax_contrastive(v, t, scale, targets)
+            l_it = contrastive(v, t, scale, targets)
         elif lc.kind == "sigmoid":
             labels = None if targets is None else (targets > 0).astype(jnp.float32)
             l_it = losses.sigmoid_loss(v, t, scale, params["logit_bias"], labels)
@@ -85,7 +104,8 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any):
                 teacher_model.apply({"params": teacher["params"]["text"]}, batch["input_ids"], batch["attention_mask"])
             )
         if use_kd:
-            l_kd = losses.knowledge_distillation(t, k, scale)
+            # = losses.knowledge_distillation(t, k, scale) when chunk == 0; the teacher side stays frozen.
+            l_kd = contrastive(t, jax.lax.stop_gradient(k), scale)
             metrics["loss_kd"] = l_kd
             total, weight = total + lc.kd_weight * l_kd, weight + lc.kd_weight
         if use_struct:

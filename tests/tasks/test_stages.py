@@ -26,8 +26,7 @@ def tiny_stage1(bert_dir):
 
 def tiny_stage2(bert_dir, demo_dir, teacher_dir):
     cfg = load_config("stage2")
-    cfg.text.hf_dir = bert_dir
-    cfg.text.head_hidden = 16
+    cfg.text.hf_dir = bert_dir  # text.head_hidden stays 0: open_clip's (width + embed) // 2 = 24
     cfg.data.demo_dir = demo_dir
     cfg.data.demo = dict(num_phenotypes=8, train_pairs=64, val_pairs=8, test_pairs=16)
     cfg.data.image_size = 16
@@ -81,6 +80,8 @@ def test_stage2_resume_is_exact(tiny_bert_dir, tiny_demo_dir, teacher_dir, tmp_p
 
     full = str(tmp_path / "full")
     result = stage2.run(tiny_stage2(tiny_bert_dir, tiny_demo_dir, teacher_dir), full)
+    with open(os.path.join(full, "model_config.json")) as f:
+        assert json.load(f)["text_config"]["head_hidden_dim"] == (32 + 16) // 2
     for key in ("i2t_r@10", "t2i_r@10", "i2p_r@10", "p2i_r@10", "chance_r@10"):
         assert 0.0 <= result[key] <= 1.0
     with open(os.path.join(full, "eval.json")) as f:
@@ -96,3 +97,47 @@ def test_stage2_resume_is_exact(tiny_bert_dir, tiny_demo_dir, teacher_dir, tmp_p
     assert sorted(a) == [1, 2, 3, 4]
     for step in (1, 2, 3, 4):
         assert a[step] == b[step], (step, a[step], b[step])
+
+
+def test_init_checkpoint_must_fit_the_model(tiny_bert_dir, tiny_demo_dir, teacher_dir, tmp_path):
+    import jax
+
+    from phenolip_jax.tasks import stage2
+
+    run = str(tmp_path / "run")
+    cfg = tiny_stage2(tiny_bert_dir, tiny_demo_dir, teacher_dir)
+    cfg.total_steps = 1
+    cfg.eval_every = 1
+    stage2.run(cfg, run)
+    from phenolip_jax.tasks import common
+
+    params = common.load_params(os.path.join(run, "params"))
+    same = stage2.load_init_checkpoint(run, params)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    wider = jax.tree.map(lambda x: x, params)
+    wider["image"]["head"]["proj"]["kernel"] = np.zeros((32, 24), np.float32)
+    with pytest.raises(ValueError, match="does not fit config.model"):
+        stage2.load_init_checkpoint(run, wider)
+
+
+def test_export_then_init_from_open_clip(tiny_bert_dir, tiny_demo_dir, teacher_dir, tmp_path):
+    """A stage-2 run exports to open_clip layout, and that directory initialises a new stage 2 exactly."""
+    import jax
+
+    from phenolip_jax.convert import export
+    from phenolip_jax.tasks import common, stage2
+    from tests.tasks.conftest import load_config
+
+    run = str(tmp_path / "run")
+    cfg = tiny_stage2(tiny_bert_dir, tiny_demo_dir, teacher_dir)
+    cfg.total_steps = 1
+    cfg.eval_every = 1
+    stage2.run(cfg, run)
+    ecfg = load_config("export")
+    ecfg.checkpoint, ecfg.output, ecfg.verify = run, str(tmp_path / "out"), False
+    export.run(ecfg)
+    params = common.load_params(os.path.join(run, "params"))
+    loaded = stage2.load_init_checkpoint(str(tmp_path / "out" / "open_clip"), params)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
