@@ -1,6 +1,4 @@
 """config.loss.chunk: the chunked stage-2 objective equals the plain one (loss and every gradient)."""
-import math
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,8 +8,11 @@ import pytest
 from phenolip_jax import config_lib
 from phenolip_jax.models import two_tower
 from phenolip_jax.train import objectives
+from tests.train import test_step as step_tests
 
-B, L, S, D = 12, 8, 16, 16
+B = 12
+L, S = step_tests.L, step_tests.S
+tiny_model = step_tests.tiny_model
 
 
 def loss_cfg(chunk: int, hierarchy: bool = True, kd_weight: float = 0.3) -> ml_collections.ConfigDict:
@@ -23,26 +24,9 @@ def loss_cfg(chunk: int, hierarchy: bool = True, kd_weight: float = 0.3) -> ml_c
     return c
 
 
-def tiny_model() -> two_tower.TwoTower:
-    """A 1-layer ViT + 1-layer BERT two-tower with 16-d embeddings."""
-    image = dict(vit=dict(image_size=S, patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64), head="linear",
-                 embed_dim=D)
-    text = dict(bert=dict(vocab_size=50, width=32, depth=1, num_heads=2, mlp_dim=64, max_position_embeddings=16),
-                head="mlp", embed_dim=D, head_hidden_dim=24)
-    return two_tower.TwoTower(image_config=image, text_config=text, logit_scale_init=math.log(10.0))
-
-
-def fake_batch(seed: int = 0) -> dict[str, np.ndarray]:
-    """Random images/tokens with HPO tables that make some off-diagonal pairs soft positives."""
-    r = np.random.default_rng(seed)
-    hpo = r.integers(0, 4, size=(B, 2)).astype(np.int32)
-    hpo[:, 1] = -1
-    anc = np.stack([hpo, np.where(hpo >= 0, hpo // 2 + 10, -1)], axis=-1).astype(np.int32)
-    hops = np.where(anc >= 0, np.array([0, 1])[None, None, :], -1).astype(np.int32)
-    return dict(image=r.normal(size=(B, S, S, 3)).astype(np.float32),
-                input_ids=r.integers(1, 50, size=(B, L)).astype(np.int32),
-                attention_mask=np.ones((B, L), np.int32),
-                hpo=hpo, hpo_anc=anc, hpo_hops=hops, organs=(hpo[:, :1] % 2).astype(np.int32))
+def fake_batch() -> dict[str, np.ndarray]:
+    """The train-step tests' random batch, at B=12 (chunk 5 then leaves a padded last block)."""
+    return step_tests.fake_batch(0, batch=B)
 
 
 def loss_and_grads(chunk: int, hierarchy: bool):

@@ -35,15 +35,16 @@ def tiny_model():
     return two_tower.TwoTower(image_config=image, text_config=text, logit_scale_init=math.log(10.0))
 
 
-def fake_batch(seed=0):
+def fake_batch(seed=0, batch=B):
+    """Random images/tokens with HPO tables that make some off-diagonal pairs soft positives."""
     r = np.random.default_rng(seed)
-    hpo = r.integers(0, 6, size=(B, 2)).astype(np.int32)
+    hpo = r.integers(0, 6, size=(batch, 2)).astype(np.int32)
     hpo[:, 1] = -1
     anc = np.stack([hpo, np.where(hpo >= 0, hpo // 2 + 10, -1)], axis=-1).astype(np.int32)
     hops = np.where(anc >= 0, np.array([0, 1])[None, None, :], -1).astype(np.int32)
-    return dict(image=r.normal(size=(B, S, S, 3)).astype(np.float32),
-                input_ids=r.integers(1, 50, size=(B, L)).astype(np.int32),
-                attention_mask=np.ones((B, L), np.int32),
+    return dict(image=r.normal(size=(batch, S, S, 3)).astype(np.float32),
+                input_ids=r.integers(1, 50, size=(batch, L)).astype(np.int32),
+                attention_mask=np.ones((batch, L), np.int32),
                 hpo=hpo, hpo_anc=anc, hpo_hops=hops,
                 organs=(hpo[:, :1] % 2).astype(np.int32))
 
