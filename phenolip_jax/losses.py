@@ -53,10 +53,14 @@ def _square_targets(targets: Array | None, n_rows: int, n_cols: int) -> Array:
 
 
 def _soft_cross_entropy_rows(logits: Array, targets: Array, col_ok: Array, row_ok: Array):
-    """Per-row CE against row-normalised targets, over candidate columns col_ok; rows without mass excluded."""
-    masked = jnp.where(col_ok[None, :], logits, _NEG)
+    """Per-row CE against row-normalised targets, over candidate columns col_ok; rows without mass excluded.
+
+    col_ok is [C] (the same candidates for every row) or [R, C] (per-row candidates).
+    """
+    cmask = col_ok if col_ok.ndim == 2 else col_ok[None, :]
+    masked = jnp.where(cmask, logits, _NEG)
     logp = jax.nn.log_softmax(masked, axis=1)
-    t = targets * row_ok[:, None] * col_ok[None, :]
+    t = targets * row_ok[:, None] * cmask
     mass = t.sum(axis=1)
     has_pos = mass > 0
     p = t / jnp.where(has_pos, mass, 1.0)[:, None]
@@ -123,17 +127,9 @@ def multi_positive_infonce_with_metrics(
     off_diag = ~jnp.eye(n, dtype=bool)
     w = _square_targets(weights, n, n) * off_diag
     # A view is never its own candidate: excluding the diagonal keeps the trivial self-match out of the softmax.
-    col_ok = ok[None, :] & off_diag
-    masked = jnp.where(col_ok, logits, _NEG)
-    logp = jax.nn.log_softmax(masked, axis=1)
-    t = w * col_ok * ok[:, None]
-    mass = t.sum(axis=1)
-    has_pos = mass > 0
-    p = t / jnp.where(has_pos, mass, 1.0)[:, None]
-    ce = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=1)
-    n_pos = has_pos.sum()
-    loss = jnp.sum(jnp.where(has_pos, ce, 0.0)) / jnp.maximum(n_pos, 1)
-    metrics = dict(n_rows=n_pos, n_rows_without_positive=jnp.sum(ok & ~has_pos))
+    loss, _, n_pos = _soft_cross_entropy_rows(logits, w, ok[None, :] & off_diag, ok)
+    # Rows with a positive are valid rows, so the valid rows without one are the difference.
+    metrics = dict(n_rows=n_pos, n_rows_without_positive=ok.sum() - n_pos)
     return loss, metrics
 
 
