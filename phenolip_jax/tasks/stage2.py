@@ -74,14 +74,8 @@ def teacher_params(cfg: Any, workdir: str) -> tuple[Any, dict, dict]:
     if not tdir:
         tdir = os.path.join(workdir, "teacher")
         if not os.path.exists(os.path.join(tdir, "encoder")):
-            import importlib.util
-
             print(f"no config.teacher.workdir: training a stage-1 teacher into {tdir}", flush=True)
-            spec = importlib.util.spec_from_file_location(
-                "stage1_config", os.path.join(os.path.dirname(__file__), "..", "..", "configs", "stage1.py"))
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            scfg = mod.get_config(cfg.teacher.stage1_variant)
+            scfg = config_lib.load_config("stage1", cfg.teacher.stage1_variant)
             scfg.ontology.obo_path = cfg.ontology.obo_path
             scfg.mesh = cfg.mesh
             stage1.run(scfg, tdir)

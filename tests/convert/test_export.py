@@ -1,8 +1,6 @@
 """The export task: a tiny stage-2 run directory -> open_clip / HF BERT / flat safetensors, with parity."""
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 from safetensors.numpy import load_file
 
+from phenolip_jax import config_lib
 from phenolip_jax.convert import export
 from phenolip_jax.models import bert as bert_lib
 from tests.convert.conftest import random_params, tiny_fields
@@ -18,15 +17,11 @@ from tests.convert.conftest import random_params, tiny_fields
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 
 
 def _config(**overrides):
-    spec = importlib.util.spec_from_file_location("cfg_export", REPO / "configs" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = config_lib.load_config("export")
     cfg.update(overrides)
     return cfg
 

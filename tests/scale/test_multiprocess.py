@@ -20,12 +20,9 @@ STEPS = 4
 
 def load_tiny_config(path: Path):
     """get_config() of a generated tiny config file."""
-    import importlib.util
+    from phenolip_jax.config_lib import load_config
 
-    spec = importlib.util.spec_from_file_location("tiny_stage2", str(path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return load_config(str(path))
 
 
 @pytest.fixture(scope="module")
