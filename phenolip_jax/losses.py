@@ -9,7 +9,7 @@ Conventions shared by every loss here:
   and as candidates (columns), so a padded batch gives the loss of its unpadded part.
 - Batch-level losses see the *global* batch: under `jax.jit` with inputs sharded over a mesh, XLA inserts
   the collectives; no function here reads global state or names a mesh axis.
-Formulas: README.md, "Losses and metrics".
+Formulas: docs/models.md, "Losses and metrics".
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Tie rule, everywhere a ranking is involved: `ties="pessimistic"` (default) ranks every candidate that ties
 with a positive *ahead* of it, so a degenerate model (all scores equal) gets chance-or-worse numbers, never
 inflated ones; `ties="optimistic"` ranks tied positives first. Among candidates of the same kind that tie,
-the lower index ranks first. Definitions: README.md, "Losses and metrics".
+the lower index ranks first. Definitions: docs/models.md, "Losses and metrics".
 """
 from __future__ import annotations
 

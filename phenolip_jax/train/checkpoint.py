@@ -1,7 +1,7 @@
 """Orbax checkpointing of the train state and the data iterator, with keep-N, content checks and resume fallback.
 
 Orbax (tensorstore OCDBT + zstd) notices truncated or missing array files and broken metadata, but a flipped
-byte inside a stored array chunk can restore silently as wrong numbers (measured: README.md, "Resuming and preemption").
+byte inside a stored array chunk can restore silently as wrong numbers (measured: docs/reliability.md).
 So every save also records a fingerprint per state leaf in the JSON meta item, and `restore` recomputes and
 compares them; a checkpoint that fails either check is set aside and an older one is used.
 """

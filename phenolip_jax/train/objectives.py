@@ -1,7 +1,7 @@
 """Objectives composed from the config: stage 1 (ontology text) and stage 2 (image-text + distillation).
 
 Each objective is `(params, teacher, batch, rng) -> (loss, metrics)`, the only thing the shared train
-step needs. The formulas are in the README ("Losses") and `phenolip_jax/losses.py`.
+step needs. The formulas are in docs/models.md ("Losses") and `phenolip_jax/losses.py`.
 """
 from __future__ import annotations
 
