@@ -64,6 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict(dict(
         workdir="",  # stage-1 workdir (its checkpoint is the frozen teacher); '' = make one (below)
         stage1_variant="teacher",  # configs/stage1.py variant run into <workdir>/teacher when workdir=''
+        # 'precompute': embed every training caption once before training (resumable side table in
+        # <workdir>/teacher_cache/); 'on_the_fly': run the teacher in every step (for augmented captions)
+        embeddings="precompute",
     ))
     c.loss = ml_collections.ConfigDict(dict(
         kind="softmax",  # 'softmax' (CLIP InfoNCE) or 'sigmoid' (SigLIP)

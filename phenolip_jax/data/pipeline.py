@@ -198,8 +198,11 @@ def _to_iter(ds: grain.MapDataset, cfg: dict[str, Any]) -> grain.IterDataset:
 
 def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, image_root=None,
                        process_index: int | None = None, process_count: int | None = None,
-                       num_epochs: int | None = None) -> grain.IterDataset:
-    """Infinite (or num_epochs) per-host train batches; see `make_train_iterator`."""
+                       num_epochs: int | None = None, teacher: Any = None) -> grain.IterDataset:
+    """Infinite (or num_epochs) per-host train batches; see `make_train_iterator`.
+
+    `teacher`: a `teacher_inputs.TeacherInputs` adding the teacher's own ids or cached embedding per caption.
+    """
     cfg = resolve_config(cfg_data)
     pi, pc = _process_shard(process_index, process_count)
     shuffle_seed = seed if cfg["shuffle_seed"] is None else cfg["shuffle_seed"]
@@ -212,6 +215,8 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
     # process still decodes only its own slice).
     ds = ds.random_map(TrainImage(cfg["image_size"], tuple(cfg["crop_scale"]), bool(cfg["hflip"]),
                                   tuple(cfg["mean"]), tuple(cfg["std"])), seed=seed + 1)
+    if teacher is not None:  # before Tokenize, which consumes the caption text
+        ds = ds.map(teacher)
     ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
     ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
                                      cfg["max_hops"], cfg["max_organs"])))
@@ -223,7 +228,8 @@ def make_train_iterator(cfg_data, records, tokenizer, ontology, seed: int, **kwa
     """A checkpointable iterator of per-host train batches (`get_state()` / `set_state()`).
 
     Batch keys: image f32 [B,H,W,3], input_ids / attention_mask i32 [B,L], hpo i32 [B,M],
-    hpo_anc / hpo_hops i32 [B,M,A], organs i32 [B,O], image_id / caption_id i32 [B].
+    hpo_anc / hpo_hops i32 [B,M,A], organs i32 [B,O], image_id / caption_id i32 [B]; with `teacher=`
+    also teacher_input_ids / teacher_attention_mask i32 [B,L'] (its own tokenizer) or teacher_emb f32 [B,D].
     `records`: validated Records (read with `image_root`) or a random-access source of examples.
     """
     return iter(make_train_dataset(cfg_data, records, tokenizer, ontology, seed, **kwargs))

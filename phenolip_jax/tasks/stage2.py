@@ -24,6 +24,7 @@ from phenolip_jax.inference import text_encoder
 from phenolip_jax.convert import hf_bert
 from phenolip_jax.models import layers, two_tower
 from phenolip_jax.tasks import common
+from phenolip_jax.tasks import teacher as teacher_lib
 from phenolip_jax.train import loop, objectives
 
 PIPELINE_KEYS = ("image_size", "mean", "std", "crop_scale", "max_len", "max_hpo", "max_ancestors", "max_organs",
@@ -75,7 +76,11 @@ def teacher_params(cfg: Any, workdir: str) -> tuple[Any, dict, dict]:
         tdir = os.path.join(workdir, "teacher")
         if not os.path.exists(os.path.join(tdir, "encoder")):
             print(f"no config.teacher.workdir: training a stage-1 teacher into {tdir}", flush=True)
+            if not cfg.text.hf_dir:
+                raise ValueError("config.text.hf_dir is empty: the stage-1 teacher made when config.teacher.workdir "
+                                 "is empty starts from the student's text encoder; set one of the two")
             scfg = config_lib.load_config("stage1", cfg.teacher.stage1_variant)
+            scfg.text.hf_dir = cfg.text.hf_dir  # the teacher reads captions with the student's vocabulary
             scfg.ontology.obo_path = cfg.ontology.obo_path
             scfg.mesh = cfg.mesh
             stage1.run(scfg, tdir)
@@ -154,9 +159,13 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         raise ValueError("no 'test' or 'val' split to evaluate on")
     teacher = None
     teacher_model = None
+    teacher_view = None
     if cfg.loss.kd_weight > 0 or cfg.loss.struct_weight > 0:
         teacher_model, tparams, tmeta = teacher_params(cfg, workdir)
-        teacher = {"params": {"text": tparams}}
+        teacher_view = teacher_lib.teacher_transform(cfg, teacher_model, tparams, tmeta, tokenizer, splits["train"],
+                                                     workdir)
+        # With precomputed embeddings the step never runs the teacher: its params stay off the device.
+        teacher = {} if getattr(teacher_view, "table", None) is not None else {"params": {"text": tparams}}
         if cfg.loss.struct_weight > 0:
             ttok = hf_bert.load_tokenizer(tmeta["hf_dir"])
             phen = sorted({h for r in splits["train"] for h in r.hpo_ids})
@@ -187,7 +196,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         cfg, workdir, params=params, teacher=teacher,
         objective=objectives.stage2_objective(model, teacher_model, cfg),
         make_data_iter=lambda: pipeline.make_train_iterator(pipeline_config(cfg), splits["train"], tokenizer, onto,
-                                                            cfg.seed, image_root=image_root),
+                                                            cfg.seed, image_root=image_root, teacher=teacher_view),
         evaluate=evaluate, progress_keys=("loss", "loss_it", "loss_kd", "logit_scale"),
         eval_keys=tuple(f"{t}_r@10" for t in ("i2t", "t2i", "i2p", "p2i")) + ("chance_r@10",),
     )

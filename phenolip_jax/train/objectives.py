@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from phenolip_jax import losses
+from phenolip_jax.data.teacher_inputs import teacher_ids
 
 
 def batch_relation_scores(batch: dict, hierarchy: Any) -> jax.Array:
@@ -22,6 +23,14 @@ def batch_relation_scores(batch: dict, hierarchy: Any) -> jax.Array:
         hop_decay=hierarchy.hop_decay,
         organ_weight=hierarchy.organ_weight,
     )
+
+
+def teacher_embedding(teacher_model: Any, teacher: Any, batch: dict) -> jax.Array:
+    """The frozen teacher's caption embedding: precomputed (`teacher_emb`), or run on the ids it reads."""
+    if "teacher_emb" in batch:
+        return jax.lax.stop_gradient(batch["teacher_emb"])
+    ids, mask = teacher_ids(batch)
+    return jax.lax.stop_gradient(teacher_model.apply({"params": teacher["params"]["text"]}, ids, mask))
 
 
 def pair_targets(batch: dict, hierarchy: Any) -> jax.Array | None:
@@ -100,9 +109,7 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any):
         metrics = {"loss_it": l_it, "logit_scale": scale}
         total, weight = lc.it_weight * l_it, lc.it_weight
         if use_kd or use_struct:
-            k = jax.lax.stop_gradient(
-                teacher_model.apply({"params": teacher["params"]["text"]}, batch["input_ids"], batch["attention_mask"])
-            )
+            k = teacher_embedding(teacher_model, teacher, batch)
         if use_kd:
             # = losses.knowledge_distillation(t, k, scale) when chunk == 0; the teacher side stays frozen.
             l_kd = contrastive(t, jax.lax.stop_gradient(k), scale)
