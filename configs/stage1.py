@@ -38,9 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_len=32,  # tokens per view (definitions are truncated)
         view_kinds=("synonym", "definition", "relation_child", "relation_parent"),  # besides the name
         heldout_fraction=0.1,  # terms with synonyms that lose one synonym to the evaluation split
-        max_ancestors=16,  # ancestor-table width per term (ancestors within loss.hierarchy.max_hops)
+        max_ancestors=0,  # ancestor-table width per term (within loss.hierarchy.max_hops); 0 = sized from the ontology
         max_organs=4,  # organ-system table width per term
         workers=0,  # grain worker processes (0 = in-process)
+        strict=False,  # True: an ancestor table cut by max_ancestors is an error (else a warning with the count)
     ))
     c.loss = ml_collections.ConfigDict(dict(
         kind="infonce",  # 'infonce' (multi-positive, soft hierarchical targets) or 'adasp'

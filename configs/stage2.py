@@ -34,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         crop_scale=(0.9, 1.0),  # RandomResizedCrop area range at train time
         max_len=32,  # caption tokens (longer captions are truncated and counted)
         max_hpo=4,  # HPO ids kept per pair
-        max_ancestors=8,  # ancestor-table width per HPO id (within loss.hierarchy.max_hops)
+        max_ancestors=0,  # ancestor-table width per HPO id (within loss.hierarchy.max_hops); 0 = sized from the
+        # ontology (17 at 2 hops); a smaller width warns with the count of cut terms (an error when strict)
         max_organs=4,  # organ-system table width per pair
         batch_size=64,  # global batch (pairs per step over all devices)
         workers=0,  # grain worker processes (0 = in-process)

@@ -29,7 +29,7 @@ DATA_DEFAULTS: dict[str, Any] = dict(
     hflip=False,  # random horizontal flip (train only); off: laterality matters in medical images
     max_len=256,  # caption context length L in tokens (longer captions are truncated)
     max_hpo=8,  # M: HPO ids per record, -1 padded
-    max_ancestors=32,  # A: ancestors-or-self per HPO id, -1 padded
+    max_ancestors=0,  # A: ancestors-or-self per HPO id, -1 padded; 0 = sized from the ontology and max_hops
     max_hops=3,  # ancestors farther than this many is-a hops are left out of hpo_anc
     max_organs=23,  # O: organ systems per record (HPO has 23, so nothing is cut by default)
     per_host_batch_size=32,  # B: examples per host per step
@@ -37,6 +37,7 @@ DATA_DEFAULTS: dict[str, Any] = dict(
     prefetch=2,  # batches buffered per worker (workers > 0) / per read thread (workers = 0)
     read_threads=2,  # threads decoding in-process when workers = 0
     shuffle_seed=None,  # global shuffle seed; None = the `seed` argument
+    strict=False,  # True: an ancestor table cut by max_ancestors is an error (else a warning with the count)
 )
 
 
@@ -47,9 +48,11 @@ def resolve_config(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown data config fields {sorted(unknown)}; known: {sorted(DATA_DEFAULTS)}")
     out = {**DATA_DEFAULTS, **given}
-    for key in ("image_size", "max_len", "max_hpo", "max_ancestors", "max_organs", "per_host_batch_size"):
+    for key in ("image_size", "max_len", "max_hpo", "max_organs", "per_host_batch_size"):
         if int(out[key]) <= 0:
             raise ValueError(f"data config {key} must be positive, got {out[key]}")
+    if int(out["max_ancestors"]) < 0:
+        raise ValueError(f"data config max_ancestors must be >= 0 (0 = sized from the ontology), got {out['max_ancestors']}")
     lo, hi = out["crop_scale"]
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {out['crop_scale']}")
@@ -80,11 +83,12 @@ class RecordSource(grain.sources.RandomAccessDataSource):
 class HpoEncoder:
     """HPO ids -> fixed-width index arrays, from per-term tables precomputed once (cheap to pickle)."""
 
-    def __init__(self, ontology, max_hpo: int, max_ancestors: int, max_hops: int, max_organs: int):
-        from phenolip_jax.ontology import ancestor_table, organ_table
+    def __init__(self, ontology, max_hpo: int, max_ancestors: int, max_hops: int, max_organs: int,
+                 strict: bool = False):
+        from phenolip_jax.ontology import organ_table, sized_ancestor_table
 
         all_terms = np.arange(len(ontology.ids), dtype=np.int32)
-        self.anc, self.hops = ancestor_table(ontology, all_terms, max_hops, width=max_ancestors)
+        self.anc, self.hops = sized_ancestor_table(ontology, all_terms, max_hops, max_ancestors, strict=strict)
         self.organ = organ_table(ontology, all_terms)
         # Validated records hold current ids; alt ids are accepted too so an unvalidated source
         # with old annotations still works. Anything else fails loudly below.
@@ -219,7 +223,7 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
         ds = ds.map(teacher)
     ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
     ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
-                                     cfg["max_hops"], cfg["max_organs"])))
+                                     cfg["max_hops"], cfg["max_organs"], cfg["strict"])))
     ds = ds[pi::pc].batch(cfg["per_host_batch_size"], drop_remainder=True)
     return _to_iter(ds, cfg)
 
@@ -256,5 +260,5 @@ def make_eval_batches(cfg_data, records, tokenizer, ontology, *, image_root=None
     ds = ds.map(EvalImage(cfg["image_size"], tuple(cfg["mean"]), tuple(cfg["std"])))
     ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
     ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
-                                     cfg["max_hops"], cfg["max_organs"])))
+                                     cfg["max_hops"], cfg["max_organs"], cfg["strict"])))
     return _to_iter(ds.batch(b, drop_remainder=False), cfg)

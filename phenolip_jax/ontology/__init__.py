@@ -18,11 +18,12 @@ from phenolip_jax.ontology.relations import (
     relation_codes,
     relation_scores,
     set_relation_scores,
+    sized_ancestor_table,
 )
 
 __all__ = [
     "PHENOTYPIC_ABNORMALITY_ID", "ROOT_ID", "ObsoleteHPOIdError", "Ontology", "OntologyFormatError",
     "UnknownHPOIdError", "default_cache_dir", "file_sha256", "default_obo_path", "load_ontology",
     "Relation", "ancestor_table", "hop_weights", "hops_up", "organ_table", "relation_codes",
-    "relation_scores", "set_relation_scores",
+    "relation_scores", "set_relation_scores", "sized_ancestor_table",
 ]

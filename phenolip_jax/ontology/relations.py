@@ -17,6 +17,7 @@ Gather w from `hop_weights` instead of computing pow on device, so host and devi
 from __future__ import annotations
 
 import enum
+import warnings
 
 import numpy as np
 
@@ -179,6 +180,32 @@ def ancestor_table(onto: Ontology, idx: np.ndarray, max_hops: int,
     hops = np.concatenate([np.zeros(len(idx), dtype=np.int64), onto.anc_hops[pos[near]]])
     order = np.lexsort((anc, hops, rows))
     return tuple(_pad_rows(rows[order], [anc[order], hops[order]], len(idx), width))
+
+
+def sized_ancestor_table(onto: Ontology, idx: np.ndarray, max_hops: int, width: int = 0, *, strict: bool = False,
+                         field: str = "config.data.max_ancestors") -> tuple[np.ndarray, np.ndarray]:
+    """`ancestor_table` sized from the ontology and hops (width 0), or cut at `width` only with a warning.
+
+    A cut row loses its farthest ancestors, whose pairs then get target 0 on the device while the host
+    rule (`relation_scores`) scores them: so a width below the need warns with the number of cut terms,
+    and raises ValueError under `strict`.
+    """
+    if int(width) != width or width < 0:
+        raise ValueError(f"{field}={width!r}: use 0 (sized from the ontology) or a positive width")
+    anc, hops = ancestor_table(onto, idx, max_hops)
+    need = anc.shape[1]
+    if not width or width == need:
+        return anc, hops
+    if width > need:
+        pad = np.full((len(anc), width - need), -1, np.int32)
+        return np.concatenate([anc, pad], 1), np.concatenate([hops, pad], 1)
+    cut = int(((anc >= 0).sum(1) > width).sum())
+    msg = (f"{field}={width} cuts the ancestor table of {cut} of {len(anc)} terms (max_hops={max_hops} needs "
+           f"{need}; 0 sizes it from the ontology): their farthest ancestors would get hierarchical target 0")
+    if strict:
+        raise ValueError(msg)
+    warnings.warn(msg, stacklevel=2)
+    return anc[:, :width], hops[:, :width]
 
 
 def organ_table(onto: Ontology, idx: np.ndarray, width: int | None = None) -> np.ndarray:

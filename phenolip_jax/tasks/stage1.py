@@ -20,7 +20,7 @@ from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.tokenize import tokenize_captions
 from phenolip_jax.evaluate.concept_retrieval import concept_retrieval_metrics
 from phenolip_jax.inference import text_encoder
-from phenolip_jax.ontology import ancestor_table, organ_table
+from phenolip_jax.ontology import organ_table, sized_ancestor_table
 from phenolip_jax.tasks import common
 from phenolip_jax.train import loop, objectives
 
@@ -51,7 +51,8 @@ def keep_view_kinds(views: Any, kinds: tuple[str, ...]) -> Any:
 def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
     """Checkpointable grain iterator of N terms x K tokenised views (this process's share of terms)."""
     every = np.arange(len(onto))
-    anc, hops = ancestor_table(onto, every, cfg.loss.hierarchy.max_hops, width=cfg.data.max_ancestors)
+    anc, hops = sized_ancestor_table(onto, every, cfg.loss.hierarchy.max_hops, cfg.data.max_ancestors,
+                                     strict=cfg.data.strict)
     organs = organ_table(onto, every, width=cfg.data.max_organs)
     terms = cfg.data.terms_per_batch // jax.process_count()
     pool = views.terms[jax.process_index()::jax.process_count()]

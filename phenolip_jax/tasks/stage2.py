@@ -28,7 +28,7 @@ from phenolip_jax.tasks import teacher as teacher_lib
 from phenolip_jax.train import loop, objectives
 
 PIPELINE_KEYS = ("image_size", "mean", "std", "crop_scale", "max_len", "max_hpo", "max_ancestors", "max_organs",
-                 "workers", "prefetch")
+                 "workers", "prefetch", "strict")
 
 
 def pipeline_config(cfg: Any) -> dict[str, Any]:
