@@ -46,6 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         demo=dict(num_phenotypes=150, train_pairs=3000, val_pairs=300, test_pairs=600),  # as configs/stage2.py
         demo_image_size=0,  # demo image size (0 = the model's input size; 64, stage 2's default, for text-only models)
         max_images=0,  # evaluate at most this many test images / pairs (0 = all), for quick looks
+        strict=False,  # True: fail on the first bad manifest line instead of skipping and counting it
+        allow_absolute_paths=False,  # accept absolute image paths (relative ones must stay inside image_root)
     ))
     c.matching = ml_collections.ConfigDict(dict(
         k=5,  # predicted set = top-k candidates (Face2Gene style) ...

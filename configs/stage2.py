@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         workers=0,  # grain worker processes (0 = in-process)
         prefetch=2,
         strict=False,  # True: fail on the first bad record instead of skipping and counting it
+        allow_absolute_paths=False,  # accept absolute image paths (relative ones must stay inside image_root)
     ))
     c.model = ml_collections.ConfigDict(dict(
         image=dict(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="cls"),

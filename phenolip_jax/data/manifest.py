@@ -6,9 +6,9 @@ import csv
 import json
 import os
 import re
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from phenolip_jax.data.records import BadRecordError, Record, ValidationReport
+from phenolip_jax.data.records import BadRecordError, Record, ValidationReport, validate_records
 
 _HPO_RE = re.compile(r"HP[:_]\s*(\d{7})", re.IGNORECASE)
 
@@ -47,21 +47,24 @@ def _unique(ids: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _malformed(report: ValidationReport | None, strict: bool, where: str, detail: str) -> None:
+def _malformed(report: ValidationReport | None, strict: bool, where: str, detail: str,
+               reason: str = "malformed_line") -> None:
+    # A line that yields no record is still one line read: counted in `total` and under its reason.
     if strict:
-        raise BadRecordError(where, "malformed_line", detail)
+        raise BadRecordError(where, reason, detail)
     if report is not None:
         report.total += 1
-        report.add("malformed_line", where, detail)
+        report.add(reason, where, detail)
 
 
 def read_jsonl(path: str | os.PathLike, *, strict: bool = False,
                report: ValidationReport | None = None) -> list[Record]:
     """Records from a JSONL manifest: one object per line with image, caption, hpo_ids, split, source.
 
-    Blank lines are skipped; a line that is not UTF-8 JSON object text, holds unpaired surrogates (which
-    no tokenizer or file system can take) or lacks `image`/`caption` is a 'malformed_line' (counted in
-    `report`, or raised under strict). A UTF-8 byte-order mark on the first line is ignored.
+    A blank line is a 'blank_line'; a line that is not UTF-8 JSON object text, holds unpaired surrogates
+    (which no tokenizer or file system can take) or lacks `image`/`caption` is a 'malformed_line' (both
+    counted in `report`, or raised under strict), so every line is a record or a count. A UTF-8 byte-order
+    mark on the first line is ignored.
     """
     path = os.fspath(path)
     out = []
@@ -75,6 +78,7 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = False,
                 _malformed(report, strict, where, f"not UTF-8: {e}")
                 continue
             if not line.strip():
+                _malformed(report, strict, where, "", reason="blank_line")
                 continue
             try:
                 obj = json.loads(line)
@@ -114,13 +118,19 @@ def read_phenobench_csv(path: str | os.PathLike, *, split: str = "test", source:
     out = []
     # surrogateescape: a row with bytes that are not UTF-8 becomes one malformed row below, not a crash;
     # utf-8-sig: spreadsheet exports often start with a byte-order mark that would rename the first column.
+    # csv.reader, not DictReader: DictReader skips blank rows without a trace, and every row must count.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"image_path", "caption", "full_matches"} - set(reader.fieldnames or ())
+        reader = csv.reader(f)
+        fieldnames = next(reader, None) or []
+        missing = {"image_path", "caption", "full_matches"} - set(fieldnames)
         if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}; have {reader.fieldnames}")
-        for row in reader:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}; have {fieldnames}")
+        for cells in reader:
             where = f"{path}:{reader.line_num}"
+            if not cells:
+                _malformed(report, strict, where, "", reason="blank_line")
+                continue
+            row = dict(zip(fieldnames, cells))
             if not row.get("image_path"):
                 _malformed(report, strict, where, "empty image_path")
                 continue
@@ -139,6 +149,21 @@ def read_manifest(path: str | os.PathLike, **kwargs) -> list[Record]:
     if os.fspath(path).lower().endswith(".csv"):
         return read_phenobench_csv(path, **kwargs)
     return read_jsonl(path, **kwargs)
+
+
+def read_and_validate(paths: Sequence[str | os.PathLike], ontology, image_root: str | os.PathLike | None, *,
+                      strict: bool = False, **validate_kwargs) -> tuple[list[Record], ValidationReport]:
+    """Records of every manifest through the bad-input policy, with one report for all of them.
+
+    Every input line is accounted for: report.total == report.kept + report.dropped, dropped split by
+    reason; under `strict` the first bad line raises BadRecordError. `validate_kwargs` go to
+    `validate_records` (tokenizer, max_len, max_hpo, check_images, allow_absolute).
+    """
+    report = ValidationReport()
+    records: list[Record] = []
+    for path in paths:
+        records += read_manifest(path, strict=strict, report=report)
+    return validate_records(records, ontology, image_root, strict=strict, report=report, **validate_kwargs)
 
 
 def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:

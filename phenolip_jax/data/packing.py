@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import grain
 from PIL import Image
 
-from phenolip_jax.data.records import Record, ValidationReport, assign_ids, resolve_image_path
+from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
 
 FORMAT_VERSION = 1
 _LEN = struct.Struct("<I")
@@ -81,7 +81,7 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
             writer = ArrayRecordWriter(os.path.join(output, name), "group_size:1")
             for j in range(bounds[s], bounds[s + 1]):
                 r = recs[j]
-                with open(resolve_image_path(r.image, image_root), "rb") as f:
+                with open(resolve_image_path(r.image, image_root, allow_absolute=True), "rb") as f:  # validated
                     data = shrink_image(f.read(), max_side)
                 meta = {"caption": r.caption, "hpo_ids": list(r.hpo_ids), "image_id": image_ids[j],
                         "caption_id": caption_ids[j], "image_key": r.image_id, "split": r.split,
@@ -124,22 +124,19 @@ def main(argv: Sequence[str]) -> None:
     """absl entry point: read, validate, pack, write packing.json, print the report."""
     from absl import flags
 
-    from phenolip_jax.data.manifest import read_manifest
-    from phenolip_jax.data.records import validate_records
+    from phenolip_jax.data.manifest import read_and_validate
     from phenolip_jax.ontology import load_ontology
 
     del argv
     f = flags.FLAGS
     image_root = f.image_root or os.path.dirname(os.path.abspath(f.manifest))
-    report = ValidationReport()
-    records = read_manifest(f.manifest, strict=f.strict, report=report)
     tokenizer = None
     if f.tokenizer:
         from phenolip_jax.data.tokenize import load_tokenizer
 
         tokenizer = load_tokenizer(f.tokenizer)
-    kept, report = validate_records(records, load_ontology(), image_root, tokenizer, f.max_len,
-                                    f.strict, max_hpo=f.max_hpo, report=report)
+    kept, report = read_and_validate([f.manifest], load_ontology(), image_root, strict=f.strict, tokenizer=tokenizer,
+                                     max_len=f.max_len, max_hpo=f.max_hpo, allow_absolute=f.allow_absolute_paths)
     print(report, file=sys.stderr)
     summary = pack_records(kept, image_root, f.output, f.num_shards, max_side=f.max_side)
     info = {"format_version": FORMAT_VERSION, "manifest": os.path.abspath(f.manifest),
@@ -162,6 +159,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_hpo", None, "HPO ids kept per record (default: all)")
     flags.DEFINE_integer("max_side", 0, "downscale images whose longer side exceeds this (0 = keep bytes)")
     flags.DEFINE_bool("strict", False, "raise on the first bad record instead of skipping it")
+    flags.DEFINE_bool("allow_absolute_paths", False, "accept absolute image paths in the manifest "
+                      "(relative ones must stay inside --image_root)")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ class RecordSource(grain.sources.RandomAccessDataSource):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        with open(resolve_image_path(rec.image, self.image_root), "rb") as f:
+        # Absolute paths reach here only through validate_records' allow_absolute: the gate is there.
+        with open(resolve_image_path(rec.image, self.image_root, allow_absolute=True), "rb") as f:
             data = f.read()
         return {"image": data, "caption": rec.caption, "hpo_ids": rec.hpo_ids,
                 "image_id": self.image_ids[index], "caption_id": self.caption_ids[index]}

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 # Reasons that drop a record (skip by default, raise under strict=True).
 DROP_REASONS = (
     "malformed_line",  # a manifest line that does not parse (bad JSON, missing field)
+    "blank_line",  # an empty (or whitespace-only) manifest line: it holds no record, but is counted
+    "unsafe_path",  # an image path leaving image_root (../, symlink), or absolute without allow_absolute
     "missing_image",
     "corrupt_image",
     "empty_caption",
@@ -106,11 +108,28 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def resolve_image_path(image: str, image_root: str | os.PathLike | None) -> str:
-    """Absolute paths stay; relative ones are joined to image_root."""
-    if os.path.isabs(image) or image_root is None:
+class UnsafePathError(ValueError):
+    """An image path that would be read from outside the image root."""
+
+
+def resolve_image_path(image: str, image_root: str | os.PathLike | None, allow_absolute: bool = False) -> str:
+    """The file a manifest's image path names: inside image_root, or absolute only when allowed.
+
+    A relative path is joined to image_root and must stay inside it after normalisation with symlinks
+    followed (`../x.png`, or a link pointing out, raise UnsafePathError). An absolute path raises unless
+    `allow_absolute` (`config.data.allow_absolute_paths`). Without an image_root the path is used as is.
+    """
+    if image_root is None:
         return image
-    return os.path.join(os.fspath(image_root), image)
+    if os.path.isabs(image):
+        if not allow_absolute:
+            raise UnsafePathError(f"absolute image path {image!r} (allowed only with config.data.allow_absolute_paths)")
+        return image
+    root = os.path.realpath(os.fspath(image_root))
+    path = os.path.realpath(os.path.join(root, image))
+    if os.path.commonpath([root, path]) != root:
+        raise UnsafePathError(f"image path {image!r} resolves to {path}, outside image_root {root}")
+    return path
 
 
 def _fail(report: ValidationReport, strict: bool, rec: Record, reason: str, detail: str) -> None:
@@ -155,13 +174,15 @@ def validate_records(
     max_hpo: int | None = None,
     check_images: bool = True,
     report: ValidationReport | None = None,
+    allow_absolute: bool = False,
 ) -> tuple[list[Record], ValidationReport]:
     """Apply the bad-input policy; return kept records (HPO ids resolved) and the report.
 
     Default: skip bad records, count them per reason, log the first few with file and line.
     strict=True: raise `BadRecordError` on the first drop reason, or on a caption that would be
     truncated. Obsolete ids with a replacement and non-RGB images are fixed and kept either way.
-    `check_images` decodes every image fully (the only way to catch truncated files).
+    `check_images` decodes every image fully (the only way to catch truncated files). An image path
+    leaving image_root, or absolute without `allow_absolute`, is dropped as 'unsafe_path'.
     """
     report = report if report is not None else ValidationReport()
     seen: set[tuple[str, str]] = set()
@@ -176,10 +197,15 @@ def validate_records(
         if key in seen:
             _fail(report, strict, rec, "duplicate", f"image={rec.image}")
             continue
+        try:
+            path = resolve_image_path(rec.image, image_root, allow_absolute)
+        except UnsafePathError as e:
+            _fail(report, strict, rec, "unsafe_path", str(e))
+            continue
         hpo = _resolve_hpo(rec, ontology, max_hpo, report, strict)
         if hpo is None:
             continue
-        if check_images and not _check_image(rec, image_root, report, strict):
+        if check_images and not _check_image(rec, path, report, strict):
             continue
         if tokenizer is not None and max_len is not None:
             from phenolip_jax.data.tokenize import count_tokens
@@ -195,8 +221,7 @@ def validate_records(
     return kept, report
 
 
-def _check_image(rec: Record, image_root, report: ValidationReport, strict: bool) -> bool:
-    path = resolve_image_path(rec.image, image_root)
+def _check_image(rec: Record, path: str, report: ValidationReport, strict: bool) -> bool:
     if not os.path.isfile(path):
         _fail(report, strict, rec, "missing_image", path)
         return False

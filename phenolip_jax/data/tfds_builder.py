@@ -66,8 +66,7 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        from phenolip_jax.data.manifest import read_manifest
-        from phenolip_jax.data.records import validate_records
+        from phenolip_jax.data.manifest import read_and_validate
 
         if self._manifest is None:
             raise ValueError("PhenoKGFolder needs manifest=... to generate the dataset")
@@ -77,8 +76,7 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
             from phenolip_jax.ontology import load_ontology
 
             onto = load_ontology()
-        kept, report = validate_records(read_manifest(self._manifest, strict=self._strict), onto,
-                                        root, strict=self._strict)
+        kept, report = read_and_validate([self._manifest], onto, root, strict=self._strict)
         print(report)
         by_split: dict[str, list] = {}
         for r in kept:
@@ -88,7 +86,7 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, recs, root):
         image_ids, caption_ids, _, _ = assign_ids(recs)
         for i, r in enumerate(recs):
-            with open(resolve_image_path(r.image, root), "rb") as f:
+            with open(resolve_image_path(r.image, root, allow_absolute=True), "rb") as f:  # validated above
                 rgb, _ = images.decode_rgb(f.read())
             yield i, {"image": _png(rgb), "caption": r.caption, "hpo_ids": list(r.hpo_ids),
                       "image_key": r.image_id, "image_id": image_ids[i], "caption_id": caption_ids[i]}

@@ -177,16 +177,18 @@ def load_medmnist(npz_path: str, class_map: Any = None, onto: Any = None, task: 
                              splits, task)
 
 
-def load_pairs(manifest: str, image_root: str = "", onto: Any = None, check_images: bool = True) -> PairSet:
+def load_pairs(manifest: str, image_root: str = "", onto: Any = None, check_images: bool = True,
+               strict: bool = False, allow_absolute: bool = False) -> PairSet:
     """Pairs from a JSONL manifest or PhenoBench testdata.csv, through the records' bad-input policy."""
-    from phenolip_jax.data.manifest import read_manifest
-    from phenolip_jax.data.records import validate_records
+    from phenolip_jax.data.manifest import read_and_validate, read_manifest
 
     root = image_root or os.path.dirname(os.path.abspath(manifest))
-    records = read_manifest(manifest)
-    if onto is not None:  # drops missing/corrupt images and unknown HPO ids (counted), resolves alt ids
-        records, report = validate_records(records, onto, root, check_images=check_images)
+    if onto is not None:  # every line kept or counted: bad lines, missing/corrupt images, unknown HPO ids
+        records, report = read_and_validate([manifest], onto, root, strict=strict, check_images=check_images,
+                                            allow_absolute=allow_absolute)
         print(f"eval data: {report}", flush=True)
+    else:
+        records = read_manifest(manifest, strict=strict)
     if not records:
         raise ValueError(f"no usable records in {manifest}")
     paths = [r.image if os.path.isabs(r.image) else os.path.join(root, r.image) for r in records]

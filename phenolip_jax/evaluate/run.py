@@ -42,7 +42,7 @@ def load_data(cfg: Any, onto: Any, image_size: int | None) -> tuple[str, dataset
             if not d.manifest:
                 raise ValueError("config.data.manifest is empty (config.data.kind='manifest')")
             manifest, image_root = d.manifest, d.image_root
-        pairs = datasets.load_pairs(manifest, image_root, onto)
+        pairs = datasets.load_pairs(manifest, image_root, onto, strict=d.strict, allow_absolute=d.allow_absolute_paths)
         try:
             cls = datasets.classification_from_pairs(pairs, onto, name=d.name or "single-phenotype images")
         except ValueError:

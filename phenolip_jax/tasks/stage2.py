@@ -17,8 +17,7 @@ import numpy as np
 
 from phenolip_jax import config_lib
 from phenolip_jax.data import pipeline
-from phenolip_jax.data.manifest import read_manifest
-from phenolip_jax.data.records import validate_records
+from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.evaluate.retrieval import retrieval_report
 from phenolip_jax.inference import text_encoder
 from phenolip_jax.convert import hf_bert
@@ -53,11 +52,10 @@ def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, list], 
         manifest, image_root = cfg.data.manifest, cfg.data.image_root or os.path.dirname(cfg.data.manifest)
     else:
         raise ValueError(f"config.data.source={cfg.data.source!r}: use 'demo' or 'jsonl'")
-    records = read_manifest(manifest)
-    if cfg.data.test_csv:
-        records += read_manifest(cfg.data.test_csv)
-    kept, report = validate_records(records, onto, image_root, tokenizer=tokenizer, max_len=cfg.data.max_len,
-                                    strict=cfg.data.strict, max_hpo=cfg.data.max_hpo)
+    paths = [manifest] + ([cfg.data.test_csv] if cfg.data.test_csv else [])
+    kept, report = read_and_validate(paths, onto, image_root, strict=cfg.data.strict, tokenizer=tokenizer,
+                                     max_len=cfg.data.max_len, max_hpo=cfg.data.max_hpo,
+                                     allow_absolute=cfg.data.allow_absolute_paths)
     print(f"data: {report.summary() if hasattr(report, 'summary') else report}", flush=True)
     splits: dict[str, list] = {}
     for r in kept:

@@ -60,9 +60,9 @@ def test_read_jsonl_roundtrip_and_malformed_lines(tmp_path):
     recs = read_jsonl(path, report=report)
     assert [(r.image, r.caption, r.hpo_ids, r.split, r.source, r.line) for r in recs] == [
         ("imgs/a.png", "c", (SEIZURE,), "test", "s", 1)]
-    assert report.counts["malformed_line"] == 2 and report.total == 2
+    assert report.counts["malformed_line"] == 2 and report.counts["blank_line"] == 1 and report.total == 3
     assert f"{path}:3" in report.examples["malformed_line"][0]
-    with pytest.raises(BadRecordError, match=r"m\.jsonl:3: malformed_line"):
+    with pytest.raises(BadRecordError, match=r"m\.jsonl:2: blank_line"):  # the first bad line
         read_jsonl(path, strict=True)
     out = tmp_path / "out.jsonl"
     write_jsonl(recs, out)
