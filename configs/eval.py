@@ -10,9 +10,10 @@ Outputs go to output_dir ('' = --workdir): eval_results.json, report.md and PNG 
 """
 import ml_collections
 
+from phenolip_jax import config_lib
 from phenolip_jax.inference import ZERO_SHOT_TEMPLATES
 
-EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "linear_probe")
+EVALUATORS = config_lib.EVALUATORS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embed_dim=512,
         head_bias=True,
         dtype="float32",  # compute dtype ('bfloat16' on accelerators)
-        remat=False,  # rematerialise transformer blocks (saves activation memory)
+        remat="none",  # transformer blocks: 'none', 'full' (recompute in backward) or 'save_dots' (keep matmuls)
     ))
     c.data = ml_collections.ConfigDict(dict(
         terms_per_batch=64,  # N distinct terms per batch (global)

@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         logit_scale_init=1 / 0.04,  # KEP: 1/0.04 = 25
         logit_bias_init=-10.0,  # used by loss.kind='sigmoid' only
         dtype="float32",  # compute dtype ('bfloat16' on accelerators)
-        remat=False,
+        remat="none",  # both towers' blocks: 'none', 'full' (recompute in backward) or 'save_dots' (keep matmuls)
     ))
     c.text = ml_collections.ConfigDict(dict(
         hf_dir=config_lib.default_minilm_dir(),  # local Hugging Face BERT dir (init weights + tokenizer)

@@ -7,9 +7,18 @@ from typing import Any
 
 import ml_collections
 
+from phenolip_jax.models import layers
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+
+# Allowed values of the enumerated fields, checked by `validate` (one place, named in its errors).
+DATA_SOURCES = ("demo", "jsonl")  # config.data.source of stage 2
+REMAT_POLICIES = layers.REMAT_POLICIES  # config.model.remat (stage 2) / config.text.remat (stage 1)
+EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "linear_probe")  # config.evaluators (eval)
+EVAL_DATA_KINDS = ("demo", "manifest", "folder", "medmnist")  # config.data.kind (eval)
+EXPORT_FORMATS = ("open_clip", "hf_bert", "safetensors")  # config.formats (export)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -86,13 +95,26 @@ def hierarchy_section(enabled: bool = True, max_hops: int = 2, hop_decay: float 
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Checks a stage config before anything is compiled; raises ValueError naming the field."""
+    """Checks a config before anything is loaded or compiled; raises ValueError naming the field (one line)."""
+    if cfg.stage == "eval":
+        return _validate_eval(cfg)
+    if cfg.stage == "export":
+        return _validate_export(cfg)
+    if cfg.stage not in ("stage1", "stage2"):
+        raise ValueError(f"config.stage={cfg.stage!r}: use one of stage1, stage2, eval, export")
     for field in ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every"):
         if field not in cfg:
             raise ValueError(f"config.{field} is missing")
-    for field in ("total_steps", "log_every", "checkpoint_every"):
+    for field in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
         if int(cfg[field]) <= 0:
             raise ValueError(f"config.{field}={cfg[field]} must be > 0")
+    if cfg.eval_every < 0:
+        raise ValueError(f"config.eval_every={cfg.eval_every} must be >= 0 (0 = only at the end)")
+    _positive(cfg, "data", ("max_len", "max_ancestors", "max_organs", "batch_size", "image_size", "max_hpo",
+                            "terms_per_batch", "views_per_term"))
+    _positive(cfg, "eval", ("batch_size", "max_len"))
+    if cfg.data.workers < 0:
+        raise ValueError(f"config.data.workers={cfg.data.workers} must be >= 0 (0 = in-process)")
     fsdp = cfg.mesh.fsdp
     data = cfg.mesh.data if cfg.mesh.data != -1 else num_devices // max(fsdp, 1)
     if fsdp < 1 or data * fsdp != num_devices:
@@ -106,10 +128,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             f"config.optim.grad_accum_steps={accum}: batch {bs} must split into micro-batches divisible by "
             f"{num_devices} devices"
         )
-    if "model" in cfg and "image" in cfg.model:
-        img, patch = cfg.data.image_size, cfg.model.image.patch_size
-        if img % patch:
-            raise ValueError(f"config.model.image.patch_size={patch} does not divide config.data.image_size={img}")
+    if cfg.stage == "stage2":
+        _validate_stage2(cfg)
+    else:
+        _one_of(cfg.text.remat, REMAT_POLICIES, "config.text.remat")
     for field in ("text.hf_dir", "teacher.workdir", "init.checkpoint", "data.manifest", "data.test_csv"):
         section, key = field.split(".")
         value = cfg[section][key] if section in cfg and key in cfg[section] else ""
@@ -119,11 +141,68 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     if teacher and not all(os.path.exists(os.path.join(teacher, f)) for f in ("stage1_config.json", "encoder")):
         raise ValueError(f"config.teacher.workdir={teacher!r} is not a finished stage-1 workdir "
                          "(needs stage1_config.json and encoder/)")
-    kinds = {"stage1": ("infonce", "adasp"), "stage2": ("softmax", "sigmoid")}.get(cfg.stage, ())
-    if kinds and cfg.loss.kind not in kinds:
-        raise ValueError(f"config.loss.kind={cfg.loss.kind!r}: use one of {kinds}")
+    kinds = {"stage1": ("infonce", "adasp"), "stage2": ("softmax", "sigmoid")}[cfg.stage]
+    _one_of(cfg.loss.kind, kinds, "config.loss.kind")
+    _one_of(cfg.optim.schedule, ("cosine", "constant"), "config.optim.schedule")
     if cfg.optim.warmup_steps < 0 or not math.isfinite(cfg.optim.lr) or cfg.optim.lr <= 0:
         raise ValueError(f"config.optim: lr={cfg.optim.lr}, warmup_steps={cfg.optim.warmup_steps} are invalid")
+
+
+def _one_of(value: Any, allowed: tuple, field: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r}: use one of {', '.join(map(repr, allowed))}")
+
+
+def _positive(cfg: Any, section: str, fields: tuple[str, ...]) -> None:
+    for key in fields:
+        if section in cfg and key in cfg[section] and int(cfg[section][key]) <= 0:
+            raise ValueError(f"config.{section}.{key}={cfg[section][key]} must be > 0")
+
+
+def _validate_stage2(cfg: Any) -> None:
+    _one_of(cfg.data.source, DATA_SOURCES, "config.data.source")
+    if cfg.data.source == "jsonl" and not cfg.data.manifest:
+        raise ValueError("config.data.manifest is empty: config.data.source='jsonl' needs a JSONL manifest path")
+    _one_of(cfg.model.remat, REMAT_POLICIES, "config.model.remat")
+    img, patch = cfg.data.image_size, cfg.model.image.patch_size
+    if img % patch:
+        raise ValueError(f"config.model.image.patch_size={patch} does not divide config.data.image_size={img}")
+    _one_of(cfg.model.image_head, ("linear", "mlp"), "config.model.image_head")
+    _one_of(cfg.text.pool, ("cls", "mean"), "config.text.pool")
+    if cfg.loss.chunk < 0:
+        raise ValueError(f"config.loss.chunk={cfg.loss.chunk} must be >= 0 (0 = plain loss)")
+
+
+def _validate_eval(cfg: Any) -> None:
+    unknown = [e for e in cfg.evaluators if e not in EVALUATORS]
+    if unknown:
+        raise ValueError(f"config.evaluators has unknown {', '.join(map(repr, unknown))}: use any of "
+                         f"{', '.join(EVALUATORS)}")
+    _one_of(cfg.data.kind, EVAL_DATA_KINDS, "config.data.kind")
+    if not cfg.checkpoint:
+        raise ValueError("config.checkpoint is empty: give a stage-1/stage-2 workdir or an open_clip directory")
+    if cfg.batch_size <= 0:
+        raise ValueError(f"config.batch_size={cfg.batch_size} must be > 0")
+    for field in ("checkpoint", "data.manifest", "data.path"):
+        value = cfg[field]
+        if value and not os.path.exists(value):
+            raise ValueError(f"config.{field}={value!r} does not exist")
+    if cfg.data.kind == "manifest" and not cfg.data.manifest:
+        raise ValueError("config.data.manifest is empty: config.data.kind='manifest' needs a manifest path")
+    if cfg.data.kind in ("folder", "medmnist") and not cfg.data.path:
+        raise ValueError(f"config.data.path is empty: config.data.kind={cfg.data.kind!r} needs it")
+
+
+def _validate_export(cfg: Any) -> None:
+    unknown = [f for f in cfg.formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ValueError(f"config.formats has unknown {', '.join(map(repr, unknown))}: use any of "
+                         f"{', '.join(EXPORT_FORMATS)}")
+    for field in ("checkpoint", "output"):
+        if not cfg[field]:
+            raise ValueError(f"config.{field} is empty")
+    if not os.path.exists(cfg.checkpoint):
+        raise ValueError(f"config.checkpoint={cfg.checkpoint!r} does not exist")
 
 
 def _batch_field(cfg: Any) -> str:

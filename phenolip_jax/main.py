@@ -1,37 +1,64 @@
 """Entry point: `python -m phenolip_jax.main --config=configs/stage2.py [--config.field=value] [--workdir=DIR]`.
 
-The config's `stage` field picks what runs: stage1, stage2, eval or export.
+The config's `stage` field picks what runs: stage1, stage2, eval or export. The whole config is validated before
+anything is loaded; a mistake is reported in one line naming the field (exit code 2). `--list_config` prints a
+config's fields with their comments and its variants. Training stages save the config in the workdir and refuse
+to resume with one that changes the run's meaning (`--allow_config_change` overrides).
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
+
+from phenolip_jax import config_lib, config_tools, distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/<stage>).")
+_LIST_CONFIG = flags.DEFINE_bool("list_config", False, "Print the config's fields, comments and variants; exit.")
+_ALLOW_CHANGE = flags.DEFINE_bool("allow_config_change", False,
+                                  "Resume a workdir although the config differs from its saved config.json in "
+                                  "fields that change the run (model, data, loss, optimizer).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 
+TRAINING_STAGES = ("stage1", "stage2")
 
-def main(argv: list[str]) -> None:
-    """Initialises the runtime, validates the config and dispatches to the stage."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src", "orbax", "grain", "etils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from phenolip_jax import distributed
 
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    cfg = _CONFIG.value
-    if cfg is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/stage2.py")
-    workdir = _WORKDIR.value or os.path.join("workdirs", cfg.stage)
+def _fail(message: str) -> None:
+    """Exits with code 2 after one line on stderr (no traceback: the line says what to change)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad `--config...` flag reported in one line instead of chained tracebacks."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 (config_flags raises AttributeError/KeyError/ValueError/flags.Error)
+        _fail(config_tools.flag_error_line(e, argv))
+
+
+def prepare(cfg, workdir: str) -> None:
+    """Validation and the run's config memory: everything that can refuse a run, before any data is loaded."""
+    config_lib.validate(cfg, jax.device_count())
+    if cfg.stage in TRAINING_STAGES:
+        changes = config_tools.check_resume_config(cfg, workdir, allow_changes=_ALLOW_CHANGE.value)
+        if changes:
+            print(f"WARNING: --allow_config_change: resuming with {len(changes)} changed fields: "
+                  + "; ".join(f"config.{k}: {a!r} -> {b!r}" for k, a, b in changes), flush=True)
+        if jax.process_index() == 0:
+            config_tools.save_run_config(cfg, workdir)
+
+
+def dispatch(cfg, workdir: str) -> None:
+    """Runs the stage the config names."""
     if cfg.stage == "stage1":
         from phenolip_jax.tasks import stage1
 
@@ -48,9 +75,34 @@ def main(argv: list[str]) -> None:
         from phenolip_jax.convert import export
 
         export.run(cfg)
-    else:
-        raise app.UsageError(f"config.stage={cfg.stage!r} is not one of stage1, stage2, eval, export")
+
+
+def main(argv: list[str]) -> None:
+    """Validates the config, initialises the runtime and dispatches to the stage."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = _CONFIG.value
+    if cfg is None:
+        _fail("--config is required, e.g. --config=configs/stage2.py")
+    if _LIST_CONFIG.value:
+        print(config_tools.describe_config(config_flags.get_config_filename(flags.FLAGS["config"]), cfg))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax", "grain", "etils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    workdir = _WORKDIR.value or os.path.join("workdirs", str(cfg.stage))
+    try:
+        prepare(cfg, workdir)
+    except ValueError as e:  # config mistakes (config_tools.ConfigMismatchError included)
+        _fail(str(e))
+    try:
+        dispatch(cfg, workdir)
+    except KeyboardInterrupt:
+        # Ctrl-C inside the train loop checkpoints and exits 0 (train/loop.py); this is Ctrl-C outside it.
+        print("interrupted (Ctrl-C) outside the training steps: nothing to checkpoint", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -115,7 +115,7 @@ class BERT(nn.Module):
     attention_dropout: float = 0.0  # HF attention_probs_dropout_prob
     pooling: str = "cls"  # 'cls' (hidden state of token 0), 'mean' (masked mean) or 'pooler'
     use_pooler: bool = False  # create the HF pooler (dense + tanh); required by pooling='pooler'
-    remat: bool = False
+    remat: str | bool = "none"  # layers.REMAT_POLICIES ('none' | 'full' | 'save_dots'); bools: 'full' / 'none'
     attention_impl: str | None = None  # jax.nn.dot_product_attention(implementation=...)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -141,7 +141,7 @@ class BERT(nn.Module):
         # and it lets fused attention kernels skip the padding.
         mask = attention_mask.astype(bool)[:, None, None, :]
         # static_argnums counts self: (self, x, mask, train) -> train is 3.
-        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
+        layer_cls = layers.remat_block(BertLayer, self.remat, static_argnums=(3,))
         for i in range(self.depth):
             x = layer_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, layer_norm_eps=self.layer_norm_eps,
                           hidden_dropout=self.hidden_dropout, attention_dropout=self.attention_dropout,

@@ -52,6 +52,26 @@ def canonical_dtype(dtype: Any) -> Any:
     return None if dtype is None else jnp.dtype(dtype)
 
 
+# Activation rematerialisation of transformer blocks: 'none' keeps every activation for the backward pass;
+# 'full' keeps only each block's input and recomputes the rest; 'save_dots' keeps the matmul outputs (those
+# without batch dimensions, i.e. the dense layers) and recomputes the cheap elementwise ops and attention.
+REMAT_POLICIES = ("none", "full", "save_dots")
+
+
+def remat_block(block: type[nn.Module], policy: str | bool, static_argnums: tuple[int, ...]) -> type[nn.Module]:
+    """`block` wrapped by nn.remat per `policy` (one of REMAT_POLICIES; True/False mean 'full'/'none')."""
+    if isinstance(policy, bool):  # model_config.json files written before the policies were named
+        policy = "full" if policy else "none"
+    if policy == "none":
+        return block
+    if policy == "full":
+        return nn.remat(block, static_argnums=static_argnums)
+    if policy == "save_dots":
+        return nn.remat(block, static_argnums=static_argnums,
+                        policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    raise ValueError(f"remat={policy!r}: use one of {REMAT_POLICIES}")
+
+
 def attend(
     query: Array,
     key: Array,

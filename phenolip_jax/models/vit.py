@@ -111,7 +111,7 @@ class ViT(nn.Module):
     attention_dropout: float = 0.0  # timm attn_drop
     posemb_interpolation: str = "bicubic"  # 'bicubic' | 'bilinear', for inputs of another size
     posemb_antialias: bool = True  # True: timm's resample_abs_pos_embed; False: HF ViTModel
-    remat: bool = False
+    remat: str | bool = "none"  # layers.REMAT_POLICIES ('none' | 'full' | 'save_dots'); bools: 'full' / 'none'
     attention_impl: str | None = None  # jax.nn.dot_product_attention(implementation=...)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -138,7 +138,7 @@ class ViT(nn.Module):
         x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=not train)
 
         # static_argnums counts self: (self, x, train) -> train is 2.
-        block_cls = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
+        block_cls = layers.remat_block(EncoderBlock, self.remat, static_argnums=(2,))
         for i in range(self.depth):
             x = block_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
                           attention_dropout=self.attention_dropout, attention_impl=self.attention_impl,

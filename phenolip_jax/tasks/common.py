@@ -17,7 +17,7 @@ from phenolip_jax.models import two_tower
 def text_tower_fields(text_cfg: Any, bert_kwargs: dict, dtype: str) -> dict[str, Any]:
     """TextTower fields from `config.text` and the BERT fields read from the HF config."""
     return dict(
-        bert=dict(bert_kwargs, pooling=text_cfg.pool, remat=bool(text_cfg.get("remat", False))),
+        bert=dict(bert_kwargs, pooling=text_cfg.pool, remat=text_cfg.get("remat", "none")),
         head=text_cfg.head,
         embed_dim=text_cfg.get("embed_dim", 512),
         head_hidden_dim=text_cfg.head_hidden or None,  # None: the encoder width

@@ -169,9 +169,10 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
             phen = sorted({h for r in splits["train"] for h in r.hpo_ids})
             enc = text_encoder(lambda i, m: teacher_model.apply({"params": tparams}, i, m), ttok, tmeta["max_len"])
             teacher["phenotypes"] = enc([onto.names[onto.index(h)] for h in phen])
-    image_fields = dict(vit=dict(cfg.model.image), head=cfg.model.image_head, embed_dim=cfg.model.embed_dim,
-                        head_hidden_dim=cfg.model.image_head_hidden, head_bias=False)
+    image_fields = dict(vit=dict(cfg.model.image, remat=cfg.model.remat), head=cfg.model.image_head,
+                        embed_dim=cfg.model.embed_dim, head_hidden_dim=cfg.model.image_head_hidden, head_bias=False)
     text_fields = {k: v for k, v in text_fields.items() if k != "dtype"}
+    text_fields["bert"] = dict(text_fields["bert"], remat=cfg.model.remat)  # config.model.remat: both towers
     text_fields["embed_dim"] = cfg.model.embed_dim
     if not cfg.text.head_hidden:  # open_clip's hf_proj_type='mlp' width, so the model exports 1:1
         text_fields["head_hidden_dim"] = (text_fields["bert"]["width"] + cfg.model.embed_dim) // 2

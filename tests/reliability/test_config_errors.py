@@ -22,6 +22,8 @@ def test_missing_paths_are_named(field, tmp_path):
 def test_missing_teacher_workdir_is_named_for_stage2_variants(tmp_path):
     cfg = load_config("stage2", "biomedclip")
     cfg.text.hf_dir = ""  # the variant leaves it to the user; validate only checks paths that are set
+    (tmp_path / "manifest.jsonl").write_text("")
+    cfg.data.manifest = str(tmp_path / "manifest.jsonl")  # source='jsonl' needs one
     cfg.teacher.workdir = str(tmp_path / "no_teacher")
     with pytest.raises(ValueError, match=r"config\.teacher\.workdir="):
         config_lib.validate(cfg, 8)
