@@ -10,9 +10,24 @@ import optax
 
 from phenolip_jax.train.mesh import path_str
 
-# Biases, norm scales, embeddings' positional tables and the logit scale/bias are not decayed
-# (as in CLIP / open_clip / KEP: decay only on matmul weights).
-NO_DECAY_PATTERN = r"(bias|scale|LayerNorm|layernorm|norm|logit_|cls|pos_embedding|position_embeddings|token_type_embeddings)"
+# open_clip's rule: only matmul / conv weights are decayed. A leaf is exempt when it is 0-D or 1-D (biases,
+# norm scales, the logit scale/bias) or when its name marks a norm, an embedding table (nn.Embed's
+# `embedding`: word / position / token-type), a learned position table or class token, or the logit scale/bias.
+# The table names are matched on the leaf's own name, so the ViT's patch-embedding *conv* kernel
+# (`embedding/kernel`) is decayed, as open_clip decays `conv1.weight`; "norm" on any path component.
+NO_DECAY_LEAF = re.compile(r"^(bias|scale|embedding|pos_embedding|cls|cls_token|logit_scale|logit_bias)$")
+NORM = re.compile(r"norm", re.I)
+
+
+def decay_mask(params: Any) -> Any:
+    """A bool tree: True where AdamW's decoupled weight decay applies (open_clip's rule, above)."""
+
+    def one(path, leaf):
+        names = path_str(path).split("/")
+        exempt = NO_DECAY_LEAF.match(names[-1]) or any(NORM.search(n) for n in names)
+        return len(getattr(leaf, "shape", ())) >= 2 and not exempt
+
+    return jax.tree_util.tree_map_with_path(one, params)
 
 
 def path_mask(params: Any, pattern: str, match: bool = True) -> Any:
@@ -67,7 +82,6 @@ def freeze_until(mask: Any, steps: int) -> optax.GradientTransformation:
 def make_optimizer(cfg: Any, params: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW (+clip, +decay mask, +freeze) from `config.optim`."""
     schedule = make_schedule(cfg, total_steps)
-    decay_mask = path_mask(params, NO_DECAY_PATTERN, match=False)
     chain = []
     if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
