@@ -10,6 +10,12 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+# Importing the stages touches no device: jax.distributed.initialize() in main() still comes first.
+from phenolip_jax import distributed
+from phenolip_jax.convert import export
+from phenolip_jax.evaluate import run as evaluate_run
+from phenolip_jax.tasks import stage1, stage2
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/<stage>).")
@@ -25,28 +31,18 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "grain", "etils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from phenolip_jax import distributed
-
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cfg = _CONFIG.value
     if cfg is None:
         raise app.UsageError("--config is required, e.g. --config=configs/stage2.py")
     workdir = _WORKDIR.value or os.path.join("workdirs", cfg.stage)
     if cfg.stage == "stage1":
-        from phenolip_jax.tasks import stage1
-
         stage1.run(cfg, workdir)
     elif cfg.stage == "stage2":
-        from phenolip_jax.tasks import stage2
-
         stage2.run(cfg, workdir)
     elif cfg.stage == "eval":
-        from phenolip_jax.evaluate import run as evaluate_run
-
         evaluate_run.run(cfg, workdir)
     elif cfg.stage == "export":
-        from phenolip_jax.convert import export
-
         export.run(cfg)
     else:
         raise app.UsageError(f"config.stage={cfg.stage!r} is not one of stage1, stage2, eval, export")

@@ -21,7 +21,10 @@ from typing import Any, Sequence
 import grain
 from PIL import Image
 
-from phenolip_jax.data.records import Record, ValidationReport, assign_ids, resolve_image_path
+from phenolip_jax import artifacts
+from phenolip_jax.data.manifest import read_manifest
+from phenolip_jax.data.records import Record, ValidationReport, assign_ids, resolve_image_path, validate_records
+from phenolip_jax.ontology import load_ontology
 
 FORMAT_VERSION = 1
 _LEN = struct.Struct("<I")
@@ -124,10 +127,6 @@ def main(argv: Sequence[str]) -> None:
     """absl entry point: read, validate, pack, write packing.json, print the report."""
     from absl import flags
 
-    from phenolip_jax.data.manifest import read_manifest
-    from phenolip_jax.data.records import validate_records
-    from phenolip_jax.ontology import load_ontology
-
     del argv
     f = flags.FLAGS
     image_root = f.image_root or os.path.dirname(os.path.abspath(f.manifest))
@@ -135,9 +134,7 @@ def main(argv: Sequence[str]) -> None:
     records = read_manifest(f.manifest, strict=f.strict, report=report)
     tokenizer = None
     if f.tokenizer:
-        from phenolip_jax.data.tokenize import load_tokenizer
-
-        tokenizer = load_tokenizer(f.tokenizer)
+        tokenizer = artifacts.load_tokenizer(f.tokenizer)
     kept, report = validate_records(records, load_ontology(), image_root, tokenizer, f.max_len,
                                     f.strict, max_hpo=f.max_hpo, report=report)
     print(report, file=sys.stderr)

@@ -9,6 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from phenolip_jax.data.manifest import read_manifest
+from phenolip_jax.data.records import validate_records
+
 _HPO_ID = re.compile(r"^HP:\d{7}$")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 MULTI_LABEL = "multi-label, binary-class"  # MedMNIST's task names
@@ -179,9 +182,6 @@ def load_medmnist(npz_path: str, class_map: Any = None, onto: Any = None, task: 
 
 def load_pairs(manifest: str, image_root: str = "", onto: Any = None, check_images: bool = True) -> PairSet:
     """Pairs from a JSONL manifest or PhenoBench testdata.csv, through the records' bad-input policy."""
-    from phenolip_jax.data.manifest import read_manifest
-    from phenolip_jax.data.records import validate_records
-
     root = image_root or os.path.dirname(os.path.abspath(manifest))
     records = read_manifest(manifest)
     if onto is not None:  # drops missing/corrupt images and unknown HPO ids (counted), resolves alt ids
