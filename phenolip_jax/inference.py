@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +19,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from phenolip_jax import artifacts
+from phenolip_jax.convert import open_clip as oc
+from phenolip_jax.data import images as img_lib
 from phenolip_jax.data.tokenize import tokenize_captions
+from phenolip_jax.evaluate.metrics import zero_shot_classifier
+from phenolip_jax.models import layers, two_tower
+from phenolip_jax.ontology import load_ontology
 
 # BiomedCLIP-style zero-shot templates (open_clip ensembling: encode each, normalise, average, renormalise).
 ZERO_SHOT_TEMPLATES = (
@@ -75,8 +80,6 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 def ensemble_prompts(encode_texts: Callable[[Sequence[str]], np.ndarray], names: Sequence[str],
                      templates: Sequence[str]) -> np.ndarray:
     """[C, D] class embeddings: each template filled with each name, normalised, averaged, renormalised."""
-    from phenolip_jax.evaluate.metrics import zero_shot_classifier
-
     templates = tuple(templates)
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"templates must be non-empty and each contain '{{}}', got {templates}")
@@ -89,8 +92,6 @@ def ensemble_prompts(encode_texts: Callable[[Sequence[str]], np.ndarray], names:
 
 def prepare_images(images: Any, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Paths or uint8 [N,H,W(,1|3)] -> float32 [N,size,size,3]: shorter side resized, centre crop, normalised."""
-    from phenolip_jax.data import images as img_lib
-
     out = np.zeros((len(images), size, size, 3), np.float32)
     for i, im in enumerate(images):
         if isinstance(im, (str, os.PathLike)):
@@ -135,8 +136,6 @@ class Model:
     @functools.cached_property
     def ontology(self) -> Any:
         """The HPO ontology used to turn phenotype ids into text (loaded on first use)."""
-        from phenolip_jax.ontology import load_ontology
-
         return load_ontology(self.obo_path or None)
 
     @functools.cached_property
@@ -193,35 +192,11 @@ class Model:
 # ------------------------------------------------------------------------------------------------- loading
 def _load_tokenizer(candidates: Sequence[str | None], what: str) -> Any:
     """The first local tokenizer directory among `candidates`, or a clear error."""
-    from phenolip_jax.convert import hf_bert
-
     for c in candidates:
         if c and os.path.isdir(c) and any(os.path.exists(os.path.join(c, f)) for f in ("tokenizer.json", "vocab.txt")):
-            return hf_bert.load_tokenizer(c)
+            return artifacts.load_tokenizer(c)
     raise FileNotFoundError(f"no tokenizer for {what}: tried {[c for c in candidates if c]}; pass "
                             "tokenizer_dir= (a local Hugging Face directory with tokenizer.json or vocab.txt)")
-
-
-def restore_state_params(step_dir: str) -> Any:
-    """The `params` of a train state saved by train/checkpoint.py in `step_dir` (= checkpoints/<step>)."""
-    import orbax.checkpoint as ocp
-
-    state_dir = os.path.join(step_dir, "state") if os.path.isdir(os.path.join(step_dir, "state")) else step_dir
-    ckptr = ocp.StandardCheckpointer()
-    meta = ckptr.metadata(os.path.abspath(state_dir)).item_metadata
-    meta = getattr(meta, "tree", meta)
-    # The state was saved sharded over the training mesh; restore it onto one local device instead.
-    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-    return jax.device_get(ckptr.restore(os.path.abspath(state_dir), target)["params"])
-
-
-def latest_step_dir(ckpt_dir: str) -> str:
-    """checkpoints/<newest step> (only directories whose name is a step number)."""
-    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d)))
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint steps in {ckpt_dir}")
-    return os.path.join(ckpt_dir, str(steps[-1]))
 
 
 def locate(path: str) -> tuple[str, str, str | None]:
@@ -229,7 +204,7 @@ def locate(path: str) -> tuple[str, str, str | None]:
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint or workdir: {path}")
-    markers = (("model_config.json", "stage2"), ("stage1_config.json", "stage1"),
+    markers = ((artifacts.MODEL_CONFIG, "stage2"), (artifacts.STAGE1_CONFIG, "stage1"),
                ("open_clip_config.json", "open_clip"))
     cur, below = (path if os.path.isdir(path) else os.path.dirname(path)), []
     for _ in range(4):  # workdir, params/ or encoder/, checkpoints/, checkpoints/<step>, .../state
@@ -238,7 +213,7 @@ def locate(path: str) -> tuple[str, str, str | None]:
                 step = None
                 if below and below[0] == "checkpoints":
                     ckpts = os.path.join(cur, "checkpoints")
-                    step = os.path.join(ckpts, below[1]) if len(below) > 1 else latest_step_dir(ckpts)
+                    step = os.path.join(ckpts, below[1]) if len(below) > 1 else artifacts.latest_step_dir(ckpts)
                 return kind, cur, step
         below.insert(0, os.path.basename(cur))
         cur = os.path.dirname(cur)
@@ -249,26 +224,24 @@ def locate(path: str) -> tuple[str, str, str | None]:
 def load(path: str, *, tokenizer_dir: str | None = None, batch_size: int = 64,
          templates: Sequence[str] | None = None) -> Model:
     """A Model from a stage-1 / stage-2 workdir, a checkpoint folder inside one, or an open_clip directory."""
-    from phenolip_jax.models import layers, two_tower
-    from phenolip_jax.tasks import common
-
     kind, root, step_dir = locate(path)
     if kind == "stage1":
-        with open(os.path.join(root, "stage1_config.json")) as f:
-            meta = json.load(f)
-        params = restore_state_params(step_dir)["text"] if step_dir else common.load_params(
-            os.path.join(root, "encoder"))["text"]
+        if step_dir:
+            meta = artifacts.read_json(os.path.join(root, artifacts.STAGE1_CONFIG))
+            params = artifacts.restore_state_params(step_dir)["text"]
+        else:
+            meta, params = artifacts.read_stage1_encoder(root)
         return Model("stage1", two_tower.text_tower_from_config(meta["text_tower"]), params,
                      _load_tokenizer([tokenizer_dir, meta.get("hf_dir")], root), int(meta["max_len"]),
                      obo_path=meta.get("obo_path") or None, templates=tuple(templates or NAME_TEMPLATES),
                      path=root, batch_size=batch_size)
     if kind == "stage2":
-        with open(os.path.join(root, "model_config.json")) as f:
-            meta = json.load(f)
+        meta = artifacts.read_json(os.path.join(root, artifacts.MODEL_CONFIG))
         if step_dir is None and os.path.isdir(os.path.join(root, "params")):
-            params = common.load_params(os.path.join(root, "params"))
+            params = artifacts.load_params(os.path.join(root, "params"))
         else:
-            params = restore_state_params(step_dir or latest_step_dir(os.path.join(root, "checkpoints")))
+            params = artifacts.restore_state_params(step_dir or artifacts.latest_step_dir(
+                os.path.join(root, "checkpoints")))
         module = two_tower.TwoTower(image_config=meta["image_config"], text_config=meta["text_config"],
                                     dtype=layers.canonical_dtype(meta.get("dtype", "float32")))
         return Model("stage2", module, params, _load_tokenizer([tokenizer_dir, meta.get("text_hf_dir")], root),
@@ -279,14 +252,7 @@ def load(path: str, *, tokenizer_dir: str | None = None, batch_size: int = 64,
 
 
 def _load_open_clip(root: str, tokenizer_dir: str | None, batch_size: int, templates: Sequence[str] | None) -> Model:
-    """An imported open_clip / BiomedCLIP directory (needs phenolip_jax.convert.open_clip)."""
-    try:
-        from phenolip_jax.convert import open_clip as oc
-    except ImportError as err:
-        raise ImportError(f"{root} is an open_clip directory, but phenolip_jax.convert.open_clip "
-                          "(import_open_clip) is not available in this installation") from err
-    from phenolip_jax.models import two_tower
-
+    """An imported open_clip / BiomedCLIP directory."""
     fields, params = oc.import_open_clip(root)
     meta = oc.open_clip_metadata(root)
     module = two_tower.TwoTower(image_config=fields["image_config"], text_config=fields["text_config"])

@@ -15,7 +15,11 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+# Importing the stages touches no device: jax.distributed.initialize() in main() still comes first.
 from phenolip_jax import config_lib, config_tools, distributed
+from phenolip_jax.convert import export
+from phenolip_jax.evaluate import run as evaluate_run
+from phenolip_jax.tasks import stage1, stage2
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -60,20 +64,12 @@ def prepare(cfg, workdir: str) -> None:
 def dispatch(cfg, workdir: str) -> None:
     """Runs the stage the config names."""
     if cfg.stage == "stage1":
-        from phenolip_jax.tasks import stage1
-
         stage1.run(cfg, workdir)
     elif cfg.stage == "stage2":
-        from phenolip_jax.tasks import stage2
-
         stage2.run(cfg, workdir)
     elif cfg.stage == "eval":
-        from phenolip_jax.evaluate import run as evaluate_run
-
         evaluate_run.run(cfg, workdir)
     elif cfg.stage == "export":
-        from phenolip_jax.convert import export
-
         export.run(cfg)
 
 

@@ -18,10 +18,15 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from phenolip_jax import artifacts
 from phenolip_jax.convert import hf_bert
 from phenolip_jax.convert import open_clip as oc
+from phenolip_jax.models import bert as bert_lib
+from phenolip_jax.models import two_tower
 
 FORMATS = ("open_clip", "hf_bert", "safetensors")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -34,20 +39,15 @@ def load_run_params(workdir: str | Path) -> tuple[dict[str, Any], dict[str, Any]
     Reads `params/` (StandardCheckpointer save of the params dict); without it, the newest step of the
     training `checkpoints/` (its 'state' item's params).
     """
-    import jax
-
-    from phenolip_jax import inference
-    from phenolip_jax.tasks import common
-
     workdir = Path(workdir).resolve()
     config_file = workdir / "model_config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"no model_config.json in {workdir}: is it a finished stage-2 run directory?")
     meta = json.loads(config_file.read_text())
     if (workdir / "params").exists():
-        params = common.load_params(str(workdir / "params"))
+        params = artifacts.load_params(str(workdir / "params"))
     elif (workdir / "checkpoints").exists():
-        params = inference.restore_state_params(inference.latest_step_dir(str(workdir / "checkpoints")))
+        params = artifacts.restore_state_params(artifacts.latest_step_dir(str(workdir / "checkpoints")))
     else:
         raise FileNotFoundError(f"neither params/ nor checkpoints/ in {workdir}")
     if set(params) == {"params"}:
@@ -136,12 +136,6 @@ def export_open_clip(fields: Mapping[str, Any], params: Mapping[str, Any], out_d
 def _flax_outputs(fields: Mapping[str, Any], params: Mapping[str, Any], images: np.ndarray,
                   ids: np.ndarray) -> dict[str, np.ndarray]:
     """Image / text embeddings, logits and BERT hidden states of the Flax model in fp32."""
-    import jax
-    import jax.numpy as jnp
-
-    from phenolip_jax.models import bert as bert_lib
-    from phenolip_jax.models import two_tower
-
     model = two_tower.from_config(dict(fields))
     mask = (ids != 0).astype(np.int32)
     out = model.apply({"params": params}, jnp.asarray(images), jnp.asarray(ids), jnp.asarray(mask))

@@ -185,22 +185,3 @@ def load_hf_bert(path: str | Path, pooling: str = "cls", use_pooler: bool | None
     kwargs["use_pooler"] = (pooling == "pooler") if use_pooler is None else bool(use_pooler)
     params = state_dict_to_bert_params(_read_state_dict(path), kwargs, dtype)
     return kwargs, params
-
-
-def check_tokenizer(tokenizer: Any, words: tuple[str, ...] = ("phenotype", "skull")) -> None:
-    """Raise if real words tokenize to [UNK] (e.g. transformers 5's 5-token BertTokenizerFast(vocab_file=) trap)."""
-    unk = tokenizer.unk_token_id
-    for word in words:
-        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if not ids or (unk is not None and unk in ids):
-            raise ValueError(f"tokenizer maps {word!r} to [UNK] (vocabulary size {len(tokenizer)}); "
-                             "it did not load its vocabulary")
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    """`AutoTokenizer.from_pretrained(path)` for a local directory, checked to know real words."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    check_tokenizer(tokenizer)
-    return tokenizer

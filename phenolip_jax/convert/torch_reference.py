@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phenolip_jax.convert import timm_vit
+
 
 class Attention(nn.Module):
     """timm Attention: fused qkv Linear (q, k, v order), scaled dot product, output `proj`."""
@@ -209,8 +211,6 @@ def build_from_open_clip_config(cfg: Mapping[str, Any]) -> CustomTextCLIP:
     the BERT config from `text_cfg.hf_model_config`.
     """
     from transformers import BertConfig
-
-    from phenolip_jax.convert import timm_vit
 
     cfg = cfg.get("model_cfg", cfg)
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]

@@ -21,7 +21,10 @@ from typing import Any, Sequence
 import grain
 from PIL import Image
 
+from phenolip_jax import artifacts
+from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
+from phenolip_jax.ontology import load_ontology
 
 FORMAT_VERSION = 1
 _LEN = struct.Struct("<I")
@@ -124,17 +127,12 @@ def main(argv: Sequence[str]) -> None:
     """absl entry point: read, validate, pack, write packing.json, print the report."""
     from absl import flags
 
-    from phenolip_jax.data.manifest import read_and_validate
-    from phenolip_jax.ontology import load_ontology
-
     del argv
     f = flags.FLAGS
     image_root = f.image_root or os.path.dirname(os.path.abspath(f.manifest))
     tokenizer = None
     if f.tokenizer:
-        from phenolip_jax.data.tokenize import load_tokenizer
-
-        tokenizer = load_tokenizer(f.tokenizer)
+        tokenizer = artifacts.load_tokenizer(f.tokenizer)
     kept, report = read_and_validate([f.manifest], load_ontology(), image_root, strict=f.strict, tokenizer=tokenizer,
                                      max_len=f.max_len, max_hpo=f.max_hpo, allow_absolute=f.allow_absolute_paths)
     print(report, file=sys.stderr)

@@ -19,6 +19,7 @@ from PIL import Image
 from phenolip_jax.data import images
 from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
 from phenolip_jax.data.tokenize import Tokenize
+from phenolip_jax.ontology import organ_table, sized_ancestor_table
 
 # Every field the pipelines read, with its default. A config may set any subset; unknown keys fail.
 DATA_DEFAULTS: dict[str, Any] = dict(
@@ -86,8 +87,6 @@ class HpoEncoder:
 
     def __init__(self, ontology, max_hpo: int, max_ancestors: int, max_hops: int, max_organs: int,
                  strict: bool = False):
-        from phenolip_jax.ontology import organ_table, sized_ancestor_table
-
         all_terms = np.arange(len(ontology.ids), dtype=np.int32)
         self.anc, self.hops = sized_ancestor_table(ontology, all_terms, max_hops, max_ancestors, strict=strict)
         self.organ = organ_table(ontology, all_terms)

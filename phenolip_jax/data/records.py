@@ -7,7 +7,9 @@ import logging
 import os
 from typing import Any, Iterable, Sequence
 
+from phenolip_jax import ontology as onto_mod
 from phenolip_jax.data import images
+from phenolip_jax.data.tokenize import count_tokens
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,6 @@ def _fail(report: ValidationReport, strict: bool, rec: Record, reason: str, deta
 def _resolve_hpo(rec: Record, ontology, max_hpo: int | None, report: ValidationReport,
                  strict: bool) -> tuple[str, ...] | None:
     """Current ids for the record (deduplicated, order kept), or None if one is unusable."""
-    from phenolip_jax import ontology as onto_mod  # lazy: keeps `records` importable on its own
-
     # ObsoleteHPOIdError (obsolete without replacement) subclasses UnknownHPOIdError; count apart.
     obsolete_error = getattr(onto_mod, "ObsoleteHPOIdError", ())
     out: list[str] = []
@@ -208,8 +208,6 @@ def validate_records(
         if check_images and not _check_image(rec, path, report, strict):
             continue
         if tokenizer is not None and max_len is not None:
-            from phenolip_jax.data.tokenize import count_tokens
-
             n = count_tokens(tokenizer, caption)
             if n > max_len:
                 if strict:

@@ -21,7 +21,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from phenolip_jax.data import images
+from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.data.records import assign_ids, resolve_image_path
+from phenolip_jax.ontology import load_ontology
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -66,15 +68,11 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        from phenolip_jax.data.manifest import read_and_validate
-
         if self._manifest is None:
             raise ValueError("PhenoKGFolder needs manifest=... to generate the dataset")
         root = self._image_root or os.path.dirname(os.path.abspath(self._manifest))
         onto = self._ontology
         if onto is None:
-            from phenolip_jax.ontology import load_ontology
-
             onto = load_ontology()
         kept, report = read_and_validate([self._manifest], onto, root, strict=self._strict)
         print(report)

@@ -1,22 +1,10 @@
-"""Caption tokenisation: a Hugging Face tokenizer loaded from a local folder, plus a grain transform."""
+"""Caption tokenisation with a Hugging Face tokenizer (loaded by `artifacts.load_tokenizer`), plus a grain transform."""
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import grain
 import numpy as np
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """`AutoTokenizer.from_pretrained(path)` for a local dir, checked to know real words.
-
-    Checked because `BertTokenizerFast(vocab_file=...)` silently builds a 5-token vocabulary in
-    transformers 5 (every word becomes [UNK]).
-    """
-    from phenolip_jax.convert.hf_bert import load_tokenizer as load_checked
-
-    return load_checked(path)
 
 
 def count_tokens(tokenizer, text: str) -> int:

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from phenolip_jax.data.manifest import read_and_validate, read_manifest
+
 _HPO_ID = re.compile(r"^HP:\d{7}$")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 MULTI_LABEL = "multi-label, binary-class"  # MedMNIST's task names
@@ -180,8 +182,6 @@ def load_medmnist(npz_path: str, class_map: Any = None, onto: Any = None, task: 
 def load_pairs(manifest: str, image_root: str = "", onto: Any = None, check_images: bool = True,
                strict: bool = False, allow_absolute: bool = False) -> PairSet:
     """Pairs from a JSONL manifest or PhenoBench testdata.csv, through the records' bad-input policy."""
-    from phenolip_jax.data.manifest import read_and_validate, read_manifest
-
     root = image_root or os.path.dirname(os.path.abspath(manifest))
     if onto is not None:  # every line kept or counted: bad lines, missing/corrupt images, unknown HPO ids
         records, report = read_and_validate([manifest], onto, root, strict=strict, check_images=check_images,

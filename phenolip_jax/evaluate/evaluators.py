@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax.evaluate import metrics
+from phenolip_jax.evaluate import metrics, retrieval
 from phenolip_jax.evaluate.datasets import ClassificationSet, PairSet, Split
 from phenolip_jax.evaluate.linear_probe import DEFAULT_CS, linear_probe
 from phenolip_jax.inference import ensemble_prompts
+from phenolip_jax.ontology import Relation, relation_codes
 
 ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale for zero-shot probabilities (only AUC depends on it)
 
@@ -106,45 +107,28 @@ def zero_shot_classification(encoder: Any, data: ClassificationSet, templates: S
     return out
 
 
-def _pair_embeddings(encoder: Any, pairs: PairSet) -> dict[str, Any]:
-    """Unique images and captions of a pair set, their embeddings and the image-caption positives."""
-    images, captions, pos = metrics.image_text_positives(pairs.image_ids, pairs.captions)
-    path_of = dict(zip(pairs.image_ids, pairs.image_paths))
-    return dict(images=images, captions=captions, img_txt=pos,
-                img=encoder.encode_images([path_of[i] for i in images]),
-                txt=encoder.encode_texts(list(captions)))
-
-
-def _with_chance(rec: dict[str, float], pos: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    out = dict(rec)
-    for k in ks:
-        out[f"chance_r@{k}"] = metrics.chance_recall(pos, k)
-    return out
-
-
 def cross_modal_retrieval(encoder: Any, pairs: PairSet, candidates: Sequence[str] | None = None,
                           ks: Sequence[int] = (1, 5, 10, 50), templates: Sequence[str] | None = None
                           ) -> dict[str, Any]:
     """Multi-positive R@K (+ chance) for image_to_text, text_to_image, image_to_phenotype, phenotype_to_image.
 
-    Identical captions are one caption (positive for every image it describes); an image's phenotypes
-    are the union over its pairs; candidates default to every phenotype in the set.
+    Scored by `retrieval.retrieval_metrics` (as eval.json is): identical captions are one caption, an
+    image's phenotypes are the union over its pairs; candidates default to every phenotype in the set.
     """
     needs_images(encoder)
-    e = _pair_embeddings(encoder, pairs)
-    paths, terms = pairs.images()
+    img_rows = retrieval.first_rows(pairs.image_ids)
+    cap_rows = retrieval.first_rows(pairs.captions)
+    # Each distinct image and caption is encoded once, then spread back over the pairs that share it.
+    img = encoder.encode_images([pairs.image_paths[r] for r in img_rows])
+    txt = encoder.encode_texts([pairs.captions[r] for r in cap_rows])
+    img_at = {pairs.image_ids[r]: i for i, r in enumerate(img_rows)}
+    cap_at = {pairs.captions[r]: i for i, r in enumerate(cap_rows)}
+    _, terms = pairs.images()
     candidates = list(candidates) if candidates else sorted({t for ts in terms for t in ts})
-    img_ph = metrics.phenotype_positives(terms, candidates)
-    tasks = {"image_to_text": (e["img"] @ e["txt"].T, e["img_txt"]),
-             "text_to_image": (e["txt"] @ e["img"].T, e["img_txt"].T)}
-    if candidates:
-        ph = encoder.encode_phenotypes(candidates, templates)
-        tasks["image_to_phenotype"] = (e["img"] @ ph.T, img_ph)
-        tasks["phenotype_to_image"] = (ph @ e["img"].T, img_ph.T)
-    out: dict[str, Any] = {name: _with_chance(metrics.retrieval_recall(sim, pos, ks), pos, ks)
-                           for name, (sim, pos) in tasks.items()}
-    out.update(n_images=len(e["images"]), n_captions=len(e["captions"]), n_phenotypes=len(candidates))
-    return out
+    ph = encoder.encode_phenotypes(candidates, templates) if candidates else None
+    return retrieval.retrieval_metrics(img[[img_at[i] for i in pairs.image_ids]],
+                                       txt[[cap_at[c] for c in pairs.captions]], pairs.image_ids, pairs.captions,
+                                       pairs.hpo_ids, ph, candidates, ks)
 
 
 def phenotype_matching(encoder: Any, images: Any, gold_terms: Sequence[Sequence[str]], candidates: Sequence[str],
@@ -169,8 +153,6 @@ def phenotype_matching(encoder: Any, images: Any, gold_terms: Sequence[Sequence[
 
 def _relation_of_pred(onto: Any, max_hops: int):
     """`(pred_idx, gold_idx) -> Relation codes` of each predicted term relative to its gold term."""
-    from phenolip_jax.ontology import relation_codes
-
     def lookup(p: np.ndarray, g: np.ndarray) -> np.ndarray:
         # relation_codes(a, b)[i, j] is how b relates to a: a = gold, b = pred gives 'pred is an ancestor'.
         return np.array([relation_codes(onto, [gi], [pi], max_hops)[0, 0] for pi, gi in zip(p, g)], np.int8)
@@ -190,8 +172,6 @@ def hierarchy_scores(encoder: Any, images: Any, gold_terms: Sequence[Sequence[st
     Hierarchy-aware credit: the top-1 candidate is a gold term or an ancestor / descendant of one within
     `max_hops` is-a steps (1 = parent or child). Images count once in each organ system of their gold terms.
     """
-    from phenolip_jax.ontology import Relation
-
     needs_images(encoder)
     cand = set(candidates)
     keep = [i for i, g in enumerate(gold_terms) if set(g) & cand]

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from phenolip_jax import inference
+from phenolip_jax.data import demo
 from phenolip_jax.evaluate import datasets, evaluators, report
 
 _HEADLINE = (("retrieval", "image_to_text", "r@10"), ("retrieval", "text_to_image", "r@10"),
@@ -32,8 +34,6 @@ def load_data(cfg: Any, onto: Any, image_size: int | None) -> tuple[str, dataset
     d = cfg.data
     if d.kind in ("demo", "manifest"):
         if d.kind == "demo":
-            from phenolip_jax.data import demo
-
             size = d.demo_image_size or image_size or 64  # the generator's cache key includes the size
             root = demo.generate_demo_dataset(d.demo_dir or None, image_size=size, ontology=onto,
                                               **dict(d.demo))
@@ -168,8 +168,6 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
 
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Evaluates `cfg.checkpoint` on `cfg.data`; writes eval_results.json, report.md and PNGs; returns results."""
-    from phenolip_jax import inference
-
     if not cfg.checkpoint:
         raise ValueError("config.checkpoint is empty: pass --config.checkpoint=WORKDIR (stage-1 / stage-2 workdir, "
                          "a checkpoint folder inside one, or an open_clip directory)")

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phenolip_jax.config_lib import REMAT_POLICIES
+
 Array = jax.Array
 Dtype = Any
 
@@ -55,7 +57,6 @@ def canonical_dtype(dtype: Any) -> Any:
 # Activation rematerialisation of transformer blocks: 'none' keeps every activation for the backward pass;
 # 'full' keeps only each block's input and recomputes the rest; 'save_dots' keeps the matmul outputs (those
 # without batch dimensions, i.e. the dense layers) and recomputes the cheap elementwise ops and attention.
-REMAT_POLICIES = ("none", "full", "save_dots")
 
 
 def remat_block(block: type[nn.Module], policy: str | bool, static_argnums: tuple[int, ...]) -> type[nn.Module]:

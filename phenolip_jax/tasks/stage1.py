@@ -6,7 +6,6 @@ phenotype_table.npz (ids, unit vectors, names) and stage1_config.json (to rebuil
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -15,14 +14,16 @@ import grain
 import jax
 import numpy as np
 
-from phenolip_jax import config_lib
+from phenolip_jax import artifacts, config_lib
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.tokenize import tokenize_captions
 from phenolip_jax.evaluate.concept_retrieval import concept_retrieval_metrics
 from phenolip_jax.inference import text_encoder
+from phenolip_jax.models import two_tower
 from phenolip_jax.ontology import organ_table, sized_ancestor_table
 from phenolip_jax.tasks import common
 from phenolip_jax.train import loop, objectives
+from phenolip_jax.train import mesh as mesh_lib
 
 
 class Stage1Features(grain.transforms.Map):
@@ -87,20 +88,12 @@ def _evaluate(encode, onto, candidates: np.ndarray, heldout: Any, cfg: Any) -> t
 
 def save_encoder(path: str, text_params: Any) -> None:
     """Writes the trained TextTower params as an orbax checkpoint (the stage-2 teacher)."""
-    common.save_params(path, {"text": text_params})
+    artifacts.save_params(path, {"text": text_params})
 
 
 def load_encoder(workdir: str) -> tuple[Any, dict, dict]:
     """(TextTower, params, stage1_config.json) of a finished stage-1 workdir."""
-    from phenolip_jax.models import two_tower
-
-    meta_path = os.path.join(workdir, "stage1_config.json")
-    enc_path = os.path.join(workdir, "encoder")
-    if not (os.path.exists(meta_path) and os.path.exists(enc_path)):
-        raise FileNotFoundError(f"{workdir} is not a finished stage-1 workdir (needs stage1_config.json and encoder/)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    params = common.load_params(enc_path)["text"]
+    meta, params = artifacts.read_stage1_encoder(workdir)
     return two_tower.text_tower_from_config(meta["text_tower"]), params, meta
 
 
@@ -131,12 +124,12 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         make_data_iter=lambda: stage1_batches(cfg, views, tokenizer, onto),
         progress_keys=("loss", "logit_scale", "lr"),
     )
-    final_text = jax.device_get(state.params["text"])
+    final_text = mesh_lib.host_copy(state.params["text"])
     after, name_emb = _evaluate(encode_with(final_text), onto, pool, heldout, cfg)
     print("after training:  " + loop.format_metrics(after), flush=True)
     result = {"before": before, "after": after}
-    common.write_json(os.path.join(workdir, "eval.json"), result)
-    common.write_json(os.path.join(workdir, "stage1_config.json"),
+    artifacts.write_json(os.path.join(workdir, "eval.json"), result)
+    artifacts.write_json(os.path.join(workdir, artifacts.STAGE1_CONFIG),
                       {"text_tower": fields, "max_len": cfg.data.max_len, "hf_dir": cfg.text.hf_dir,
                        "obo_path": cfg.ontology.obo_path, "root": cfg.ontology.root})
     save_encoder(os.path.join(workdir, "encoder"), final_text)

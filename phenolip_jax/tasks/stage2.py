@@ -15,16 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phenolip_jax import config_lib
-from phenolip_jax.data import pipeline
+from phenolip_jax import artifacts, config_lib
+from phenolip_jax.convert import export, open_clip
+from phenolip_jax.data import demo, pipeline
 from phenolip_jax.data.manifest import read_and_validate
-from phenolip_jax.evaluate.retrieval import retrieval_report
-from phenolip_jax.inference import text_encoder
-from phenolip_jax.convert import hf_bert
+from phenolip_jax.evaluate import retrieval
+from phenolip_jax.inference import ensemble_prompts, text_encoder
 from phenolip_jax.models import layers, two_tower
-from phenolip_jax.tasks import common
+from phenolip_jax.tasks import common, stage1
 from phenolip_jax.tasks import teacher as teacher_lib
 from phenolip_jax.train import loop, objectives
+from phenolip_jax.train import mesh as mesh_lib
 
 PIPELINE_KEYS = ("image_size", "mean", "std", "crop_scale", "max_len", "max_hpo", "max_ancestors", "max_organs",
                  "workers", "prefetch", "strict")
@@ -41,8 +42,6 @@ def pipeline_config(cfg: Any) -> dict[str, Any]:
 def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, list], str]:
     """Validated records per split and the image root, from the demo generator or a manifest."""
     if cfg.data.source == "demo":
-        from phenolip_jax.data import demo
-
         root = str(demo.generate_demo_dataset(cfg.data.demo_dir or None, image_size=cfg.data.image_size,
                                               ontology=onto, seed=cfg.seed, **dict(cfg.data.demo)))
         manifest, image_root = os.path.join(root, "manifest.jsonl"), root
@@ -67,8 +66,6 @@ def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, list], 
 
 def teacher_params(cfg: Any, workdir: str) -> tuple[Any, dict, dict]:
     """(teacher TextTower, its params, its stage-1 config) from config.teacher, running stage 1 if needed."""
-    from phenolip_jax.tasks import stage1
-
     tdir = cfg.teacher.workdir
     if not tdir:
         tdir = os.path.join(workdir, "teacher")
@@ -96,9 +93,7 @@ def init_params(cfg: Any, model: two_tower.TwoTower, text_params: dict) -> dict:
 
 def load_init_checkpoint(path: str, expected: dict) -> dict:
     """Params from a stage-2 run dir or an open_clip (BiomedCLIP) dir, checked against the model's shapes."""
-    from phenolip_jax.convert import export, open_clip
-
-    if os.path.exists(os.path.join(path, "model_config.json")):
+    if os.path.exists(os.path.join(path, artifacts.MODEL_CONFIG)):
         _, params = export.load_run_params(path)
     elif os.path.exists(os.path.join(path, "open_clip_config.json")):
         _, params = open_clip.import_open_clip(path)
@@ -116,7 +111,7 @@ def load_init_checkpoint(path: str, expected: dict) -> dict:
 
 def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_root: str, tokenizer: Any,
                    onto: Any):
-    """A `state -> metrics` function computing held-out retrieval."""
+    """A `state -> metrics` function: held-out retrieval scored by `retrieval.retrieval_metrics` (eval.json)."""
     pcfg = pipeline_config(cfg)
     pcfg["per_host_batch_size"] = cfg.eval.batch_size
     # Every process evaluates the whole held-out split on its own devices (it is small), so each one
@@ -124,23 +119,25 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
     batches = list(pipeline.make_eval_batches(pcfg, records, tokenizer, onto, image_root=image_root,
                                               process_index=0, process_count=1))
     pheno_ids = sorted({h for r in records for h in r.hpo_ids})
-    pos = {h: i for i, h in enumerate(pheno_ids)}
-    row_phen = [[pos[h] for h in r.hpo_ids] for r in records]
     names = [onto.names[onto.index(h)] for h in pheno_ids]
     enc_img = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
     enc_txt = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode_text))
 
     def evaluate(state) -> dict[str, float]:
-        params = jax.device_get(state.params)
-        imgs, txts, img_ids = [], [], []
+        params = mesh_lib.host_copy(state.params)  # every process scores the whole split on its own devices
+        imgs, txts, img_ids, cap_ids = [], [], [], []
         for b in batches:
             keep = np.asarray(b["valid"], bool)
             imgs.append(np.asarray(enc_img(params, b["image"]))[keep])
             txts.append(np.asarray(enc_txt(params, b["input_ids"], b["attention_mask"]))[keep])
             img_ids.append(np.asarray(b["image_id"])[keep])
+            cap_ids.append(np.asarray(b["caption_id"])[keep])  # equal exactly when the caption texts are
         enc_names = text_encoder(lambda i, m: enc_txt(params, i, m), tokenizer, cfg.data.max_len, cfg.eval.batch_size)
-        return retrieval_report(np.concatenate(imgs), np.concatenate(txts), np.concatenate(img_ids),
-                                enc_names(names), row_phen, ks=tuple(cfg.eval.ks))
+        result = retrieval.retrieval_metrics(
+            np.concatenate(imgs), np.concatenate(txts), np.concatenate(img_ids).tolist(),
+            np.concatenate(cap_ids).tolist(), [r.hpo_ids for r in records],
+            ensemble_prompts(enc_names, names, tuple(cfg.eval.templates)), pheno_ids, ks=tuple(cfg.eval.ks))
+        return retrieval.eval_json(result, tuple(cfg.eval.ks))
 
     return evaluate
 
@@ -165,7 +162,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         # With precomputed embeddings the step never runs the teacher: its params stay off the device.
         teacher = {} if getattr(teacher_view, "table", None) is not None else {"params": {"text": tparams}}
         if cfg.loss.struct_weight > 0:
-            ttok = hf_bert.load_tokenizer(tmeta["hf_dir"])
+            ttok = artifacts.load_tokenizer(tmeta["hf_dir"])
             phen = sorted({h for r in splits["train"] for h in r.hpo_ids})
             enc = text_encoder(lambda i, m: teacher_model.apply({"params": tparams}, i, m), ttok, tmeta["max_len"])
             teacher["phenotypes"] = enc([onto.names[onto.index(h)] for h in phen])
@@ -185,7 +182,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     if cfg.init.checkpoint:
         params = load_init_checkpoint(cfg.init.checkpoint, params)
         print(f"initialised from {cfg.init.checkpoint}", flush=True)
-    common.write_json(os.path.join(workdir, "model_config.json"), {
+    artifacts.write_json(os.path.join(workdir, artifacts.MODEL_CONFIG), {
         "image_config": image_fields, "text_config": text_fields, "dtype": cfg.model.dtype,
         "text_hf_dir": cfg.text.hf_dir, "max_len": cfg.data.max_len, "image_size": cfg.data.image_size,
         "mean": list(cfg.data.mean), "std": list(cfg.data.std)})
@@ -200,8 +197,9 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         eval_keys=tuple(f"{t}_r@10" for t in ("i2t", "t2i", "i2p", "p2i")) + ("chance_r@10",),
     )
     final = last or evaluate(state)
-    common.save_params(os.path.join(workdir, "params"), jax.device_get(state.params))
-    common.write_json(os.path.join(workdir, "eval.json"), final)
+    # Every process takes part: a params tree sharded across processes is saved as one collective write.
+    artifacts.save_params(os.path.join(workdir, "params"), state.params)
+    artifacts.write_json(os.path.join(workdir, "eval.json"), final)
     k = 10 if 10 in cfg.eval.ks else cfg.eval.ks[0]
     print(json.dumps({key: round(final[key], 4) for key in
                       (f"i2t_r@{k}", f"t2i_r@{k}", f"i2p_r@{k}", f"p2i_r@{k}", f"chance_r@{k}",

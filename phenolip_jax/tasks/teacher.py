@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from phenolip_jax.convert import hf_bert
+from phenolip_jax import artifacts
 from phenolip_jax.data import teacher_cache
 from phenolip_jax.data.records import Record
 from phenolip_jax.data.teacher_inputs import (TeacherInputs, same_vocabulary, teacher_inputs, teacher_max_len,
@@ -22,7 +22,7 @@ def teacher_tokenizer(meta: dict[str, Any]) -> Any:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"the teacher's tokenizer dir {path!r} (hf_dir in the stage-1 run's stage1_config.json, "
                                 "set by config.teacher.workdir) is not a directory on this machine")
-    return hf_bert.load_tokenizer(path)
+    return artifacts.load_tokenizer(path)
 
 
 def train_captions(train: Any) -> list[str]:

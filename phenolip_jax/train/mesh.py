@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from phenolip_jax.data import sharding as data_sharding
@@ -88,3 +89,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles per-process numpy batches into global arrays sharded along the batch axes."""
     return data_sharding.to_global(batch, mesh, BATCH_AXES)
+
+
+def host_copy(tree: Any) -> Any:
+    """NumPy copy of a pytree on every process, gathering arrays sharded across processes (FSDP, several hosts).
+
+    `jax.device_get` cannot fetch an array whose shards live on other processes' devices; such leaves are
+    resharded to replicated (`process_allgather`), then read from a local copy.
+    """
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)

@@ -89,9 +89,9 @@ def test_hf_bert_dir_loads_cleanly_and_matches_flax(exported):
     print(f"HF BertModel from exported dir vs Flax hidden states: max abs diff {diff:.2e}")
     assert diff < TOL
     # The tokenizer files travel with the weights and still know real words.
-    from phenolip_jax.convert import hf_bert
+    from phenolip_jax import artifacts
 
-    hf_bert.load_tokenizer(out / "hf_bert")
+    artifacts.load_tokenizer(out / "hf_bert")
 
 
 def test_flat_safetensors_holds_every_param_bit_exact(exported):

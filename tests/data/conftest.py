@@ -1,7 +1,7 @@
 """Shared data-test fixtures: the shipped ontology and the MiniLM tokenizer (loaded once per session)."""
 import pytest
 
-from phenolip_jax.data.tokenize import load_tokenizer
+from phenolip_jax.artifacts import load_tokenizer
 from phenolip_jax.ontology import load_ontology
 
 

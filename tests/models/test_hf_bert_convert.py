@@ -1,4 +1,4 @@
-"""convert.hf_bert: key map, error reporting, round trip, .bin loading, tokenizer check."""
+"""convert.hf_bert: key map, error reporting, round trip, .bin loading; artifacts: the tokenizer check."""
 import json
 import shutil
 import sys
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from phenolip_jax import artifacts
 from phenolip_jax.convert import hf_bert
 from phenolip_jax.models import bert
 
@@ -113,7 +114,7 @@ def test_missing_files_raise(tmp_path):
 
 
 def test_real_tokenizer_knows_words(minilm_dir):
-    tokenizer = hf_bert.load_tokenizer(minilm_dir)
+    tokenizer = artifacts.load_tokenizer(minilm_dir)
     ids = tokenizer("skull phenotype", add_special_tokens=False)["input_ids"]
     assert ids and tokenizer.unk_token_id not in ids
     assert len(tokenizer) == 30522
@@ -123,8 +124,8 @@ def test_five_token_vocab_is_rejected(minilm_dir, tmp_path):
     # The transformers 5 trap: vocab_file= is ignored and a 5-token vocabulary is built silently.
     trap = transformers.BertTokenizerFast(vocab_file=str(minilm_dir / "vocab.txt"))
     with pytest.raises(ValueError, match="UNK"):
-        hf_bert.check_tokenizer(trap)
+        artifacts.check_tokenizer(trap)
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
     with pytest.raises(ValueError, match="UNK"):
-        hf_bert.load_tokenizer(tmp_path)
+        artifacts.load_tokenizer(tmp_path)

@@ -60,13 +60,13 @@ def write_image_pool(root: str) -> None:
 @pytest.fixture(scope="module")
 def env(tiny_bert_dir, tmp_path_factory):
     """(ontology, tokenizer, image folder, id pools) shared by all examples."""
-    from phenolip_jax.convert import hf_bert
+    from phenolip_jax import artifacts
     from phenolip_jax.ontology import load_ontology
 
     onto = load_ontology()
     root = str(tmp_path_factory.mktemp("images"))
     write_image_pool(root)
-    return onto, hf_bert.load_tokenizer(tiny_bert_dir), root
+    return onto, artifacts.load_tokenizer(tiny_bert_dir), root
 
 
 def _id_pools():

@@ -16,14 +16,14 @@ TOTAL_STEPS = 16  # tiny_stage2_config's total_steps
 @pytest.fixture(scope="module")
 def reference(tiny_stage2_config, main_env, tmp_path_factory):
     """An uninterrupted run: (workdir, losses by step, final params)."""
-    from phenolip_jax.tasks import common
+    from phenolip_jax import artifacts
 
     workdir = str(tmp_path_factory.mktemp("reference"))
     run = MainRun(tiny_stage2_config, workdir, main_env)
     assert run.wait() == 0, run.output[-4000:]
     losses = losses_by_step(workdir)
     assert sorted(losses) == list(range(1, TOTAL_STEPS + 1))
-    return workdir, losses, common.load_params(os.path.join(workdir, "params"))
+    return workdir, losses, artifacts.load_params(os.path.join(workdir, "params"))
 
 
 def assert_same_losses(reference_losses, workdir):
@@ -35,9 +35,9 @@ def assert_same_losses(reference_losses, workdir):
 
 
 def assert_same_params(reference_params, workdir):
-    from phenolip_jax.tasks import common
+    from phenolip_jax import artifacts
 
-    params = common.load_params(os.path.join(workdir, "params"))
+    params = artifacts.load_params(os.path.join(workdir, "params"))
     ref = jax.tree_util.tree_leaves_with_path(reference_params)
     got = jax.tree_util.tree_leaves_with_path(params)
     assert [p for p, _ in ref] == [p for p, _ in got]

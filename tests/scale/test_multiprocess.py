@@ -100,12 +100,12 @@ def _batches(cfg, tokenizer, onto, records, image_root, process_index, process_c
 
 @pytest.fixture(scope="module")
 def data_parts(tiny_config):
-    from phenolip_jax.convert import hf_bert
+    from phenolip_jax import artifacts
     from phenolip_jax.tasks import common, stage2
 
     cfg = load_tiny_config(tiny_config)
     onto = common.load_ontology_from_config(cfg.ontology)
-    tokenizer = hf_bert.load_tokenizer(cfg.text.hf_dir)
+    tokenizer = artifacts.load_tokenizer(cfg.text.hf_dir)
     splits, image_root = stage2.load_records(cfg, onto, tokenizer)
     return cfg, tokenizer, onto, splits["train"], image_root
 

@@ -109,9 +109,9 @@ def test_init_checkpoint_must_fit_the_model(tiny_bert_dir, tiny_demo_dir, teache
     cfg.total_steps = 1
     cfg.eval_every = 1
     stage2.run(cfg, run)
-    from phenolip_jax.tasks import common
+    from phenolip_jax import artifacts
 
-    params = common.load_params(os.path.join(run, "params"))
+    params = artifacts.load_params(os.path.join(run, "params"))
     same = stage2.load_init_checkpoint(run, params)
     for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
@@ -126,7 +126,8 @@ def test_export_then_init_from_open_clip(tiny_bert_dir, tiny_demo_dir, teacher_d
     import jax
 
     from phenolip_jax.convert import export
-    from phenolip_jax.tasks import common, stage2
+    from phenolip_jax import artifacts
+    from phenolip_jax.tasks import stage2
     from tests.tasks.conftest import load_config
 
     run = str(tmp_path / "run")
@@ -137,7 +138,7 @@ def test_export_then_init_from_open_clip(tiny_bert_dir, tiny_demo_dir, teacher_d
     ecfg = load_config("export")
     ecfg.checkpoint, ecfg.output, ecfg.verify = run, str(tmp_path / "out"), False
     export.run(ecfg)
-    params = common.load_params(os.path.join(run, "params"))
+    params = artifacts.load_params(os.path.join(run, "params"))
     loaded = stage2.load_init_checkpoint(str(tmp_path / "out" / "open_clip"), params)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
