@@ -40,7 +40,7 @@ class BertLayer(nn.Module):
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
-    attention_impl: str | None = None
+    attention: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -55,7 +55,7 @@ class BertLayer(nn.Module):
         drop = lambda y: nn.Dropout(self.hidden_dropout)(y, deterministic=not train)  # noqa: E731
         y = layers.SelfAttention(
             num_heads=self.num_heads, fused_qkv=False, attention_dropout=self.attention_dropout,
-            attention_impl=self.attention_impl, kernel_init=init, dtype=self.dtype,
+            attention=self.attention, kernel_init=init, dtype=self.dtype,
             param_dtype=self.param_dtype, name="attention")(x, mask, train)
         x = norm("attention_norm")(x + drop(y))
         y = dense(x.shape[-1], "output")(layers.gelu(dense(self.mlp_dim, "intermediate")(x)))
@@ -116,7 +116,7 @@ class BERT(nn.Module):
     pooling: str = "cls"  # 'cls' (hidden state of token 0), 'mean' (masked mean) or 'pooler'
     use_pooler: bool = False  # create the HF pooler (dense + tanh); required by pooling='pooler'
     remat: bool = False
-    attention_impl: str | None = None  # jax.nn.dot_product_attention(implementation=...)
+    attention: str = "xla"  # 'auto' | 'xla' | 'cudnn' | 'splash' (layers.resolve_attention)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -145,7 +145,7 @@ class BERT(nn.Module):
         for i in range(self.depth):
             x = layer_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, layer_norm_eps=self.layer_norm_eps,
                           hidden_dropout=self.hidden_dropout, attention_dropout=self.attention_dropout,
-                          initializer_range=self.initializer_range, attention_impl=self.attention_impl,
+                          initializer_range=self.initializer_range, attention=self.attention,
                           dtype=self.dtype, param_dtype=self.param_dtype, name=f"layer_{i}")(x, mask, train)
         if self.use_pooler:
             pooler = nn.Dense(self.width, kernel_init=nn.initializers.normal(self.initializer_range),
