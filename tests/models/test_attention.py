@@ -10,7 +10,7 @@ from phenolip_jax.models import layers
 from phenolip_jax.models import vit as vit_lib
 
 
-def _qkv(batch=2, length=20, heads=2, head_dim=16, dtype=jnp.float32):
+def _qkv(batch=2, length=20, heads=2, head_dim=8, dtype=jnp.float32):
     ks = jax.random.split(jax.random.key(0), 3)
     return [jax.random.normal(k, (batch, length, heads, head_dim), dtype) for k in ks]
 
@@ -28,8 +28,10 @@ def test_splash_matches_xla_forward_and_grads():
         out = layers.attend(q, k, v, mask, attention=kind)
         return jnp.sum(jnp.where(valid[:, :, None, None], out, 0.0) ** 2), out
 
-    (l_ref, out_ref), g_ref = jax.value_and_grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
-    (l_spl, out_spl), g_spl = jax.value_and_grad(lambda *a: loss("splash", *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    grad = lambda kind: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda *a: loss(kind, *a), argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    (l_ref, out_ref), g_ref = grad("xla")
+    (l_spl, out_spl), g_spl = grad("splash")
     np.testing.assert_allclose(np.asarray(out_spl)[valid], np.asarray(out_ref)[valid], atol=2e-5)
     np.testing.assert_allclose(l_spl, l_ref, rtol=1e-5)
     for a, b in zip(g_spl, g_ref):
@@ -49,7 +51,7 @@ def test_splash_under_a_mesh_runs_per_device():
         text = f.lower(q, k, v, mask).as_text()
         out = f(*(jax.device_put(x, sharding) for x in (q, k, v, mask)))
     assert "shard_map" in text or "manual" in text.lower()
-    ref = layers.attend(q, k, v, mask, attention="xla")
+    ref = jax.jit(lambda *a: layers.attend(*a, attention="xla"))(q, k, v, mask)
     valid = np.asarray(mask[:, 0, 0, :])
     np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref)[valid], atol=2e-5)
 
@@ -61,9 +63,9 @@ def test_key_value_seq_lengths_form_matches_the_mask():
     kwargs = layers.cudnn_arguments(q, k, v, mask)
     np.testing.assert_array_equal(kwargs["key_value_seq_lengths"], [20, 7])
     assert kwargs["implementation"] == "cudnn" and "mask" not in kwargs and "bias" not in kwargs
-    got = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kwargs["key_value_seq_lengths"],
+    got = jax.jit(jax.nn.dot_product_attention, static_argnames="implementation")(q, k, v, key_value_seq_lengths=kwargs["key_value_seq_lengths"],
                                        implementation="xla")
-    ref = layers.attend(q, k, v, mask, attention="xla")
+    ref = jax.jit(lambda *a: layers.attend(*a, attention="xla"))(q, k, v, mask)
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32), atol=1e-2)
 
 
@@ -96,9 +98,8 @@ def test_resolve_attention():
 
 def test_fused_attention_refuses_dropout_in_training():
     x = jnp.ones((1, 4, 8))
+    params = layers.SelfAttention(num_heads=2).init(jax.random.key(0), x)
     attn = layers.SelfAttention(num_heads=2, attention="splash", attention_dropout=0.1)
-    params = attn.init(jax.random.key(0), x)
-    attn.apply(params, x)  # inference: no dropout, fine
     with pytest.raises(ValueError, match="dropout"):
         attn.apply(params, x, train=True, rngs={"dropout": jax.random.key(1)})
 
@@ -107,15 +108,15 @@ def test_bert_and_vit_agree_across_paths():
     """Whole encoders: splash gives the reference's pooled outputs (BERT with padding, ViT at 1 + 16 tokens)."""
     ids = jnp.asarray(np.random.default_rng(0).integers(1, 99, (2, 12)), jnp.int32)
     am = jnp.asarray(_padding_mask([12, 5], 12)[:, 0, 0, :].astype(np.int32))
-    cfg = dict(vocab_size=100, width=32, depth=2, num_heads=2, mlp_dim=64, max_position_embeddings=16)
+    cfg = dict(vocab_size=100, width=16, depth=1, num_heads=2, mlp_dim=32, max_position_embeddings=16)
     bert = {a: bert_lib.BERT(**cfg, pooling="mean", attention=a) for a in ("xla", "splash")}
     params = bert["xla"].init(jax.random.key(0), ids, am)
-    pooled = {a: m.apply(params, ids, am)[1] for a, m in bert.items()}
+    pooled = {a: jax.jit(m.apply)(params, ids, am)[1] for a, m in bert.items()}
     np.testing.assert_allclose(pooled["splash"], pooled["xla"], atol=1e-4)
 
     images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
-    vcfg = dict(image_size=16, patch_size=4, width=32, depth=2, num_heads=2, mlp_dim=64)
+    vcfg = dict(image_size=16, patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32)
     vit = {a: vit_lib.ViT(**vcfg, attention=a) for a in ("xla", "splash")}
     vparams = vit["xla"].init(jax.random.key(0), images)
-    out = {a: m.apply(vparams, images)[1] for a, m in vit.items()}
+    out = {a: jax.jit(m.apply)(vparams, images)[1] for a, m in vit.items()}
     np.testing.assert_allclose(out["splash"], out["xla"], atol=1e-4)
