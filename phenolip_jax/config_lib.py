@@ -132,6 +132,11 @@ def _batch_field(cfg: Any) -> str:
     return "config.data.batch_size"
 
 
+def global_batch(cfg: Any) -> int:
+    """Examples per optimizer step over all devices (stage 1: terms x views)."""
+    return _batch_size(cfg)
+
+
 def _batch_size(cfg: Any) -> int:
     if "stage1" == cfg.stage:
         return cfg.data.terms_per_batch * cfg.data.views_per_term

@@ -16,6 +16,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: work
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+_AOT = flags.DEFINE_string("aot", None, "Compile the train step for a TPU slice (e.g. v5p:4x4x4) ahead of time on "
+                           "this host, print its fit and roofline, run nothing; exit 1 if it does not fit.")
 
 
 def main(argv: list[str]) -> None:
@@ -25,12 +27,16 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "grain", "etils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from phenolip_jax import distributed
-
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cfg = _CONFIG.value
     if cfg is None:
         raise app.UsageError("--config is required, e.g. --config=configs/stage2.py")
+    if _AOT.value:  # compile for a TPU slice on this host: no accelerator, no distributed runtime
+        from phenolip_jax.tasks import aot
+
+        raise SystemExit(aot.run(cfg, _AOT.value))
+    from phenolip_jax import distributed
+
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or os.path.join("workdirs", cfg.stage)
     if cfg.stage == "stage1":
         from phenolip_jax.tasks import stage1

@@ -30,6 +30,19 @@ Array = jax.Array
 
 POOLINGS = ("cls", "mean", "pooler")
 
+# config.json of known Hugging Face BERT checkpoints, for building a model without its files (the AOT
+# compile, `config.text.arch`). Source: each checkpoint's config.json on the Hugging Face hub.
+KNOWN_HF_CONFIGS: dict[str, dict[str, Any]] = {
+    # microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (PubMedBERT; BiomedCLIP's text encoder)
+    "pubmedbert": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
+                       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+    # sentence-transformers/all-MiniLM-L6-v2 (the embedded default)
+    "minilm-l6": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                      intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2,
+                      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+}
+
 
 class BertLayer(nn.Module):
     """Post-LN block: norm(x + attn(x)), then norm(h + out(gelu(intermediate(h))))."""

@@ -59,15 +59,19 @@ FUSED_ATTENTION = ("cudnn", "splash")
 SPLASH_BLOCK = 128  # splash attention tiles the sequence in blocks of 128: lengths are padded to a multiple
 
 
-def resolve_attention(kind: str, platform: str, dropout_rate: float = 0.0, field: str = "model.attention") -> str:
+def resolve_attention(kind: str, platform: str, dropout_rate: float = 0.0, field: str = "model.attention",
+                      dtype: Any = None) -> str:
     """The concrete path ('xla' | 'cudnn' | 'splash') for `kind` on `platform` ('tpu', 'gpu', 'cpu', ...).
 
-    'auto' falls back to 'xla' where attention dropout is on: the fused kernels cannot apply it.
+    'auto' falls back to 'xla' where attention dropout is on (no fused kernel applies it) and, on GPUs,
+    where the compute dtype is not 16-bit (cuDNN's kernel is half precision only).
     """
     if kind not in ATTENTION_KINDS:
         raise ValueError(f"config.{field}={kind!r}: use one of {ATTENTION_KINDS}")
     if kind == "auto":
         fused = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(platform, "xla")
+        if fused == "cudnn" and dtype is not None and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+            return "xla"
         return "xla" if dropout_rate > 0.0 else fused
     if kind in FUSED_ATTENTION and dropout_rate > 0.0:
         raise ValueError(
@@ -166,7 +170,7 @@ def attend(
     mask: boolean, broadcastable to [B, heads, T, S] (the fused paths take key padding [B, 1, 1, S] only).
     """
     kind = resolve_attention(attention, _mesh_platform()[1], dropout_rate if dropout_rng is not None else 0.0,
-                             field="attention")
+                             field="attention", dtype=query.dtype)
     if kind == "splash":
         return splash_attention(query, key, value, mask)
     if kind == "cudnn":
