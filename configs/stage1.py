@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         head_bias=True,
         dtype="float32",  # compute dtype ('bfloat16' on accelerators)
         remat="none",  # transformer blocks: 'none', 'full' (recompute in backward) or 'save_dots' (keep matmuls)
+        attention="auto",  # 'auto' (splash on TPU, cudnn on GPU, xla elsewhere) | 'xla' | 'cudnn' | 'splash'
+        attention_dropout=-1.0,  # >= 0 overrides the HF config's rate (fused attention needs 0.0)
+        arch="",  # '' or a models.bert.KNOWN_HF_CONFIGS name: BERT sizes without hf_dir (for --aot)
     ))
     c.data = ml_collections.ConfigDict(dict(
         terms_per_batch=64,  # N distinct terms per batch (global)
@@ -68,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.export_table = False
     elif arg == "pubmedbert":
         c.text.hf_dir = ""  # must be set: --config.text.hf_dir=/path/to/BiomedNLP-PubMedBERT
+        c.text.arch = "pubmedbert"  # sizes for --aot when hf_dir is empty
         c.text.pool = "cls"  # KEP pools PubMedBERT on [CLS]
         c.text.dtype = "bfloat16"
         c.data.terms_per_batch = 32

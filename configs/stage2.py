@@ -53,9 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         logit_bias_init=-10.0,  # used by loss.kind='sigmoid' only
         dtype="float32",  # compute dtype ('bfloat16' on accelerators)
         remat="none",  # both towers' blocks: 'none', 'full' (recompute in backward) or 'save_dots' (keep matmuls)
+        attention="auto",  # 'auto' (splash on TPU, cudnn on GPU, xla elsewhere) | 'xla' | 'cudnn' | 'splash'
     ))
     c.text = ml_collections.ConfigDict(dict(
         hf_dir=config_lib.default_minilm_dir(),  # local Hugging Face BERT dir (init weights + tokenizer)
+        arch="",  # '' or a models.bert.KNOWN_HF_CONFIGS name: BERT sizes without hf_dir (for --aot)
+        attention_dropout=-1.0,  # >= 0 overrides the HF config's rate (fused attention needs 0.0)
         pool="cls",
         head="mlp",  # BiomedCLIP text.proj: Linear(no bias) -> GELU -> Linear(no bias)
         head_hidden=0,  # 0 = (width + embed_dim) // 2 as open_clip builds it (640 for BERT-base: BiomedCLIP)
@@ -101,6 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              pool="cls")
         c.model.dtype = "bfloat16"
         c.text.hf_dir = ""  # must be set to a local PubMedBERT directory
+        c.text.arch = "pubmedbert"  # sizes for --aot when hf_dir is empty
+        c.teacher.stage1_variant = "pubmedbert"  # the KEP teacher: stage 1 on PubMedBERT
         c.total_steps = 60000
         c.log_every = 50
         c.eval_every = 2000

@@ -108,8 +108,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             raise ValueError(f"config.{field}={cfg[field]} must be > 0")
     if cfg.eval_every < 0:
         raise ValueError(f"config.eval_every={cfg.eval_every} must be >= 0 (0 = only at the end)")
-    _positive(cfg, "data", ("max_len", "max_ancestors", "max_organs", "batch_size", "image_size", "max_hpo",
+    _positive(cfg, "data", ("max_len", "max_organs", "batch_size", "image_size", "max_hpo",
                             "terms_per_batch", "views_per_term"))
+    if cfg.data.get("max_ancestors", 0) < 0:
+        raise ValueError(f"config.data.max_ancestors={cfg.data.max_ancestors} must be >= 0 "
+                         "(0 = sized from the ontology and loss.hierarchy.max_hops)")
     _positive(cfg, "eval", ("batch_size", "max_len"))
     if cfg.data.workers < 0:
         raise ValueError(f"config.data.workers={cfg.data.workers} must be >= 0 (0 = in-process)")
@@ -207,6 +210,11 @@ def _batch_field(cfg: Any) -> str:
     if cfg.stage == "stage1":
         return "config.data.terms_per_batch x config.data.views_per_term"
     return "config.data.batch_size"
+
+
+def global_batch(cfg: Any) -> int:
+    """Examples per optimizer step over all devices (stage 1: terms x views)."""
+    return _batch_size(cfg)
 
 
 def _batch_size(cfg: Any) -> int:

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from phenolip_jax import config_lib, config_tools, distributed
 from phenolip_jax.convert import export
 from phenolip_jax.evaluate import run as evaluate_run
-from phenolip_jax.tasks import stage1, stage2
+from phenolip_jax.tasks import aot, stage1, stage2
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -31,6 +31,8 @@ _ALLOW_CHANGE = flags.DEFINE_bool("allow_config_change", False,
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+_AOT = flags.DEFINE_string("aot", None, "Compile the train step for a TPU slice (e.g. v5p:4x4x4) ahead of time on "
+                           "this host, print its fit and roofline, run nothing; exit 1 if it does not fit.")
 
 TRAINING_STAGES = ("stage1", "stage2")
 
@@ -86,6 +88,8 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "grain", "etils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if _AOT.value:  # compile for a TPU slice on this host: no accelerator, no distributed runtime
+        raise SystemExit(aot.run(cfg, _AOT.value))
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or os.path.join("workdirs", str(cfg.stage))
     try:

@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# libtpu (requirements-test.txt, for the AOT tests) must not claim the process: tests run on CPU; the
+# accelerator type quiets libtpu's hardware probes.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5e-4")
 
 from absl import flags  # noqa: E402
 

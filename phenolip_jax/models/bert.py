@@ -30,6 +30,19 @@ Array = jax.Array
 
 POOLINGS = ("cls", "mean", "pooler")
 
+# config.json of known Hugging Face BERT checkpoints, for building a model without its files (the AOT
+# compile, `config.text.arch`). Source: each checkpoint's config.json on the Hugging Face hub.
+KNOWN_HF_CONFIGS: dict[str, dict[str, Any]] = {
+    # microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (PubMedBERT; BiomedCLIP's text encoder)
+    "pubmedbert": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
+                       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+    # sentence-transformers/all-MiniLM-L6-v2 (the embedded default)
+    "minilm-l6": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                      intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2,
+                      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+}
+
 
 class BertLayer(nn.Module):
     """Post-LN block: norm(x + attn(x)), then norm(h + out(gelu(intermediate(h))))."""
@@ -40,7 +53,7 @@ class BertLayer(nn.Module):
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
-    attention_impl: str | None = None
+    attention: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -55,7 +68,7 @@ class BertLayer(nn.Module):
         drop = lambda y: nn.Dropout(self.hidden_dropout)(y, deterministic=not train)  # noqa: E731
         y = layers.SelfAttention(
             num_heads=self.num_heads, fused_qkv=False, attention_dropout=self.attention_dropout,
-            attention_impl=self.attention_impl, kernel_init=init, dtype=self.dtype,
+            attention=self.attention, kernel_init=init, dtype=self.dtype,
             param_dtype=self.param_dtype, name="attention")(x, mask, train)
         x = norm("attention_norm")(x + drop(y))
         y = dense(x.shape[-1], "output")(layers.gelu(dense(self.mlp_dim, "intermediate")(x)))
@@ -116,7 +129,7 @@ class BERT(nn.Module):
     pooling: str = "cls"  # 'cls' (hidden state of token 0), 'mean' (masked mean) or 'pooler'
     use_pooler: bool = False  # create the HF pooler (dense + tanh); required by pooling='pooler'
     remat: str | bool = "none"  # layers.REMAT_POLICIES ('none' | 'full' | 'save_dots'); bools: 'full' / 'none'
-    attention_impl: str | None = None  # jax.nn.dot_product_attention(implementation=...)
+    attention: str = "xla"  # 'auto' | 'xla' | 'cudnn' | 'splash' (layers.resolve_attention)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -145,7 +158,7 @@ class BERT(nn.Module):
         for i in range(self.depth):
             x = layer_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, layer_norm_eps=self.layer_norm_eps,
                           hidden_dropout=self.hidden_dropout, attention_dropout=self.attention_dropout,
-                          initializer_range=self.initializer_range, attention_impl=self.attention_impl,
+                          initializer_range=self.initializer_range, attention=self.attention,
                           dtype=self.dtype, param_dtype=self.param_dtype, name=f"layer_{i}")(x, mask, train)
         if self.use_pooler:
             pooler = nn.Dense(self.width, kernel_init=nn.initializers.normal(self.initializer_range),

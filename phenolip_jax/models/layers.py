@@ -73,20 +73,132 @@ def remat_block(block: type[nn.Module], policy: str | bool, static_argnums: tupl
     raise ValueError(f"remat={policy!r}: use one of {REMAT_POLICIES}")
 
 
+# Attention paths (config field `attention`): 'xla' is the reference; 'cudnn' (GPU) and 'splash' (Pallas,
+# TPU) are fused kernels; 'auto' picks the fused kernel of the platform where one exists and applies.
+ATTENTION_KINDS = ("auto", "xla", "cudnn", "splash")
+FUSED_ATTENTION = ("cudnn", "splash")
+SPLASH_BLOCK = 128  # splash attention tiles the sequence in blocks of 128: lengths are padded to a multiple
+
+
+def resolve_attention(kind: str, platform: str, dropout_rate: float = 0.0, field: str = "model.attention",
+                      dtype: Any = None) -> str:
+    """The concrete path ('xla' | 'cudnn' | 'splash') for `kind` on `platform` ('tpu', 'gpu', 'cpu', ...).
+
+    'auto' falls back to 'xla' where attention dropout is on (no fused kernel applies it) and, on GPUs,
+    where the compute dtype is not 16-bit (cuDNN's kernel is half precision only).
+    """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"config.{field}={kind!r}: use one of {ATTENTION_KINDS}")
+    if kind == "auto":
+        fused = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(platform, "xla")
+        if fused == "cudnn" and dtype is not None and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+            return "xla"
+        return "xla" if dropout_rate > 0.0 else fused
+    if kind in FUSED_ATTENTION and dropout_rate > 0.0:
+        raise ValueError(
+            f"config.{field}={kind!r} is a fused kernel and cannot apply attention-probability dropout "
+            f"(attention_dropout={dropout_rate}; BERT configs carry 0.1): set the attention dropout to 0 "
+            "(config.text.attention_dropout=0.0) or use 'xla'")
+    return kind
+
+
+def _mesh_platform() -> tuple[Any, str]:
+    """The abstract mesh set by `jax.set_mesh` (or None) and the platform the step is compiled for."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None, jax.default_backend()
+    return mesh, mesh.abstract_device.platform
+
+
+def key_padding(mask: Array, batch: int, length: int) -> Array:
+    """The [B, S] boolean key-padding rows of a [B, 1, 1, S] mask; any other mask form is an error."""
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1 or mask.shape[0] != batch \
+            or mask.shape[3] != length or mask.dtype != jnp.bool_:
+        raise ValueError(f"fused attention takes a boolean key-padding mask [B, 1, 1, S] = [{batch}, 1, 1, {length}], "
+                         f"got {mask.dtype} {tuple(mask.shape)} (no per-query masks or biases)")
+    return mask[:, 0, 0, :]
+
+
+def key_padding_lengths(mask: Array | None, batch: int, length: int) -> Array | None:
+    """Valid key counts [B] (int32) from a boolean key-padding mask [B, 1, 1, S] (trailing padding)."""
+    return None if mask is None else jnp.sum(key_padding(mask, batch, length), axis=-1, dtype=jnp.int32)
+
+
+def cudnn_arguments(query: Array, key: Array, value: Array, mask: Array | None) -> dict[str, Any]:
+    """Checked keyword arguments of the cuDNN call: half-precision q/k/v and padding as key_value_seq_lengths.
+
+    cuDNN gets no boolean mask or bias (a mask becomes a bias, which cuDNN rejects in training at lengths
+    that are not multiples of 64); padding must be trailing, as tokenizers pad.
+    """
+    dtypes = {query.dtype, key.dtype, value.dtype}
+    if len(dtypes) != 1 or query.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention='cudnn' needs bfloat16 or float16 q/k/v (config model dtype), got "
+                         f"{sorted(str(d) for d in dtypes)}")
+    if query.ndim != 4 or key.shape != value.shape or query.shape[0] != key.shape[0]:
+        raise ValueError(f"attention='cudnn' needs [B, T, heads, head_dim] q/k/v, got {query.shape}, {key.shape}, "
+                         f"{value.shape}")
+    lengths = key_padding_lengths(mask, key.shape[0], key.shape[1])
+    return dict(key_value_seq_lengths=lengths, implementation="cudnn")
+
+
+def splash_attention(query: Array, key: Array, value: Array, mask: Array | None) -> Array:
+    """Pallas TPU splash attention on [B, T, heads, head_dim]; T padded to 128s, padding masked.
+
+    Padding (the caller's and ours) gets segment id 0, real tokens 1: a query attends within its segment,
+    so padded query rows see only padding keys (never an empty row) and real rows never see padding.
+    Under a mesh (jax.set_mesh) the kernel runs per device with shard_map over the batch; off TPU it runs
+    in Pallas interpret mode (tests).
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+
+    batch, length, heads, head_dim = query.shape
+    padded = -(-length // SPLASH_BLOCK) * SPLASH_BLOCK
+    valid = jnp.ones((batch, length), bool) if mask is None else key_padding(mask, batch, length)
+    segments = jnp.pad(valid.astype(jnp.int32), ((0, 0), (0, padded - length)))
+    # [B, T, H, D] -> [B, H, Tp, D]; splash does not scale the logits.
+    prep = lambda x: jnp.pad(x, ((0, 0), (0, padded - length), (0, 0), (0, 0))).transpose(0, 2, 1, 3)  # noqa: E731
+    q = prep(query * jnp.asarray(1.0 / np.sqrt(head_dim), query.dtype))
+    k, v = prep(key), prep(value)
+    mesh, platform = _mesh_platform()
+    kernel = splash.make_splash_mha(
+        splash_mask.MultiHeadMask([splash_mask.FullMask((padded, padded))] * heads),
+        head_shards=1, q_seq_shards=1, interpret=platform != "tpu")
+
+    def per_device(q, k, v, seg):
+        one = lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=splash.SegmentIds(q=s1, kv=s1))  # noqa: E731
+        return jax.vmap(one)(q, k, v, seg)
+
+    if mesh is not None and batch % mesh.size == 0:
+        spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+        per_device = jax.shard_map(per_device, in_specs=(spec, spec, spec, spec), out_specs=spec, check_vma=False)
+    out = per_device(q, k, v, segments)
+    return out.transpose(0, 2, 1, 3)[:, :length].astype(query.dtype)
+
+
 def attend(
     query: Array,
     key: Array,
     value: Array,
     mask: Array | None,
     *,
-    implementation: str | None,
+    attention: str = "xla",
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
 ) -> Array:
-    """Scaled dot-product attention on [B, T, heads, head_dim] inputs; softmax statistics in fp32."""
+    """Scaled dot-product attention on [B, T, heads, head_dim] inputs; softmax statistics in fp32.
+
+    mask: boolean, broadcastable to [B, heads, T, S] (the fused paths take key padding [B, 1, 1, S] only).
+    """
+    kind = resolve_attention(attention, _mesh_platform()[1], dropout_rate if dropout_rng is not None else 0.0,
+                             field="attention", dtype=query.dtype)
+    if kind == "splash":
+        return splash_attention(query, key, value, mask)
+    if kind == "cudnn":
+        return jax.nn.dot_product_attention(query, key, value, **cudnn_arguments(query, key, value, mask))
     if dropout_rate > 0.0 and dropout_rng is not None:
         # jax.nn.dot_product_attention has no attention-probability dropout, so training with it
-        # takes this explicit (unfused) path; inference and dropout-free training stay fused.
+        # takes this explicit (unfused) path.
         scale = 1.0 / np.sqrt(query.shape[-1])
         logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32) * scale
         if mask is not None:
@@ -95,7 +207,7 @@ def attend(
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
         return jnp.einsum("bnts,bsnh->btnh", probs, value)
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="xla")
 
 
 class SelfAttention(nn.Module):
@@ -105,7 +217,7 @@ class SelfAttention(nn.Module):
     fused_qkv: bool = True
     use_bias: bool = True
     attention_dropout: float = 0.0
-    attention_impl: str | None = None
+    attention: str = "xla"  # 'auto' | 'xla' | 'cudnn' | 'splash' (see resolve_attention)
     kernel_init: Any = nn.initializers.xavier_uniform()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -129,7 +241,7 @@ class SelfAttention(nn.Module):
             split = lambda y: y.reshape(batch, length, self.num_heads, head_dim)  # noqa: E731
             q, k, v = (split(dense(width, n)(x)) for n in ("query", "key", "value"))
         rng = self.make_rng("dropout") if (train and self.attention_dropout > 0.0) else None
-        y = attend(q, k, v, mask, implementation=self.attention_impl,
+        y = attend(q, k, v, mask, attention=self.attention,
                    dropout_rate=self.attention_dropout, dropout_rng=rng)
         return dense(width, "out")(y.reshape(batch, length, width))
 

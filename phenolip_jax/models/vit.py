@@ -76,7 +76,7 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     dropout: float = 0.0
     attention_dropout: float = 0.0
-    attention_impl: str | None = None
+    attention: str = "xla"
     norm_eps: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -88,7 +88,7 @@ class EncoderBlock(nn.Module):
             epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         y = layers.SelfAttention(
             num_heads=self.num_heads, fused_qkv=True, attention_dropout=self.attention_dropout,
-            attention_impl=self.attention_impl, kernel_init=_XAVIER, dtype=self.dtype,
+            attention=self.attention, kernel_init=_XAVIER, dtype=self.dtype,
             param_dtype=self.param_dtype, name="attn")(norm("norm1")(x), None, train)
         x = x + nn.Dropout(self.dropout)(y, deterministic=not train)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -112,7 +112,7 @@ class ViT(nn.Module):
     posemb_interpolation: str = "bicubic"  # 'bicubic' | 'bilinear', for inputs of another size
     posemb_antialias: bool = True  # True: timm's resample_abs_pos_embed; False: HF ViTModel
     remat: str | bool = "none"  # layers.REMAT_POLICIES ('none' | 'full' | 'save_dots'); bools: 'full' / 'none'
-    attention_impl: str | None = None  # jax.nn.dot_product_attention(implementation=...)
+    attention: str = "xla"  # 'auto' | 'xla' | 'cudnn' | 'splash' (layers.resolve_attention)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -141,7 +141,7 @@ class ViT(nn.Module):
         block_cls = layers.remat_block(EncoderBlock, self.remat, static_argnums=(2,))
         for i in range(self.depth):
             x = block_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
-                          attention_dropout=self.attention_dropout, attention_impl=self.attention_impl,
+                          attention_dropout=self.attention_dropout, attention=self.attention,
                           norm_eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                           name=f"encoderblock_{i}")(x, train)
 

@@ -11,20 +11,48 @@ import numpy as np
 
 from phenolip_jax import artifacts
 from phenolip_jax.convert import hf_bert
+from phenolip_jax.models import bert as bert_lib
 from phenolip_jax.models import two_tower
 from phenolip_jax.ontology import load_ontology
 
 
-def text_tower_fields(text_cfg: Any, bert_kwargs: dict, dtype: str) -> dict[str, Any]:
-    """TextTower fields from `config.text` and the BERT fields read from the HF config."""
+def text_tower_fields(text_cfg: Any, bert_kwargs: dict, dtype: str, attention: str | None = None,
+                      remat: str | None = None) -> dict[str, Any]:
+    """TextTower fields from `config.text` and the BERT fields read from the HF config.
+
+    attention / remat default to config.text's own fields (stage 1); stage 2 passes config.model's.
+    config.text.attention_dropout >= 0 overrides the HF config's rate (fused attention needs 0).
+    """
+    bert = dict(bert_kwargs, pooling=text_cfg.pool,
+                remat=text_cfg.get("remat", "none") if remat is None else remat,
+                attention=attention if attention is not None else text_cfg.get("attention", "xla"))
+    if text_cfg.get("attention_dropout", -1.0) >= 0:
+        bert["attention_dropout"] = float(text_cfg.attention_dropout)
     return dict(
-        bert=dict(bert_kwargs, pooling=text_cfg.pool, remat=text_cfg.get("remat", "none")),
+        bert=bert,
         head=text_cfg.head,
         embed_dim=text_cfg.get("embed_dim", 512),
         head_hidden_dim=text_cfg.head_hidden or None,  # None: the encoder width
         head_bias=text_cfg.head_bias,
         dtype=dtype,
     )
+
+
+def bert_fields(text_cfg: Any) -> dict[str, Any]:
+    """BERT field values of config.text: from hf_dir/config.json, else config.text.arch's known sizes."""
+    arch = text_cfg.get("arch", "")
+    if text_cfg.hf_dir:
+        config_file = os.path.join(text_cfg.hf_dir, "config.json")
+        if not os.path.exists(config_file):
+            raise FileNotFoundError(f"config.text.hf_dir={text_cfg.hf_dir!r} has no config.json")
+        with open(config_file) as f:
+            hf_config = json.load(f)
+    elif arch in bert_lib.KNOWN_HF_CONFIGS:
+        hf_config = bert_lib.KNOWN_HF_CONFIGS[arch]
+    else:
+        raise ValueError(f"config.text.hf_dir is empty and config.text.arch={arch!r} is not one of "
+                         f"{sorted(bert_lib.KNOWN_HF_CONFIGS)}: no BERT sizes to build the text tower from")
+    return dict(bert_lib.config_from_hf(hf_config), pooling=text_cfg.pool, use_pooler=text_cfg.pool == "pooler")
 
 
 def load_text_encoder(text_cfg: Any, dtype: str, seed: int) -> tuple[two_tower.TextTower, dict, Any, dict]:

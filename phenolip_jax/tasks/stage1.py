@@ -22,6 +22,7 @@ from phenolip_jax.inference import text_encoder
 from phenolip_jax.models import two_tower
 from phenolip_jax.ontology import organ_table, sized_ancestor_table
 from phenolip_jax.tasks import common
+from phenolip_jax.train import build as build_lib
 from phenolip_jax.train import loop, objectives
 from phenolip_jax.train import mesh as mesh_lib
 
@@ -97,6 +98,31 @@ def load_encoder(workdir: str) -> tuple[Any, dict, dict]:
     return two_tower.text_tower_from_config(meta["text_tower"]), params, meta
 
 
+def build_model(cfg: Any, bert_kwargs: dict) -> tuple[Any, Any, dict]:
+    """(TextTower, its objective, its fields) from the config: what the run trains and --aot compiles."""
+    fields = common.text_tower_fields(cfg.text, bert_kwargs, cfg.text.dtype)
+    model = two_tower.text_tower_from_config(fields)
+    return model, objectives.stage1_objective(model, cfg), fields
+
+
+def batch_shapes(cfg: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{key: (global shape, dtype)} of a train batch, as `stage1_batches` yields them (all processes)."""
+    rows, length = cfg.data.terms_per_batch * cfg.data.views_per_term, cfg.data.max_len
+    i32 = np.int32
+    return dict(input_ids=((rows, length), i32), attention_mask=((rows, length), i32), hpo=((rows, 1), i32),
+                hpo_anc=((rows, 1, cfg.data.max_ancestors), i32), hpo_hops=((rows, 1, cfg.data.max_ancestors), i32),
+                organs=((rows, cfg.data.max_organs), i32))
+
+
+def abstract_step(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[build_lib.ShardedStep, dict]:
+    """The run's sharded step and a batch, abstract (no weights or data; BERT sizes from the config)."""
+    model, objective, _ = build_model(cfg, common.bert_fields(cfg.text))
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    text = jax.eval_shape(model.init, jax.random.key(0), ids, ids)["params"]
+    params = {"text": text, "logit_scale": jax.ShapeDtypeStruct((), np.float32)}
+    return build_lib.build_step(cfg, mesh, objective, params), build_lib.abstract_batch(batch_shapes(cfg), mesh)
+
+
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 1 from `cfg` into `workdir`; returns the before/after evaluation."""
     config_lib.validate(cfg, jax.device_count())
@@ -107,7 +133,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                                 seed=cfg.seed)
     views = keep_view_kinds(views, tuple(cfg.data.view_kinds))
     heldout = ([t for t, _ in views.held_out], np.array([i for _, i in views.held_out], np.int64))
-    model, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)
+    _, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)
+    model, objective, fields = build_model(cfg, fields["bert"])
     print(f"stage 1: {len(pool)} terms under {cfg.ontology.root}, {len(heldout[0])} held-out synonyms, "
           f"encoder {cfg.text.hf_dir} ({time.time() - t0:.1f}s)", flush=True)
     params = {"text": tparams, "logit_scale": common.log_scale(cfg.loss.logit_scale_init)}
@@ -120,7 +147,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         before, _ = _evaluate(encode_with(params["text"]), onto, pool, heldout, cfg)
         print("before training: " + loop.format_metrics(before), flush=True)
     state, _ = loop.train(
-        cfg, workdir, params=params, objective=objectives.stage1_objective(model, cfg),
+        cfg, workdir, params=params, objective=objective,
         make_data_iter=lambda: stage1_batches(cfg, views, tokenizer, onto),
         progress_keys=("loss", "logit_scale", "lr"),
     )

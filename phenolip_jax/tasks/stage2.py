@@ -24,6 +24,7 @@ from phenolip_jax.inference import ensemble_prompts, text_encoder
 from phenolip_jax.models import layers, two_tower
 from phenolip_jax.tasks import common, stage1
 from phenolip_jax.tasks import teacher as teacher_lib
+from phenolip_jax.train import build as build_lib
 from phenolip_jax.train import loop, objectives
 from phenolip_jax.train import mesh as mesh_lib
 
@@ -142,12 +143,71 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
     return evaluate
 
 
+def build_model(cfg: Any, bert_kwargs: dict, teacher_model: Any) -> tuple[two_tower.TwoTower, Any, dict, dict]:
+    """(TwoTower, its objective, image fields, text fields) from the config: what the run trains and --aot compiles."""
+    mc = cfg.model
+    image_fields = dict(vit=dict(mc.image, attention=mc.attention, remat=mc.remat), head=mc.image_head,
+                        embed_dim=mc.embed_dim, head_hidden_dim=mc.image_head_hidden, head_bias=False)
+    text_fields = common.text_tower_fields(cfg.text, bert_kwargs, mc.dtype, attention=mc.attention,
+                                           remat=mc.remat)
+    text_fields = {k: v for k, v in text_fields.items() if k != "dtype"}
+    text_fields["embed_dim"] = mc.embed_dim
+    if not cfg.text.head_hidden:  # open_clip's hf_proj_type='mlp' width, so the model exports 1:1
+        text_fields["head_hidden_dim"] = (text_fields["bert"]["width"] + mc.embed_dim) // 2
+    model = two_tower.TwoTower(
+        image_config=image_fields, text_config=text_fields, logit_scale_init=float(np.log(mc.logit_scale_init)),
+        logit_bias_init=mc.logit_bias_init if cfg.loss.kind == "sigmoid" else None,
+        dtype=layers.canonical_dtype(mc.dtype),
+    )
+    return model, objectives.stage2_objective(model, teacher_model, cfg), image_fields, text_fields
+
+
+def batch_shapes(cfg: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{key: (global shape, dtype)} of a train batch, as `pipeline.make_train_iterator` yields them."""
+    d, i32 = cfg.data, np.int32
+    b, m, a = d.batch_size, d.max_hpo, d.max_ancestors
+    return dict(image=((b, d.image_size, d.image_size, 3), np.float32), input_ids=((b, d.max_len), i32),
+                attention_mask=((b, d.max_len), i32), hpo=((b, m), i32), hpo_anc=((b, m, a), i32),
+                hpo_hops=((b, m, a), i32), organs=((b, d.max_organs), i32), image_id=((b,), i32),
+                caption_id=((b,), i32))
+
+
+def abstract_teacher(cfg: Any) -> tuple[Any, Any]:
+    """(teacher TextTower, abstract teacher pytree) without weights: config.teacher's stage-1 text tower."""
+    if cfg.loss.struct_weight > 0:
+        raise ValueError("--aot does not model config.loss.struct_weight > 0 (its phenotype table is sized by the data)")
+    if cfg.teacher.workdir:
+        with open(os.path.join(cfg.teacher.workdir, "stage1_config.json")) as f:
+            fields = json.load(f)["text_tower"]
+    else:
+        scfg = config_lib.load_config("stage1", cfg.teacher.stage1_variant)
+        scfg.text.hf_dir = scfg.text.hf_dir or cfg.text.hf_dir
+        fields = common.text_tower_fields(scfg.text, common.bert_fields(scfg.text), scfg.text.dtype,
+                                          attention=cfg.model.attention)
+    model = two_tower.text_tower_from_config(fields)
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    return model, {"params": {"text": jax.eval_shape(model.init, jax.random.key(0), ids, ids)["params"]}}
+
+
+def abstract_step(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[build_lib.ShardedStep, dict]:
+    """The run's sharded step and a batch, abstract (no weights, data or teacher run; BERT sizes from the config)."""
+    teacher_model, teacher = None, None
+    if cfg.loss.kd_weight > 0 or cfg.loss.struct_weight > 0:
+        teacher_model, teacher = abstract_teacher(cfg)
+    model, objective, _, _ = build_model(cfg, common.bert_fields(cfg.text), teacher_model)
+    img = jax.ShapeDtypeStruct((1, cfg.data.image_size, cfg.data.image_size, 3), np.float32)
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), img, ids, ids)["params"]
+    step = build_lib.build_step(cfg, mesh, objective, params, teacher)
+    return step, build_lib.abstract_batch(batch_shapes(cfg), mesh)
+
+
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 2 from `cfg` into `workdir`; returns the final held-out evaluation."""
     config_lib.validate(cfg, jax.device_count())
     t0 = time.time()
     onto = common.load_ontology_from_config(cfg.ontology)
-    text_model, text_params, tokenizer, text_fields = common.load_text_encoder(cfg.text, cfg.model.dtype, cfg.seed)
+    _, text_params, tokenizer, text_fields = common.load_text_encoder(cfg.text, cfg.model.dtype, cfg.seed)
     splits, image_root = load_records(cfg, onto, tokenizer)
     test = splits.get("test") or splits.get("val")
     if not test:
@@ -166,18 +226,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
             phen = sorted({h for r in splits["train"] for h in r.hpo_ids})
             enc = text_encoder(lambda i, m: teacher_model.apply({"params": tparams}, i, m), ttok, tmeta["max_len"])
             teacher["phenotypes"] = enc([onto.names[onto.index(h)] for h in phen])
-    image_fields = dict(vit=dict(cfg.model.image, remat=cfg.model.remat), head=cfg.model.image_head,
-                        embed_dim=cfg.model.embed_dim, head_hidden_dim=cfg.model.image_head_hidden, head_bias=False)
-    text_fields = {k: v for k, v in text_fields.items() if k != "dtype"}
-    text_fields["bert"] = dict(text_fields["bert"], remat=cfg.model.remat)  # config.model.remat: both towers
-    text_fields["embed_dim"] = cfg.model.embed_dim
-    if not cfg.text.head_hidden:  # open_clip's hf_proj_type='mlp' width, so the model exports 1:1
-        text_fields["head_hidden_dim"] = (text_fields["bert"]["width"] + cfg.model.embed_dim) // 2
-    model = two_tower.TwoTower(
-        image_config=image_fields, text_config=text_fields, logit_scale_init=float(np.log(cfg.model.logit_scale_init)),
-        logit_bias_init=cfg.model.logit_bias_init if cfg.loss.kind == "sigmoid" else None,
-        dtype=layers.canonical_dtype(cfg.model.dtype),
-    )
+    model, objective, image_fields, text_fields = build_model(cfg, text_fields["bert"], teacher_model)
     params = init_params(cfg, model, text_params)
     if cfg.init.checkpoint:
         params = load_init_checkpoint(cfg.init.checkpoint, params)
@@ -190,7 +239,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     evaluate = make_evaluator(cfg, model, test, image_root, tokenizer, onto)
     state, last = loop.train(
         cfg, workdir, params=params, teacher=teacher,
-        objective=objectives.stage2_objective(model, teacher_model, cfg),
+        objective=objective,
         make_data_iter=lambda: pipeline.make_train_iterator(pipeline_config(cfg), splits["train"], tokenizer, onto,
                                                             cfg.seed, image_root=image_root, teacher=teacher_view),
         evaluate=evaluate, progress_keys=("loss", "loss_it", "loss_kd", "logit_scale"),

@@ -14,11 +14,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from phenolip_jax.train import build as build_lib
 from phenolip_jax.train import checkpoint as ckpt_lib
 from phenolip_jax.train import mesh as mesh_lib
 from phenolip_jax.train.logger import MetricLogger
-from phenolip_jax.train.optimizer import make_optimizer
-from phenolip_jax.train.step import Objective, TrainState, create_state, make_train_step
+from phenolip_jax.train.step import Objective, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -70,41 +70,28 @@ class _Preemption:
 
 
 def init_state(
-    cfg: Any, params: Any, teacher: Any, mesh: jax.sharding.Mesh
+    cfg: Any, params: Any, teacher: Any, mesh: jax.sharding.Mesh, objective: Objective | None = None
 ) -> tuple[TrainState, Any, Any, Any]:
     """Places params/teacher on the mesh and builds the sharded initial state (+ tx, schedule, shardings)."""
-    rules = [tuple(r) for r in cfg.get("sharding_rules", [])]
-    tx, schedule = make_optimizer(cfg.optim, params, cfg.total_steps)
-    rng = jax.random.key_data(jax.random.key(cfg.seed))
+    step = build_lib.build_step(cfg, mesh, objective, params, teacher)
+    return _initial_state(cfg, step, params, teacher), step.tx, step.schedule, step.shardings
+
+
+def _initial_state(cfg: Any, step: build_lib.ShardedStep, params: Any, teacher: Any) -> TrainState:
     teacher = teacher if teacher is not None else {}
-    shapes = jax.eval_shape(lambda p, t, r: create_state(p, tx, r, t), params, teacher, rng)
-    shardings = mesh_lib.tree_shardings(shapes, mesh, rules, min_size=cfg.mesh.get("fsdp_min_size", 2**14))
-    params = jax.device_put(params, shardings.params)
-    teacher = jax.device_put(teacher, shardings.teacher)
-    make = jax.jit(lambda p, t, r: create_state(p, tx, r, t), out_shardings=shardings)
-    return make(params, teacher, rng), tx, schedule, shardings
+    params = jax.device_put(params, step.shardings.params)
+    teacher = jax.device_put(teacher, step.shardings.teacher)
+    return step.make_state(params, teacher, jax.random.key_data(jax.random.key(cfg.seed)))
 
 
-def _compile(step_fn, state, batch, shardings, mesh):
-    batch_shapes = {
-        k: jax.ShapeDtypeStruct(
-            (v.shape[0] * jax.process_count(),) + tuple(v.shape[1:]), v.dtype, sharding=mesh_lib.batch_sharding(mesh)
-        )
-        for k, v in batch.items()
-    }
-    jitted = jax.jit(
-        step_fn,
-        in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-        out_shardings=(shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
-    t0 = time.time()
-    compiled = jitted.lower(state, batch_shapes).compile()
+def _compile(step: build_lib.ShardedStep, batch: dict[str, np.ndarray]):
+    shapes = {k: ((v.shape[0] * jax.process_count(),) + tuple(v.shape[1:]), v.dtype) for k, v in batch.items()}
+    compiled, seconds = build_lib.compile_step(step, build_lib.abstract_batch(shapes, step.mesh))
     mem = compiled.memory_analysis()
     if mem is not None and jax.process_index() == 0:
         gib = 1 / 2**30
         print(
-            f"compiled train step in {time.time() - t0:.1f}s; per-device memory: "
+            f"compiled train step in {seconds:.1f}s; per-device memory: "
             f"args {mem.argument_size_in_bytes * gib:.2f} GiB, temps {mem.temp_size_in_bytes * gib:.2f} GiB, "
             f"outputs {mem.output_size_in_bytes * gib:.2f} GiB",
             flush=True,
@@ -126,7 +113,9 @@ def train(
 ) -> tuple[TrainState, dict[str, float]]:
     """Runs `cfg.total_steps` steps (resuming from `workdir/checkpoints`); returns the state and last eval."""
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
-    state, tx, schedule, shardings = init_state(cfg, params, teacher, mesh)
+    step_build = build_lib.build_step(cfg, mesh, objective, params, teacher)
+    state = _initial_state(cfg, step_build, params, teacher)
+    shardings = step_build.shardings
     data_iter = make_data_iter()
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     newest = ckpt.latest_step()
@@ -137,13 +126,10 @@ def train(
             print(f"WARNING: checkpoint step {newest} in {ckpt.directory} is unreadable or corrupt; "
                   f"fell back to step {step0}", flush=True)
         print(f"resumed from {ckpt.directory} at step {step0}", flush=True)
-    step_fn = make_train_step(
-        objective, tx, schedule, grad_accum_steps=cfg.optim.grad_accum_steps, max_logit_scale=cfg.max_logit_scale
-    )
     logger = MetricLogger(workdir, cfg.total_steps)
     start = int(jax.device_get(state.step))
     batch = next(data_iter)
-    compiled = _compile(step_fn, state, batch, shardings, mesh)
+    compiled = _compile(step_build, batch)
     last_eval: dict[str, float] = {}
     t_last, n_last = time.time(), start
     with _Preemption() as preempt:
