@@ -113,7 +113,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     for field in ("text.hf_dir", "teacher.workdir", "init.checkpoint", "data.manifest", "data.test_csv"):
         section, key = field.split(".")
         value = cfg[section][key] if section in cfg and key in cfg[section] else ""
-        if value and not os.path.exists(value):
+        # URLs (gs://...) are checked through epath by data.sources.validate_source, not by os.path.
+        if value and "://" not in value and not os.path.exists(value):
             raise ValueError(f"config.{field}={value!r} does not exist")
     teacher = cfg.teacher.workdir if "teacher" in cfg else ""
     if teacher and not all(os.path.exists(os.path.join(teacher, f)) for f in ("stage1_config.json", "encoder")):

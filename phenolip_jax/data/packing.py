@@ -4,8 +4,10 @@
         --output=packed/ --num_shards=8 [--tokenizer=DIR --max_len=256] [--strict] [--max_side=512]
 
 Writes, per split, `{split}-{i:05d}-of-{N:05d}.array_record` (contiguous chunks of the validated
-manifest, in manifest order) and `packing.json` (format version, per-split counts and shard names,
-the validation report). One entry = uint32 little-endian length of the metadata JSON, the JSON
+manifest, in manifest order) and `packing.json` (format version, per split: the count, shard names, the
+sorted HPO ids used and how many records carry n ids; the validation report). The per-split HPO summary
+lets a training run check the ids against its ontology and count `max_hpo` truncation without reading
+a single shard. One entry = uint32 little-endian length of the metadata JSON, the JSON
 (caption, hpo_ids, image_id, caption_id, image_key, split, source, origin, line), the image bytes.
 """
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any, Sequence
 import grain
 from PIL import Image
 
+from phenolip_jax.data import paths
 from phenolip_jax.data.records import Record, ValidationReport, assign_ids, resolve_image_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-split `terms` and `hpo_counts`
 _LEN = struct.Struct("<I")
 
 
@@ -65,6 +68,9 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
     from array_record.python.array_record_module import ArrayRecordWriter
 
     output = os.fspath(output)
+    if paths.is_url(output):  # array_record's writer opens local files only
+        raise ValueError(f"--output={output!r}: pack into a local folder, then copy it to the bucket "
+                         "(e.g. gsutil -m cp -r)")
     os.makedirs(output, exist_ok=True)
     splits: dict[str, list[Record]] = {}
     for r in records:
@@ -81,8 +87,7 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
             writer = ArrayRecordWriter(os.path.join(output, name), "group_size:1")
             for j in range(bounds[s], bounds[s + 1]):
                 r = recs[j]
-                with open(resolve_image_path(r.image, image_root), "rb") as f:
-                    data = shrink_image(f.read(), max_side)
+                data = shrink_image(paths.read_bytes(resolve_image_path(r.image, image_root)), max_side)
                 meta = {"caption": r.caption, "hpo_ids": list(r.hpo_ids), "image_id": image_ids[j],
                         "caption_id": caption_ids[j], "image_key": r.image_id, "split": r.split,
                         "source": r.source, "origin": r.origin, "line": r.line}
@@ -91,24 +96,39 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
                 if progress:
                     _progress(done, len(records), start, every)
             writer.close()
-        summary[split] = {"num_examples": len(recs), "shards": names}
+        summary[split] = {"num_examples": len(recs), "shards": names, **hpo_summary(recs)}
     return summary
 
 
-def shard_paths(directory: str | os.PathLike, split: str) -> list[str]:
+def hpo_summary(records: Sequence[Record]) -> dict[str, Any]:
+    """`terms`: the sorted HPO ids the records use; `hpo_counts`: {n ids: records carrying n}."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[str(len(r.hpo_ids))] = counts.get(str(len(r.hpo_ids)), 0) + 1
+    return {"terms": sorted({h for r in records for h in r.hpo_ids}), "hpo_counts": counts}
+
+
+def read_packing_info(directory: str | os.PathLike) -> dict[str, Any]:
+    """`packing.json` of a packed folder (local or a bucket URL)."""
+    path = paths.join(directory, "packing.json")
+    if not paths.exists(path):
+        raise FileNotFoundError(f"{path} not found: not a folder written by python -m phenolip_jax.data.packing")
+    return paths.read_json(path)
+
+
+def shard_paths(directory: str | os.PathLike, split: str, info: dict[str, Any] | None = None) -> list[str]:
     """The split's shard files listed in `packing.json`, in order."""
-    with open(os.path.join(directory, "packing.json"), encoding="utf-8") as f:
-        info = json.load(f)
+    info = read_packing_info(directory) if info is None else info
     if split not in info["splits"]:
         raise KeyError(f"split {split!r} not packed in {directory}; have {sorted(info['splits'])}")
-    return [os.path.join(os.fspath(directory), n) for n in info["splits"][split]["shards"]]
+    return [paths.join(directory, n) for n in info["splits"][split]["shards"]]
 
 
 class PackedSource(grain.sources.RandomAccessDataSource):
     """Random access over packed shards, yielding pipeline examples (image = encoded bytes)."""
 
-    def __init__(self, directory: str | os.PathLike, split: str):
-        self.paths = shard_paths(directory, split)
+    def __init__(self, directory: str | os.PathLike, split: str, info: dict[str, Any] | None = None):
+        self.paths = shard_paths(directory, split, info)
         self._source = grain.sources.ArrayRecordDataSource(self.paths)
 
     def __len__(self) -> int:
@@ -130,7 +150,7 @@ def main(argv: Sequence[str]) -> None:
 
     del argv
     f = flags.FLAGS
-    image_root = f.image_root or os.path.dirname(os.path.abspath(f.manifest))
+    image_root = f.image_root or paths.parent(f.manifest)
     report = ValidationReport()
     records = read_manifest(f.manifest, strict=f.strict, report=report)
     tokenizer = None
@@ -142,10 +162,9 @@ def main(argv: Sequence[str]) -> None:
                                     f.strict, max_hpo=f.max_hpo, report=report)
     print(report, file=sys.stderr)
     summary = pack_records(kept, image_root, f.output, f.num_shards, max_side=f.max_side)
-    info = {"format_version": FORMAT_VERSION, "manifest": os.path.abspath(f.manifest),
+    info = {"format_version": FORMAT_VERSION, "manifest": paths.absolute(f.manifest),
             "splits": summary, "validation": report.as_dict()}
-    with open(os.path.join(f.output, "packing.json"), "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=1)
+    paths.write_text(os.path.join(f.output, "packing.json"), json.dumps(info, indent=1))
     print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {f.output}",
           file=sys.stderr)
 

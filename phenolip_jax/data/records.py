@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any, Iterable, Sequence
 
-from phenolip_jax.data import images
+from phenolip_jax.data import images, paths
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ class ValidationReport:
 
 def resolve_image_path(image: str, image_root: str | os.PathLike | None) -> str:
     """Absolute paths stay; relative ones are joined to image_root."""
-    if os.path.isabs(image) or image_root is None:
+    if paths.is_absolute(image) or image_root is None:
         return image
-    return os.path.join(os.fspath(image_root), image)
+    return paths.join(image_root, image)
 
 
 def _fail(report: ValidationReport, strict: bool, rec: Record, reason: str, detail: str) -> None:
@@ -197,12 +197,11 @@ def validate_records(
 
 def _check_image(rec: Record, image_root, report: ValidationReport, strict: bool) -> bool:
     path = resolve_image_path(rec.image, image_root)
-    if not os.path.isfile(path):
+    if not paths.is_file(path):
         _fail(report, strict, rec, "missing_image", path)
         return False
     try:
-        with open(path, "rb") as f:
-            _, converted_from = images.decode_rgb(f.read())
+        _, converted_from = images.decode_rgb(paths.read_bytes(path))
     except images.ImageDecodeError as e:
         _fail(report, strict, rec, "corrupt_image", f"{path}: {e}")
         return False

@@ -6,12 +6,13 @@
     ds = grain.MapDataset.source(ExampleSource(source))  # or pass ExampleSource to make_*_batches
 
 Records go through `validate_records` while generating; images are stored as RGB PNG (tfds
-encodes a numpy image only through TensorFlow, so we hand it PNG bytes).
+encodes a numpy image only through TensorFlow, so we hand it PNG bytes). The dataset's metadata
+(`builder.info.metadata`, saved beside the data) holds the validation report and, per split, the HPO ids
+used and how many records carry n ids (as packing.json does for packed shards).
 """
 from __future__ import annotations
 
 import io
-import os
 from typing import Any
 
 import grain
@@ -20,7 +21,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from phenolip_jax.data import images
+from phenolip_jax.data import images, paths
+from phenolip_jax.data.packing import hpo_summary
 from phenolip_jax.data.records import assign_ids, resolve_image_path
 
 
@@ -63,6 +65,7 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
                 "caption_id": np.int32,
             }),
             description=__doc__,
+            metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager):
@@ -71,7 +74,7 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
 
         if self._manifest is None:
             raise ValueError("PhenoKGFolder needs manifest=... to generate the dataset")
-        root = self._image_root or os.path.dirname(os.path.abspath(self._manifest))
+        root = self._image_root or paths.parent(self._manifest)
         onto = self._ontology
         if onto is None:
             from phenolip_jax.ontology import load_ontology
@@ -83,13 +86,14 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
         by_split: dict[str, list] = {}
         for r in kept:
             by_split.setdefault(r.split, []).append(r)
+        self.info.metadata.update({"validation": report.as_dict(),
+                                   "splits": {s: hpo_summary(recs) for s, recs in by_split.items()}})
         return {split: self._generate_examples(recs, root) for split, recs in by_split.items()}
 
     def _generate_examples(self, recs, root):
         image_ids, caption_ids, _, _ = assign_ids(recs)
         for i, r in enumerate(recs):
-            with open(resolve_image_path(r.image, root), "rb") as f:
-                rgb, _ = images.decode_rgb(f.read())
+            rgb, _ = images.decode_rgb(paths.read_bytes(resolve_image_path(r.image, root)))
             yield i, {"image": _png(rgb), "caption": r.caption, "hpo_ids": list(r.hpo_ids),
                       "image_key": r.image_id, "image_id": image_ids[i], "caption_id": caption_ids[i]}
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phenolip_jax import config_lib
-from phenolip_jax.data import pipeline
+from phenolip_jax.data import paths, pipeline, sources
 from phenolip_jax.data.manifest import read_manifest
 from phenolip_jax.data.records import validate_records
 from phenolip_jax.evaluate.retrieval import retrieval_report
@@ -38,20 +38,21 @@ def pipeline_config(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, list], str]:
-    """Validated records per split and the image root, from the demo generator or a manifest."""
+def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, Any], str | None]:
+    """Splits of validated Records and their image root (demo, jsonl), or lazily read splits (arrayrecord, tfds)."""
+    sources.validate_source(cfg.data)
+    if cfg.data.source in sources.LAZY_SOURCES:
+        lazy, report = sources.load_lazy_splits(cfg.data, onto)
+        print(f"data: {report}", flush=True)
+        return lazy, None
     if cfg.data.source == "demo":
         from phenolip_jax.data import demo
 
         root = str(demo.generate_demo_dataset(cfg.data.demo_dir or None, image_size=cfg.data.image_size,
                                               ontology=onto, seed=cfg.seed, **dict(cfg.data.demo)))
         manifest, image_root = os.path.join(root, "manifest.jsonl"), root
-    elif cfg.data.source == "jsonl":
-        if not cfg.data.manifest:
-            raise ValueError("config.data.manifest is empty (config.data.source='jsonl')")
-        manifest, image_root = cfg.data.manifest, cfg.data.image_root or os.path.dirname(cfg.data.manifest)
-    else:
-        raise ValueError(f"config.data.source={cfg.data.source!r}: use 'demo' or 'jsonl'")
+    else:  # 'jsonl' (validate_source checked the name and the manifest)
+        manifest, image_root = cfg.data.manifest, cfg.data.image_root or paths.parent(cfg.data.manifest)
     records = read_manifest(manifest)
     if cfg.data.test_csv:
         records += read_manifest(cfg.data.test_csv)
@@ -145,6 +146,7 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 2 from `cfg` into `workdir`; returns the final held-out evaluation."""
     config_lib.validate(cfg, jax.device_count())
+    sources.validate_source(cfg.data)  # before the ontology and the text encoder load
     t0 = time.time()
     onto = common.load_ontology_from_config(cfg.ontology)
     text_model, text_params, tokenizer, text_fields = common.load_text_encoder(cfg.text, cfg.model.dtype, cfg.seed)
@@ -159,7 +161,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         teacher = {"params": {"text": tparams}}
         if cfg.loss.struct_weight > 0:
             ttok = hf_bert.load_tokenizer(tmeta["hf_dir"])
-            phen = sorted({h for r in splits["train"] for h in r.hpo_ids})
+            phen = sources.split_terms(splits["train"])
             enc = text_encoder(lambda i, m: teacher_model.apply({"params": tparams}, i, m), ttok, tmeta["max_len"])
             teacher["phenotypes"] = enc([onto.names[onto.index(h)] for h in phen])
     image_fields = dict(vit=dict(cfg.model.image), head=cfg.model.image_head, embed_dim=cfg.model.embed_dim,
