@@ -24,7 +24,9 @@ import grain
 from PIL import Image
 
 from phenolip_jax.data import paths
-from phenolip_jax.data.records import Record, ValidationReport, assign_ids, resolve_image_path
+from phenolip_jax.data.manifest import read_manifest
+from phenolip_jax.data.records import Record, ValidationReport, assign_ids, resolve_image_path, validate_records
+from phenolip_jax.ontology import load_ontology
 
 FORMAT_VERSION = 2  # 2: per-split `terms` and `hpo_counts`
 _LEN = struct.Struct("<I")
@@ -140,33 +142,37 @@ class PackedSource(grain.sources.RandomAccessDataSource):
                 "image_id": meta["image_id"], "caption_id": meta["caption_id"]}
 
 
+def pack_manifest(manifest: str, output: str, ontology, *, image_root: str | None = None, num_shards: int = 1,
+                  tokenizer=None, max_len: int = 256, max_hpo: int | None = None, max_side: int = 0,
+                  strict: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Read, validate and pack a manifest (local or a bucket URL) into `output`; writes and returns packing.json."""
+    image_root = image_root or paths.parent(manifest)
+    report = ValidationReport()
+    records = read_manifest(manifest, strict=strict, report=report)
+    kept, report = validate_records(records, ontology, image_root, tokenizer, max_len, strict,
+                                    max_hpo=max_hpo, report=report)
+    print(report, file=sys.stderr)
+    summary = pack_records(kept, image_root, output, num_shards, max_side=max_side, progress=progress)
+    info = {"format_version": FORMAT_VERSION, "manifest": paths.absolute(manifest),
+            "splits": summary, "validation": report.as_dict()}
+    paths.write_text(os.path.join(output, "packing.json"), json.dumps(info, indent=1))
+    print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {output}", file=sys.stderr)
+    return info
+
+
 def main(argv: Sequence[str]) -> None:
     """absl entry point: read, validate, pack, write packing.json, print the report."""
     from absl import flags
 
-    from phenolip_jax.data.manifest import read_manifest
-    from phenolip_jax.data.records import validate_records
-    from phenolip_jax.ontology import load_ontology
-
     del argv
     f = flags.FLAGS
-    image_root = f.image_root or paths.parent(f.manifest)
-    report = ValidationReport()
-    records = read_manifest(f.manifest, strict=f.strict, report=report)
     tokenizer = None
     if f.tokenizer:
         from phenolip_jax.data.tokenize import load_tokenizer
 
         tokenizer = load_tokenizer(f.tokenizer)
-    kept, report = validate_records(records, load_ontology(), image_root, tokenizer, f.max_len,
-                                    f.strict, max_hpo=f.max_hpo, report=report)
-    print(report, file=sys.stderr)
-    summary = pack_records(kept, image_root, f.output, f.num_shards, max_side=f.max_side)
-    info = {"format_version": FORMAT_VERSION, "manifest": paths.absolute(f.manifest),
-            "splits": summary, "validation": report.as_dict()}
-    paths.write_text(os.path.join(f.output, "packing.json"), json.dumps(info, indent=1))
-    print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {f.output}",
-          file=sys.stderr)
+    pack_manifest(f.manifest, f.output, load_ontology(), image_root=f.image_root, num_shards=f.num_shards,
+                  tokenizer=tokenizer, max_len=f.max_len, max_hpo=f.max_hpo, max_side=f.max_side, strict=f.strict)
 
 
 def _define_flags() -> None:
