@@ -136,19 +136,24 @@ def _tfds_splits(data_dir: str, name: str) -> tuple[dict[str, LazySplit], Valida
     return splits, _report(meta.get("validation"))
 
 
-def load_lazy_splits(data_cfg: Any, ontology: Any) -> tuple[dict[str, LazySplit], ValidationReport]:
-    """The splits of an 'arrayrecord' or 'tfds' source and their report, checked against the ontology.
+def read_lazy_splits(source: str, *, packed_dir: str = "", tfds_dir: str = "",
+                     tfds_name: str = "phenokg_folder") -> tuple[dict[str, LazySplit], ValidationReport]:
+    """Every split of packed shards (source 'arrayrecord') or of a tfds dataset ('tfds'), and the stored report."""
+    if source == "arrayrecord":
+        return _packed_splits(packed_dir)
+    if source == "tfds":
+        return _tfds_splits(tfds_dir, tfds_name)
+    raise ValueError(f"source {source!r} is not one of {LAZY_SOURCES}")
+
+
+def check_lazy_splits(splits: Mapping[str, LazySplit], report: ValidationReport, ontology: Any,
+                      max_hpo: int | None = None) -> None:
+    """Checks every split's HPO ids against the ontology; counts records over `max_hpo` ids into `report`.
 
     An HPO id the run's ontology does not know (the data were written with another hp.obo) is an
-    error naming it; records with more than `data.max_hpo` ids are counted as 'hpo_truncated' (kept,
-    the pipeline keeps their first max_hpo ids), as validate_records counts them for a manifest.
+    error naming it; records with more than `max_hpo` ids are counted as 'hpo_truncated' (kept, the
+    pipeline keeps their first max_hpo ids), as validate_records counts them for a manifest.
     """
-    if data_cfg.source == "arrayrecord":
-        splits, report = _packed_splits(data_cfg.packed_dir)
-    elif data_cfg.source == "tfds":
-        splits, report = _tfds_splits(data_cfg.tfds_dir, data_cfg.tfds_name)
-    else:
-        raise ValueError(f"config.data.source={data_cfg.source!r} is not one of {LAZY_SOURCES}")
     for split in splits.values():
         unknown = []
         for h in split.terms:
@@ -160,10 +165,17 @@ def load_lazy_splits(data_cfg: Any, ontology: Any) -> tuple[dict[str, LazySplit]
             raise ValueError(f"{split.where}: {len(unknown)} HPO ids unknown to the run's ontology "
                              f"(e.g. {', '.join(unknown[:5])}): write the data again with the hp.obo of "
                              "config.ontology.obo_path")
-        over = sum(n for k, n in split.hpo_counts.items() if k > data_cfg.max_hpo)
+        over = sum(n for k, n in split.hpo_counts.items() if max_hpo is not None and k > max_hpo)
         if over:
-            report.add("hpo_truncated", split.where, f"{over} records with > max_hpo={data_cfg.max_hpo} ids")
+            report.add("hpo_truncated", split.where, f"{over} records with > max_hpo={max_hpo} ids")
             report.counts["hpo_truncated"] += over - 1  # add() counted one
+
+
+def load_lazy_splits(data_cfg: Any, ontology: Any) -> tuple[dict[str, LazySplit], ValidationReport]:
+    """Stage 2's splits of an 'arrayrecord' or 'tfds' `config.data`, checked against the ontology."""
+    splits, report = read_lazy_splits(data_cfg.source, packed_dir=data_cfg.packed_dir,
+                                      tfds_dir=data_cfg.tfds_dir, tfds_name=data_cfg.tfds_name)
+    check_lazy_splits(splits, report, ontology, data_cfg.max_hpo)
     if "train" not in splits:
         raise ValueError(f"config.data.source={data_cfg.source!r}: no 'train' split (have {sorted(splits)})")
     return splits, report

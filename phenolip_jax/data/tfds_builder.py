@@ -26,7 +26,8 @@ from phenolip_jax.data.packing import hpo_summary
 from phenolip_jax.data.records import assign_ids, resolve_image_path
 
 
-def _png(rgb: np.ndarray) -> bytes:
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """uint8 [H,W,3] as PNG bytes (fast compression)."""
     out = io.BytesIO()
     Image.fromarray(rgb).save(out, format="PNG", compress_level=1)
     return out.getvalue()
@@ -94,7 +95,7 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
         image_ids, caption_ids, _, _ = assign_ids(recs)
         for i, r in enumerate(recs):
             rgb, _ = images.decode_rgb(paths.read_bytes(resolve_image_path(r.image, root)))
-            yield i, {"image": _png(rgb), "caption": r.caption, "hpo_ids": list(r.hpo_ids),
+            yield i, {"image": png_bytes(rgb), "caption": r.caption, "hpo_ids": list(r.hpo_ids),
                       "image_key": r.image_id, "image_id": image_ids[i], "caption_id": caption_ids[i]}
 
 

@@ -2,6 +2,7 @@
 import importlib
 import json
 import os
+import zlib
 
 import fsspec
 import ml_collections
@@ -169,3 +170,61 @@ def test_stage2_from_tfds(tiny_bert_dir, tiny_demo_dir, onto, tmp_path, capsys):
     with open(tmp_path / "run" / "eval.json") as f:
         assert json.load(f) == pytest.approx(result)
     assert 0.0 <= result["i2t_r@10"] <= 1.0
+
+
+class PixelEncoder:
+    """A deterministic stand-in for a model: images -> their pixels, texts -> seeded random vectors."""
+
+    has_images = True
+
+    def encode_images(self, images):
+        from phenolip_jax.inference import prepare_images
+
+        x = prepare_images(list(images), 16, (0.5,) * 3, (0.5,) * 3).reshape(len(images), -1)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def encode_texts(self, texts):
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=768) for t in texts]
+        return np.stack([r / np.linalg.norm(r) for r in rows])
+
+    def encode_phenotypes(self, hpo_ids, templates=None):
+        return self.encode_texts(list(hpo_ids))
+
+
+def flat(tree, prefix=""):
+    """Nested dicts of numbers as one {'a/b': value} dict."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}/{key}").items()}
+
+
+def test_eval_command_reads_pairs_from_shards_and_tfds(tiny_demo_dir, onto, tmp_path):
+    """The eval stage's `arrayrecord` / `tfds` kinds give the manifest's test pairs, images and retrieval scores."""
+    from phenolip_jax.data.tfds_builder import PhenoKGFolder
+    from phenolip_jax.evaluate import evaluators
+    from phenolip_jax.evaluate import run as eval_run
+    from phenolip_jax.inference import prepare_images
+
+    manifest = os.path.join(tiny_demo_dir, "manifest.jsonl")
+    pack_manifest(manifest, str(tmp_path / "packed"), onto, progress=False)
+    PhenoKGFolder(data_dir=str(tmp_path / "tfds"), manifest=manifest, ontology=onto).download_and_prepare()
+    cfg = config_lib.load_config("eval", "manifest")
+    cfg.data.manifest = manifest
+    _, ref, _ = eval_run.load_data(cfg, onto, 16)
+    ref = ref.select("test")
+    def rows(pairs):  # captions repeat across images in the demo: compare (caption, ids, pixels) multisets
+        x = prepare_images(pairs.image_paths, 16, (0,) * 3, (1,) * 3)
+        return sorted(zip(pairs.captions, pairs.hpo_ids, (a.tobytes() for a in x)))
+
+    want = rows(ref)
+    scores = evaluators.cross_modal_retrieval(PixelEncoder(), ref, ks=(1, 5))
+    for kind, field, value in (("arrayrecord", "packed_dir", "packed"), ("tfds", "tfds_dir", "tfds")):
+        cfg = config_lib.load_config("eval", kind)
+        cfg.data[field] = str(tmp_path / value)
+        _, pairs, cls = eval_run.load_data(cfg, onto, 16)
+        assert set(pairs.splits) == {"test"} and rows(pairs) == want, kind
+        assert flat(evaluators.cross_modal_retrieval(PixelEncoder(), pairs, ks=(1, 5))) == pytest.approx(flat(scores))
+        assert cls is not None and len(cls.splits["test"]) > 0
+        cfg.data[field] = ""
+        with pytest.raises(ValueError, match=f"config.data.{field} is empty"):
+            eval_run.load_data(cfg, onto, 16)
