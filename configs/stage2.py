@@ -4,7 +4,8 @@ Variants (`--config=configs/stage2.py:VARIANT`):
   (none)      embedded default: the generated demo dataset, a small ViT from scratch and the MiniLM text
               tower; the teacher is made by a short stage-1 run when `teacher.workdir` is empty.
   biomedclip  paper-sized: ViT-B/16 (224 px) + PubMedBERT (context 256), KEP's optimiser settings;
-              set data.manifest / data.image_root / text.hf_dir / teacher.workdir to local paths.
+              set data.manifest / data.image_root (or data.source='arrayrecord' + data.packed_dir, or
+              'tfds' + data.tfds_dir; local paths or gs:// URLs), text.hf_dir, teacher.workdir.
 """
 import ml_collections
 
