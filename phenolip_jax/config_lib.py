@@ -12,10 +12,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # Allowed values of the enumerated fields, checked by `validate` (one place, named in its errors).
-DATA_SOURCES = ("demo", "jsonl")  # config.data.source of stage 2
+DATA_SOURCES = ("demo", "jsonl", "arrayrecord", "tfds")  # config.data.source of stage 2 (data/sources.py)
 REMAT_POLICIES = ("none", "full", "save_dots")  # config.model.remat (stage 2) / config.text.remat (stage 1)
 EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "linear_probe")  # config.evaluators (eval)
-EVAL_DATA_KINDS = ("demo", "manifest", "folder", "medmnist")  # config.data.kind (eval)
+EVAL_DATA_KINDS = ("demo", "manifest", "folder", "medmnist", "arrayrecord", "tfds")  # config.data.kind (eval)
 EXPORT_FORMATS = ("open_clip", "hf_bert", "safetensors")  # config.formats (export)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -136,7 +136,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     for field in ("text.hf_dir", "teacher.workdir", "init.checkpoint", "data.manifest", "data.test_csv"):
         section, key = field.split(".")
         value = cfg[section][key] if section in cfg and key in cfg[section] else ""
-        if value and not os.path.exists(value):
+        # URLs (gs://...) are checked through epath by data.sources.validate_source, not by os.path.
+        if value and "://" not in value and not os.path.exists(value):
             raise ValueError(f"config.{field}={value!r} does not exist")
     teacher = cfg.teacher.workdir if "teacher" in cfg else ""
     if teacher and not all(os.path.exists(os.path.join(teacher, f)) for f in ("stage1_config.json", "encoder")):

@@ -22,6 +22,7 @@ import numpy as np
 from phenolip_jax import artifacts
 from phenolip_jax.convert import open_clip as oc
 from phenolip_jax.data import images as img_lib
+from phenolip_jax.data import paths
 from phenolip_jax.data.tokenize import tokenize_captions
 from phenolip_jax.evaluate.metrics import zero_shot_classifier
 from phenolip_jax.models import layers, two_tower
@@ -91,12 +92,14 @@ def ensemble_prompts(encode_texts: Callable[[Sequence[str]], np.ndarray], names:
 
 
 def prepare_images(images: Any, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Paths or uint8 [N,H,W(,1|3)] -> float32 [N,size,size,3]: shorter side resized, centre crop, normalised."""
+    """Paths (local or URLs), encoded image bytes or uint8 [N,H,W(,1|3)] -> float32 [N,size,size,3]:
+    shorter side resized, centre crop, normalised."""
     out = np.zeros((len(images), size, size, 3), np.float32)
     for i, im in enumerate(images):
         if isinstance(im, (str, os.PathLike)):
-            with open(im, "rb") as f:
-                rgb = img_lib.decode_rgb(f.read())[0]
+            rgb = img_lib.decode_rgb(paths.read_bytes(im))[0]
+        elif isinstance(im, (bytes, bytearray)):  # packed shards hold encoded images
+            rgb = img_lib.decode_rgb(bytes(im))[0]
         else:
             rgb = np.asarray(im)
             if rgb.dtype != np.uint8:

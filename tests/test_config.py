@@ -112,7 +112,7 @@ def test_config_mistakes_print_one_line_naming_the_field(override, expected, tmp
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("data.source", "parquet", r"^config\.data\.source='parquet': use one of 'demo', 'jsonl'$"),
+    ("data.source", "parquet", r"^config\.data\.source='parquet': use one of 'demo', 'jsonl', 'arrayrecord', 'tfds'$"),
     ("data.batch_size", -64, r"^config\.data\.batch_size=-64 must be > 0$"),
     ("model.remat", "sometimes", r"^config\.model\.remat='sometimes': use one of 'none', 'full', 'save_dots'$"),
     ("optim.schedule", "linear", r"^config\.optim\.schedule='linear': use one of 'cosine', 'constant'$"),

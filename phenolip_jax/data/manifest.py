@@ -8,6 +8,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from phenolip_jax.data import paths
 from phenolip_jax.data.records import BadRecordError, Record, ValidationReport, validate_records
 
 _HPO_RE = re.compile(r"HP[:_]\s*(\d{7})", re.IGNORECASE)
@@ -69,7 +70,7 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = False,
     path = os.fspath(path)
     out = []
     # Bytes, decoded line by line: one undecodable line is one bad record, not a crash of the whole read.
-    with open(path, "rb") as f:
+    with paths.open_binary(path) as f:  # local file or bucket URL
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
@@ -119,7 +120,7 @@ def read_phenobench_csv(path: str | os.PathLike, *, split: str = "test", source:
     # surrogateescape: a row with bytes that are not UTF-8 becomes one malformed row below, not a crash;
     # utf-8-sig: spreadsheet exports often start with a byte-order mark that would rename the first column.
     # csv.reader, not DictReader: DictReader skips blank rows without a trace, and every row must count.
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+    with paths.open_text(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         fieldnames = next(reader, None) or []
         missing = {"image_path", "caption", "full_matches"} - set(fieldnames)
@@ -168,10 +169,11 @@ def read_and_validate(paths: Sequence[str | os.PathLike], ontology, image_root: 
 
 def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
     """Write records in the JSONL manifest format (image paths as stored in the records)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            obj = {"image": r.image, "caption": r.caption, "hpo_ids": list(r.hpo_ids),
-                   "split": r.split, "source": r.source}
-            if r.image_id != r.image:
-                obj["image_id"] = r.image_id
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    lines = []
+    for r in records:
+        obj = {"image": r.image, "caption": r.caption, "hpo_ids": list(r.hpo_ids),
+               "split": r.split, "source": r.source}
+        if r.image_id != r.image:
+            obj["image_id"] = r.image_id
+        lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
+    paths.write_text(path, "".join(lines))

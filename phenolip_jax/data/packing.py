@@ -4,8 +4,10 @@
         --output=packed/ --num_shards=8 [--tokenizer=DIR --max_len=256] [--strict] [--max_side=512]
 
 Writes, per split, `{split}-{i:05d}-of-{N:05d}.array_record` (contiguous chunks of the validated
-manifest, in manifest order) and `packing.json` (format version, per-split counts and shard names,
-the validation report). One entry = uint32 little-endian length of the metadata JSON, the JSON
+manifest, in manifest order) and `packing.json` (format version, per split: the count, shard names, the
+sorted HPO ids used and how many records carry n ids; the validation report). The per-split HPO summary
+lets a training run check the ids against its ontology and count `max_hpo` truncation without reading
+a single shard. One entry = uint32 little-endian length of the metadata JSON, the JSON
 (caption, hpo_ids, image_id, caption_id, image_key, split, source, origin, line), the image bytes.
 """
 from __future__ import annotations
@@ -22,11 +24,12 @@ import grain
 from PIL import Image
 
 from phenolip_jax import artifacts
+from phenolip_jax.data import paths
 from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
 from phenolip_jax.ontology import load_ontology
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-split `terms` and `hpo_counts`
 _LEN = struct.Struct("<I")
 
 
@@ -68,6 +71,9 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
     from array_record.python.array_record_module import ArrayRecordWriter
 
     output = os.fspath(output)
+    if paths.is_url(output):  # array_record's writer opens local files only
+        raise ValueError(f"--output={output!r}: pack into a local folder, then copy it to the bucket "
+                         "(e.g. gsutil -m cp -r)")
     os.makedirs(output, exist_ok=True)
     splits: dict[str, list[Record]] = {}
     for r in records:
@@ -84,8 +90,8 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
             writer = ArrayRecordWriter(os.path.join(output, name), "group_size:1")
             for j in range(bounds[s], bounds[s + 1]):
                 r = recs[j]
-                with open(resolve_image_path(r.image, image_root, allow_absolute=True), "rb") as f:  # validated
-                    data = shrink_image(f.read(), max_side)
+                data = shrink_image(paths.read_bytes(resolve_image_path(r.image, image_root, allow_absolute=True)),
+                                    max_side)  # validated
                 meta = {"caption": r.caption, "hpo_ids": list(r.hpo_ids), "image_id": image_ids[j],
                         "caption_id": caption_ids[j], "image_key": r.image_id, "split": r.split,
                         "source": r.source, "origin": r.origin, "line": r.line}
@@ -94,24 +100,39 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
                 if progress:
                     _progress(done, len(records), start, every)
             writer.close()
-        summary[split] = {"num_examples": len(recs), "shards": names}
+        summary[split] = {"num_examples": len(recs), "shards": names, **hpo_summary(recs)}
     return summary
 
 
-def shard_paths(directory: str | os.PathLike, split: str) -> list[str]:
+def hpo_summary(records: Sequence[Record]) -> dict[str, Any]:
+    """`terms`: the sorted HPO ids the records use; `hpo_counts`: {n ids: records carrying n}."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[str(len(r.hpo_ids))] = counts.get(str(len(r.hpo_ids)), 0) + 1
+    return {"terms": sorted({h for r in records for h in r.hpo_ids}), "hpo_counts": counts}
+
+
+def read_packing_info(directory: str | os.PathLike) -> dict[str, Any]:
+    """`packing.json` of a packed folder (local or a bucket URL)."""
+    path = paths.join(directory, "packing.json")
+    if not paths.exists(path):
+        raise FileNotFoundError(f"{path} not found: not a folder written by python -m phenolip_jax.data.packing")
+    return paths.read_json(path)
+
+
+def shard_paths(directory: str | os.PathLike, split: str, info: dict[str, Any] | None = None) -> list[str]:
     """The split's shard files listed in `packing.json`, in order."""
-    with open(os.path.join(directory, "packing.json"), encoding="utf-8") as f:
-        info = json.load(f)
+    info = read_packing_info(directory) if info is None else info
     if split not in info["splits"]:
         raise KeyError(f"split {split!r} not packed in {directory}; have {sorted(info['splits'])}")
-    return [os.path.join(os.fspath(directory), n) for n in info["splits"][split]["shards"]]
+    return [paths.join(directory, n) for n in info["splits"][split]["shards"]]
 
 
 class PackedSource(grain.sources.RandomAccessDataSource):
     """Random access over packed shards, yielding pipeline examples (image = encoded bytes)."""
 
-    def __init__(self, directory: str | os.PathLike, split: str):
-        self.paths = shard_paths(directory, split)
+    def __init__(self, directory: str | os.PathLike, split: str, info: dict[str, Any] | None = None):
+        self.paths = shard_paths(directory, split, info)
         self._source = grain.sources.ArrayRecordDataSource(self.paths)
 
     def __len__(self) -> int:
@@ -123,26 +144,34 @@ class PackedSource(grain.sources.RandomAccessDataSource):
                 "image_id": meta["image_id"], "caption_id": meta["caption_id"]}
 
 
+def pack_manifest(manifest: str, output: str, ontology, *, image_root: str | None = None, num_shards: int = 1,
+                  tokenizer=None, max_len: int = 256, max_hpo: int | None = None, max_side: int = 0,
+                  strict: bool = False, allow_absolute: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Read, validate and pack a manifest (local or a bucket URL) into `output`; writes and returns packing.json."""
+    image_root = image_root or paths.parent(manifest)
+    kept, report = read_and_validate([manifest], ontology, image_root, strict=strict, tokenizer=tokenizer,
+                                     max_len=max_len, max_hpo=max_hpo, allow_absolute=allow_absolute)
+    print(report, file=sys.stderr)
+    summary = pack_records(kept, image_root, output, num_shards, max_side=max_side, progress=progress)
+    info = {"format_version": FORMAT_VERSION, "manifest": paths.absolute(manifest),
+            "splits": summary, "validation": report.as_dict()}
+    paths.write_text(os.path.join(output, "packing.json"), json.dumps(info, indent=1))
+    print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {output}", file=sys.stderr)
+    return info
+
+
 def main(argv: Sequence[str]) -> None:
     """absl entry point: read, validate, pack, write packing.json, print the report."""
     from absl import flags
 
     del argv
     f = flags.FLAGS
-    image_root = f.image_root or os.path.dirname(os.path.abspath(f.manifest))
     tokenizer = None
     if f.tokenizer:
         tokenizer = artifacts.load_tokenizer(f.tokenizer)
-    kept, report = read_and_validate([f.manifest], load_ontology(), image_root, strict=f.strict, tokenizer=tokenizer,
-                                     max_len=f.max_len, max_hpo=f.max_hpo, allow_absolute=f.allow_absolute_paths)
-    print(report, file=sys.stderr)
-    summary = pack_records(kept, image_root, f.output, f.num_shards, max_side=f.max_side)
-    info = {"format_version": FORMAT_VERSION, "manifest": os.path.abspath(f.manifest),
-            "splits": summary, "validation": report.as_dict()}
-    with open(os.path.join(f.output, "packing.json"), "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=1)
-    print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {f.output}",
-          file=sys.stderr)
+    pack_manifest(f.manifest, f.output, load_ontology(), image_root=f.image_root, num_shards=f.num_shards,
+                  tokenizer=tokenizer, max_len=f.max_len, max_hpo=f.max_hpo, max_side=f.max_side, strict=f.strict,
+                  allow_absolute=f.allow_absolute_paths)
 
 
 def _define_flags() -> None:

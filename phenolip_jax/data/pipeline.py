@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from phenolip_jax.data import images
+from phenolip_jax.data import images, paths
 from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
 from phenolip_jax.data.tokenize import Tokenize
 from phenolip_jax.ontology import organ_table, sized_ancestor_table
@@ -76,8 +76,7 @@ class RecordSource(grain.sources.RandomAccessDataSource):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         # Absolute paths reach here only through validate_records' allow_absolute: the gate is there.
-        with open(resolve_image_path(rec.image, self.image_root, allow_absolute=True), "rb") as f:
-            data = f.read()
+        data = paths.read_bytes(resolve_image_path(rec.image, self.image_root, allow_absolute=True))
         return {"image": data, "caption": rec.caption, "hpo_ids": rec.hpo_ids,
                 "image_id": self.image_ids[index], "caption_id": self.caption_ids[index]}
 

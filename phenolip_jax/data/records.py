@@ -8,7 +8,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 from phenolip_jax import ontology as onto_mod
-from phenolip_jax.data import images
+from phenolip_jax.data import images, paths
 from phenolip_jax.data.tokenize import count_tokens
 
 log = logging.getLogger(__name__)
@@ -118,15 +118,20 @@ def resolve_image_path(image: str, image_root: str | os.PathLike | None, allow_a
     """The file a manifest's image path names: inside image_root, or absolute only when allowed.
 
     A relative path is joined to image_root and must stay inside it after normalisation with symlinks
-    followed (`../x.png`, or a link pointing out, raise UnsafePathError). An absolute path raises unless
+    followed (`../x.png`, or a link pointing out, raise UnsafePathError); under a bucket URL root (no
+    symlinks there) the normalised path must stay under the root. An absolute path or URL raises unless
     `allow_absolute` (`config.data.allow_absolute_paths`). Without an image_root the path is used as is.
     """
     if image_root is None:
         return image
-    if os.path.isabs(image):
+    if paths.is_absolute(image):
         if not allow_absolute:
             raise UnsafePathError(f"absolute image path {image!r} (allowed only with config.data.allow_absolute_paths)")
         return image
+    if paths.is_url(image_root):
+        if ".." in os.path.normpath(image).split(os.sep):
+            raise UnsafePathError(f"image path {image!r} leaves image_root {image_root}")
+        return paths.join(image_root, os.path.normpath(image))
     root = os.path.realpath(os.fspath(image_root))
     path = os.path.realpath(os.path.join(root, image))
     if os.path.commonpath([root, path]) != root:
@@ -220,12 +225,11 @@ def validate_records(
 
 
 def _check_image(rec: Record, path: str, report: ValidationReport, strict: bool) -> bool:
-    if not os.path.isfile(path):
+    if not paths.is_file(path):
         _fail(report, strict, rec, "missing_image", path)
         return False
     try:
-        with open(path, "rb") as f:
-            _, converted_from = images.decode_rgb(f.read())
+        _, converted_from = images.decode_rgb(paths.read_bytes(path))
     except images.ImageDecodeError as e:
         _fail(report, strict, rec, "corrupt_image", f"{path}: {e}")
         return False

@@ -6,12 +6,13 @@
     ds = grain.MapDataset.source(ExampleSource(source))  # or pass ExampleSource to make_*_batches
 
 Records go through `validate_records` while generating; images are stored as RGB PNG (tfds
-encodes a numpy image only through TensorFlow, so we hand it PNG bytes).
+encodes a numpy image only through TensorFlow, so we hand it PNG bytes). The dataset's metadata
+(`builder.info.metadata`, saved beside the data) holds the validation report and, per split, the HPO ids
+used and how many records carry n ids (as packing.json does for packed shards).
 """
 from __future__ import annotations
 
 import io
-import os
 from typing import Any
 
 import grain
@@ -20,13 +21,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from phenolip_jax.data import images
+from phenolip_jax.data import images, paths
 from phenolip_jax.data.manifest import read_and_validate
+from phenolip_jax.data.packing import hpo_summary
 from phenolip_jax.data.records import assign_ids, resolve_image_path
 from phenolip_jax.ontology import load_ontology
 
 
-def _png(rgb: np.ndarray) -> bytes:
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """uint8 [H,W,3] as PNG bytes (fast compression)."""
     out = io.BytesIO()
     Image.fromarray(rgb).save(out, format="PNG", compress_level=1)
     return out.getvalue()
@@ -65,12 +68,13 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
                 "caption_id": np.int32,
             }),
             description=__doc__,
+            metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager):
         if self._manifest is None:
             raise ValueError("PhenoKGFolder needs manifest=... to generate the dataset")
-        root = self._image_root or os.path.dirname(os.path.abspath(self._manifest))
+        root = self._image_root or paths.parent(self._manifest)
         onto = self._ontology
         if onto is None:
             onto = load_ontology()
@@ -79,14 +83,15 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
         by_split: dict[str, list] = {}
         for r in kept:
             by_split.setdefault(r.split, []).append(r)
+        self.info.metadata.update({"validation": report.as_dict(),
+                                   "splits": {s: hpo_summary(recs) for s, recs in by_split.items()}})
         return {split: self._generate_examples(recs, root) for split, recs in by_split.items()}
 
     def _generate_examples(self, recs, root):
         image_ids, caption_ids, _, _ = assign_ids(recs)
         for i, r in enumerate(recs):
-            with open(resolve_image_path(r.image, root, allow_absolute=True), "rb") as f:  # validated above
-                rgb, _ = images.decode_rgb(f.read())
-            yield i, {"image": _png(rgb), "caption": r.caption, "hpo_ids": list(r.hpo_ids),
+            rgb, _ = images.decode_rgb(paths.read_bytes(resolve_image_path(r.image, root, allow_absolute=True)))
+            yield i, {"image": png_bytes(rgb), "caption": r.caption, "hpo_ids": list(r.hpo_ids),
                       "image_key": r.image_id, "image_id": image_ids[i], "caption_id": caption_ids[i]}
 
 

@@ -9,7 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from phenolip_jax.data import paths
 from phenolip_jax.data.manifest import read_and_validate, read_manifest
+from phenolip_jax.data.records import resolve_image_path
+from phenolip_jax.data.tfds_builder import png_bytes
 
 _HPO_ID = re.compile(r"^HP:\d{7}$")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -50,7 +53,7 @@ class ClassificationSet:
 class PairSet:
     """Image-caption pairs (PhenoBench testdata.csv / JSONL manifest) with each pair's HPO ids."""
 
-    image_paths: list[str]  # per pair, resolved against the image root
+    image_paths: list[Any]  # per pair: a path resolved against the image root, or encoded bytes (lazy sources)
     image_ids: list[str]  # per pair; pairs sharing an id are one image with several captions
     captions: list[str]
     hpo_ids: list[tuple[str, ...]]
@@ -182,7 +185,7 @@ def load_medmnist(npz_path: str, class_map: Any = None, onto: Any = None, task: 
 def load_pairs(manifest: str, image_root: str = "", onto: Any = None, check_images: bool = True,
                strict: bool = False, allow_absolute: bool = False) -> PairSet:
     """Pairs from a JSONL manifest or PhenoBench testdata.csv, through the records' bad-input policy."""
-    root = image_root or os.path.dirname(os.path.abspath(manifest))
+    root = image_root or paths.parent(manifest)
     if onto is not None:  # every line kept or counted: bad lines, missing/corrupt images, unknown HPO ids
         records, report = read_and_validate([manifest], onto, root, strict=strict, check_images=check_images,
                                             allow_absolute=allow_absolute)
@@ -191,9 +194,24 @@ def load_pairs(manifest: str, image_root: str = "", onto: Any = None, check_imag
         records = read_manifest(manifest, strict=strict)
     if not records:
         raise ValueError(f"no usable records in {manifest}")
-    paths = [r.image if os.path.isabs(r.image) else os.path.join(root, r.image) for r in records]
-    return PairSet(paths, [r.image_id for r in records], [r.caption for r in records],
+    image_paths = [resolve_image_path(r.image, root, allow_absolute=allow_absolute) for r in records]
+    return PairSet(image_paths, [r.image_id for r in records], [r.caption for r in records],
                    [tuple(r.hpo_ids) for r in records], [r.split for r in records])
+
+
+def pairs_from_split(split: Any, name: str) -> PairSet:
+    """The pairs of one lazily read split (`data.sources.LazySplit`), images as encoded bytes."""
+    images, ids, captions, hpo = [], [], [], []
+    for i in range(len(split)):
+        ex = split[i]
+        image = ex["image"]  # packed shards: the stored bytes; tfds: a decoded array (re-encoded, lossless)
+        images.append(bytes(image) if isinstance(image, (bytes, bytearray)) else png_bytes(np.asarray(image)))
+        ids.append(f"{name}/{ex['image_id']}")
+        captions.append(ex["caption"])
+        hpo.append(tuple(ex["hpo_ids"]))
+    if not images:
+        raise ValueError(f"no pairs in split {name!r}")
+    return PairSet(images, ids, captions, hpo, [name] * len(images))
 
 
 def classification_from_pairs(pairs: PairSet, onto: Any, name: str = "phenotypes") -> ClassificationSet:

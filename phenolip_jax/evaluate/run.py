@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from phenolip_jax import inference
-from phenolip_jax.data import demo
+from phenolip_jax.data import demo, sources
 from phenolip_jax.evaluate import datasets, evaluators, report
 
 _HEADLINE = (("retrieval", "image_to_text", "r@10"), ("retrieval", "text_to_image", "r@10"),
@@ -43,18 +43,40 @@ def load_data(cfg: Any, onto: Any, image_size: int | None) -> tuple[str, dataset
                 raise ValueError("config.data.manifest is empty (config.data.kind='manifest')")
             manifest, image_root = d.manifest, d.image_root
         pairs = datasets.load_pairs(manifest, image_root, onto, strict=d.strict, allow_absolute=d.allow_absolute_paths)
-        try:
-            cls = datasets.classification_from_pairs(pairs, onto, name=d.name or "single-phenotype images")
-        except ValueError:
-            cls = None
-        return d.name or os.path.basename(os.path.dirname(os.path.abspath(manifest))), pairs, cls
+        return d.name or os.path.basename(os.path.dirname(os.path.abspath(manifest))), pairs, _single(d, pairs, onto)
+    if d.kind in ("arrayrecord", "tfds"):
+        pairs = _lazy_pairs(d, onto)
+        return d.name or d.kind, pairs, _single(d, pairs, onto)
     if d.kind == "folder":
         return d.name or os.path.basename(os.path.normpath(d.path)), None, datasets.load_image_folder(
             d.path, d.class_map, onto, d.name)
     if d.kind == "medmnist":
         cls = datasets.load_medmnist(d.path, d.class_map, onto, d.task, d.name)
         return cls.name, None, cls
-    raise ValueError(f"config.data.kind={d.kind!r}: use demo, manifest, folder or medmnist")
+    raise ValueError(f"config.data.kind={d.kind!r}: use demo, manifest, arrayrecord, tfds, folder or medmnist")
+
+
+def _single(d: Any, pairs: datasets.PairSet, onto: Any) -> datasets.ClassificationSet | None:
+    """Single-phenotype images of the pairs as a classification set (None when there are none)."""
+    try:
+        return datasets.classification_from_pairs(pairs, onto, name=d.name or "single-phenotype images")
+    except ValueError:
+        return None
+
+
+def _lazy_pairs(d: Any, onto: Any) -> datasets.PairSet:
+    """The evaluated split of packed shards / a tfds dataset (only that split is read)."""
+    needs = {"arrayrecord": ("packed_dir",), "tfds": ("tfds_dir", "tfds_name")}[d.kind]
+    for field in needs:
+        if not d[field]:
+            raise ValueError(f"config.data.{field} is empty (config.data.kind={d.kind!r} needs it)")
+    splits, report = sources.read_lazy_splits(d.kind, packed_dir=d.packed_dir, tfds_dir=d.tfds_dir,
+                                              tfds_name=d.tfds_name)
+    if d.split not in splits:
+        raise ValueError(f"config.data.split={d.split!r} is not in {d.kind} data (have {sorted(splits)})")
+    sources.check_lazy_splits({d.split: splits[d.split]}, report, onto)
+    print(f"eval data: {report}", flush=True)
+    return datasets.pairs_from_split(splits[d.split], d.split)
 
 
 def _limit(split: datasets.Split, n: int) -> datasets.Split:

@@ -17,7 +17,7 @@ import numpy as np
 
 from phenolip_jax import artifacts, config_lib
 from phenolip_jax.convert import export, open_clip
-from phenolip_jax.data import demo, pipeline
+from phenolip_jax.data import demo, paths, pipeline, sources
 from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.evaluate import retrieval
 from phenolip_jax.inference import ensemble_prompts, text_encoder
@@ -40,20 +40,21 @@ def pipeline_config(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, list], str]:
-    """Validated records per split and the image root, from the demo generator or a manifest."""
+def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, Any], str | None]:
+    """Splits of validated Records and their image root (demo, jsonl), or lazily read splits (arrayrecord, tfds)."""
+    sources.validate_source(cfg.data)
+    if cfg.data.source in sources.LAZY_SOURCES:
+        lazy, report = sources.load_lazy_splits(cfg.data, onto)
+        print(f"data: {report}", flush=True)
+        return lazy, None
     if cfg.data.source == "demo":
         root = str(demo.generate_demo_dataset(cfg.data.demo_dir or None, image_size=cfg.data.image_size,
                                               ontology=onto, seed=cfg.seed, **dict(cfg.data.demo)))
         manifest, image_root = os.path.join(root, "manifest.jsonl"), root
-    elif cfg.data.source == "jsonl":
-        if not cfg.data.manifest:
-            raise ValueError("config.data.manifest is empty (config.data.source='jsonl')")
-        manifest, image_root = cfg.data.manifest, cfg.data.image_root or os.path.dirname(cfg.data.manifest)
-    else:
-        raise ValueError(f"config.data.source={cfg.data.source!r}: use 'demo' or 'jsonl'")
-    paths = [manifest] + ([cfg.data.test_csv] if cfg.data.test_csv else [])
-    kept, report = read_and_validate(paths, onto, image_root, strict=cfg.data.strict, tokenizer=tokenizer,
+    else:  # 'jsonl' (validate_source checked the name and the manifest)
+        manifest, image_root = cfg.data.manifest, cfg.data.image_root or paths.parent(cfg.data.manifest)
+    manifests = [manifest] + ([cfg.data.test_csv] if cfg.data.test_csv else [])
+    kept, report = read_and_validate(manifests, onto, image_root, strict=cfg.data.strict, tokenizer=tokenizer,
                                      max_len=cfg.data.max_len, max_hpo=cfg.data.max_hpo,
                                      allow_absolute=cfg.data.allow_absolute_paths)
     print(f"data: {report.summary() if hasattr(report, 'summary') else report}", flush=True)
@@ -205,6 +206,7 @@ def abstract_step(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[build_lib.ShardedS
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 2 from `cfg` into `workdir`; returns the final held-out evaluation."""
     config_lib.validate(cfg, jax.device_count())
+    sources.validate_source(cfg.data)  # before the ontology and the text encoder load
     t0 = time.time()
     onto = common.load_ontology_from_config(cfg.ontology)
     _, text_params, tokenizer, text_fields = common.load_text_encoder(cfg.text, cfg.model.dtype, cfg.seed)
@@ -223,7 +225,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         teacher = {} if getattr(teacher_view, "table", None) is not None else {"params": {"text": tparams}}
         if cfg.loss.struct_weight > 0:
             ttok = artifacts.load_tokenizer(tmeta["hf_dir"])
-            phen = sorted({h for r in splits["train"] for h in r.hpo_ids})
+            phen = sources.split_terms(splits["train"])
             enc = text_encoder(lambda i, m: teacher_model.apply({"params": tparams}, i, m), ttok, tmeta["max_len"])
             teacher["phenotypes"] = enc([onto.names[onto.index(h)] for h in phen])
     model, objective, image_fields, text_fields = build_model(cfg, text_fields["bert"], teacher_model)
