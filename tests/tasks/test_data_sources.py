@@ -107,7 +107,7 @@ def test_bucket_manifest_and_packed_shards_give_the_same_batches(fake_gcs, tiny_
                                                                  tmp_path, capsys):
     """Same pairs, same order, same ids: a gs:// manifest and the shards packed from it feed identical batches."""
     from phenolip_jax.data import pipeline
-    from phenolip_jax.data.tokenize import load_tokenizer
+    from phenolip_jax.artifacts import load_tokenizer
     from phenolip_jax.tasks import stage2
 
     upload(tiny_demo_dir, BUCKET)
