@@ -4,7 +4,7 @@ What the pipeline guarantees (checked below): process p's batch b is rows p, p +
 1-process batch b, so the 2-process global batch holds the same pairs in another order. Contrastive
 losses are invariant to a permutation of the batch, so with deterministic augmentation and no dropout
 the losses match. Random crops do not match yet: grain seeds `random_map` by each process's local index.
-The end-to-end runs (3 launches, ~60 s on an idle 2-core machine) are marked slow.
+The end-to-end runs (4 launches, one of them with parameters sharded over mesh.fsdp=2) are marked slow.
 """
 import json
 import os
@@ -32,14 +32,20 @@ def tiny_config(tiny_bert_dir, tiny_demo_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_config, tmp_path_factory):
-    """A 1-process run in this pytest process (8 devices); a 2-process run of 2 steps, then resumed to 4."""
+def one_run(tiny_config, tmp_path_factory) -> Path:
+    """A 1-process run in this pytest process (8 devices), the reference of the multi-process runs."""
     from phenolip_jax.tasks import stage2
 
-    root = tmp_path_factory.mktemp("runs")
-    one = root / "one"
+    one = tmp_path_factory.mktemp("runs") / "one"
     stage2.run(load_tiny_config(tiny_config), str(one))
-    two = root / "two"
+    return one
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_config, one_run):
+    """The 1-process run; a 2-process run of 2 steps, then resumed to 4."""
+    one = one_run
+    two = one.parent / "two"
     first = mp.run_main(tiny_config, two, num_processes=2, devices_per_process=4,
                         overrides=("--config.total_steps=2",))
     second = mp.run_main(tiny_config, two, num_processes=2, devices_per_process=4,
@@ -85,6 +91,43 @@ def test_two_process_run_finishes_with_evaluation(runs):
     codes, outputs = runs["second"]
     assert codes == [0, 0], mp.describe(codes, outputs)
     assert (runs["two"] / "eval.json").exists()
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tiny_config, one_run):
+    """A 2-step 2-process run with parameters sharded over mesh.fsdp=2 (and most arrays above the size
+    floor): its final evaluation and params/ save read arrays whose shards live on both processes."""
+    workdir = one_run.parent / "fsdp"
+    result = mp.run_main(tiny_config, workdir, num_processes=2, devices_per_process=4, timeout=480.0,
+                         overrides=("--config.mesh.fsdp=2", "--config.mesh.fsdp_min_size=256",
+                                    "--config.total_steps=2"))
+    return workdir, result
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_run_evaluates_and_saves_params(fsdp_run, one_run):
+    import jax
+
+    from phenolip_jax import artifacts
+
+    workdir, (codes, outputs) = fsdp_run
+    assert codes == [0, 0], mp.describe(codes, outputs)
+    one, two = mp.read_metrics(one_run), mp.read_metrics(workdir)
+    assert sorted(two) == [1, 2]
+    for step in two:  # sharding the parameters changes where they live, not the numbers
+        np.testing.assert_allclose(two[step]["loss"], one[step]["loss"], rtol=1e-4, err_msg=f"step {step}")
+    # params/ (one collective save of the sharded params) reads back whole in this process and holds the
+    # final train state's values (the step-2 checkpoint, also written sharded).
+    saved = artifacts.load_params(str(workdir / "params"))
+    state = artifacts.restore_state_params(str(workdir / "checkpoints" / "2"))
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    assert jax.tree.structure(saved) == jax.tree.structure(state) and len(leaves) > 10
+    for (path, want), got in zip(leaves, jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
+    # The evaluation gathered the sharded params on each process and wrote the usual figures.
+    ev = json.loads((workdir / "eval.json").read_text())
+    assert sorted(ev) == sorted(json.loads((one_run / "eval.json").read_text()))
+    assert all(0.0 <= ev[k] <= 1.0 for k in ev if "_r@" in k), ev
 
 
 def _batches(cfg, tokenizer, onto, records, image_root, process_index, process_count, n=3):
