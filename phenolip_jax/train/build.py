@@ -15,7 +15,7 @@ import optax
 
 from phenolip_jax.train import mesh as mesh_lib
 from phenolip_jax.train.optimizer import make_optimizer
-from phenolip_jax.train.step import Objective, TrainState, create_state, make_train_step
+from phenolip_jax.train.step import Objective, TrainState, create_state, halt_after_streak, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +44,9 @@ def build_step(cfg: Any, mesh: jax.sharding.Mesh, objective: Objective | None, p
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     jitted = None
     if objective is not None:
-        step_fn = make_train_step(objective, tx, schedule, grad_accum_steps=cfg.optim.grad_accum_steps,
-                                  max_logit_scale=cfg.max_logit_scale)
+        # The host reads the non-finite streak late (at log steps): the device freezes the state at the limit.
+        step_fn = halt_after_streak(make_train_step(objective, tx, schedule, grad_accum_steps=cfg.optim.grad_accum_steps,
+                                                    max_logit_scale=cfg.max_logit_scale), cfg.max_nonfinite_steps)
         batch = mesh_lib.batch_sharding(mesh)
         jitted = jax.jit(step_fn, in_shardings=(shardings, batch),
                          out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)

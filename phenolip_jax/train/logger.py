@@ -20,13 +20,45 @@ def _to_float(v: Any) -> float | None:
     return f
 
 
+def truncate_metrics(path: str, last_step: int) -> int:
+    """Keeps the complete rows of a metrics.jsonl with step <= last_step (atomically); returns the rows dropped.
+
+    A run resumed from the checkpoint at `last_step` replays the steps after it, so their old rows go; a
+    partial last line (a killed writer) goes too, so that the next row does not glue onto it.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().split("\n")
+    kept, dropped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            keep = int(row["step"]) <= last_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricLogger:
     """Writes one JSON object per logged step to `workdir/metrics.jsonl` and TensorBoard events.
 
     Only process 0 writes, so multi-host runs produce one file.
     """
 
-    def __init__(self, workdir: str, total_steps: int, *, tensorboard: bool = True, console: bool = True):
+    def __init__(self, workdir: str, total_steps: int, *, tensorboard: bool = True, console: bool = True,
+                 resume_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.console = console and self.enabled
@@ -35,11 +67,15 @@ class MetricLogger:
         self._fh = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
+            if resume_step is not None:
+                truncate_metrics(os.path.join(workdir, "metrics.jsonl"), resume_step)
             self._fh = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+                # purge_step hides TensorBoard events of the steps that are about to run again.
+                purge = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
 
     def write(self, step: int, metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
         """Logs scalar metrics at `step`; returns the floats written."""

@@ -4,9 +4,12 @@ The loop does I/O and bookkeeping only; all math lives in the jitted step.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shlex
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,36 +31,49 @@ class NonFiniteError(RuntimeError):
 
 
 class _Preemption:
-    """Turns SIGTERM into a stop between steps, so the current step finishes and is saved.
+    """Turns SIGTERM and Ctrl-C (SIGINT) into a stop between steps, so the current step finishes and is saved.
 
-    One process: our handler sets a flag. Several processes: JAX's preemption service (started by
-    jax.distributed.initialize, with its own SIGTERM handler) tells every host the same step to stop at.
-    Installing ours there would replace that handler, and a host that stopped alone would leave the others
-    waiting in the next collective.
+    A second Ctrl-C aborts at once (the default SIGINT action: no checkpoint). One process: our handler sets a
+    flag. Several processes: JAX's preemption service (started by jax.distributed.initialize, with its own
+    SIGTERM handler) tells every host the same step to stop at. Installing ours there would replace that
+    handler, and a host that stopped alone would leave the others waiting in the next collective; Ctrl-C there
+    keeps its default action too.
     """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self._old: dict[int, Any] = {}
         self.multihost = jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
 
-    def __enter__(self):
-        def handler(signum, frame):
-            del frame
-            log.warning("signal %d received: finishing the current step, then checkpointing", signum)
-            self.requested = True
+    def _handler(self, signum, frame):
+        del frame
+        if signum == signal.SIGINT and self.requested:
+            # The second Ctrl-C: the user wants out now. Re-deliver SIGINT with its default action.
+            print("second interrupt: aborting at once, without a checkpoint", file=sys.stderr, flush=True)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else f"signal {signum}"
+        print(f"{name} received: finishing the current step, then checkpointing "
+              "(press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
+        self.requested = True
 
+    def __enter__(self):
         if self.multihost:
             return self
-        try:
-            self._old = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread (e.g. under some test runners)
-            self._old = None
+        for signum in self.SIGNALS:
+            try:
+                self._old[signum] = signal.signal(signum, self._handler)
+            except ValueError:  # not the main thread (e.g. under some test runners)
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old = {}
 
     def should_stop(self, step: int) -> bool:
         """True once a preemption notice arrived (multi-host: at the step all hosts agreed on)."""
@@ -67,6 +83,14 @@ class _Preemption:
             # Must be called with the current step on every host at every step (JAX's sync protocol).
             return bool(multihost_utils.reached_preemption_sync_point(step))
         return self.requested
+
+
+def resume_command() -> str:
+    """The command line of this process, to print after a preemption ('python -m phenolip_jax.main ...')."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("phenolip_jax", "main.py")):
+        argv[0:1] = ["python", "-m", "phenolip_jax.main"]
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def init_state(
@@ -99,6 +123,17 @@ def _compile(step: build_lib.ShardedStep, batch: dict[str, np.ndarray]):
     return compiled
 
 
+class _Position:
+    """A data-iterator position recorded earlier, saved in its place: the loop draws (and stages) the next
+    batch before the checkpoint of the current step, so the live iterator is one batch ahead of it."""
+
+    def __init__(self, state: Any):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return self.state if isinstance(self.state, bytes) else json.dumps(self.state, indent=4).encode()
+
+
 def train(
     cfg: Any,
     workdir: str,
@@ -111,7 +146,13 @@ def train(
     progress_keys: tuple[str, ...] = ("loss",),
     eval_keys: tuple[str, ...] | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
-    """Runs `cfg.total_steps` steps (resuming from `workdir/checkpoints`); returns the state and last eval."""
+    """Runs `cfg.total_steps` steps (resuming from `workdir/checkpoints`); returns the state and last eval.
+
+    The host never waits on the device between looks: steps are dispatched asynchronously, the next batch is
+    drawn and copied to the device while a step runs, and metrics (the non-finite streak included) are fetched
+    in one transfer at log, evaluation and checkpoint steps. A streak of `max_nonfinite_steps` freezes the
+    state on the device (`halt_after_streak`) until the host sees it there.
+    """
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     step_build = build_lib.build_step(cfg, mesh, objective, params, teacher)
     state = _initial_state(cfg, step_build, params, teacher)
@@ -126,59 +167,74 @@ def train(
             print(f"WARNING: checkpoint step {newest} in {ckpt.directory} is unreadable or corrupt; "
                   f"fell back to step {step0}", flush=True)
         print(f"resumed from {ckpt.directory} at step {step0}", flush=True)
-    logger = MetricLogger(workdir, cfg.total_steps)
     start = int(jax.device_get(state.step))
+    # Rows past the restored step are dropped: those steps run again, and each is logged once.
+    logger = MetricLogger(workdir, cfg.total_steps, resume_step=start)
     batch = next(data_iter)
     compiled = _compile(step_build, batch)
+    staged = mesh_lib.host_to_global(batch, mesh)
+    rows = batch_rows(batch) * jax.process_count()
     last_eval: dict[str, float] = {}
+    pending: list[tuple[int, Any, Any]] = []  # (step, device metrics, data position) not yet looked at
     t_last, n_last = time.time(), start
+
+    def finish() -> None:
+        ckpt.close()
+        logger.close()
+
     with _Preemption() as preempt:
         step = start
         while step < cfg.total_steps:
-            state, metrics = compiled(state, mesh_lib.host_to_global(batch, mesh))
+            state, metrics = compiled(state, staged)  # dispatched: returns before the device is done
             step += 1
-            # One scalar per step (a host sync, cheap next to a step): a skipped step must be noticed even
-            # between log steps, or a streak shorter than log_every would never stop the run.
-            streak = int(jax.device_get(metrics["nonfinite_streak"]))
-            if streak:
-                log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
-                            step, streak, int(jax.device_get(state.nonfinite_total)))
-            if step % cfg.log_every == 0 or step == cfg.total_steps or streak >= cfg.max_nonfinite_steps:
-                metrics = jax.device_get(metrics)
-                now = time.time()
-                metrics["pairs_per_s"] = (step - n_last) * batch_rows(batch) * jax.process_count() / (now - t_last)
-                t_last, n_last = now, step
-                scalars = logger.write(step, metrics)
-                logger.progress(step, scalars, progress_keys)
-            if streak >= cfg.max_nonfinite_steps:
-                # Skipped steps leave params and optimizer state untouched: this is the last good state.
-                ckpt.save(step, state, data_iter, meta={"step": step, "reason": "nonfinite"}, force=True)
-                ckpt.close()
-                logger.close()
-                raise NonFiniteError(
-                    f"{streak} consecutive non-finite steps (config.max_nonfinite_steps="
-                    f"{cfg.max_nonfinite_steps}) at step {step}: stopped; the last good parameters are "
-                    f"checkpointed in {ckpt.directory} (step {step}); lower config.optim.lr or check the data"
-                )
-            if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.total_steps):
+            position = data_iter.get_state()  # where a checkpoint at `step` resumes the data
+            pending.append((step, metrics, position))
+            if step < cfg.total_steps:  # the next batch is read and copied while this step runs
+                staged = mesh_lib.host_to_global(next(data_iter), mesh)
+            stop = preempt.should_stop(step)
+            evaluating = evaluate is not None and cfg.eval_every and (
+                step % cfg.eval_every == 0 or step == cfg.total_steps)
+            saving = stop or step % cfg.checkpoint_every == 0 or step == cfg.total_steps
+            if not (saving or evaluating or step % cfg.log_every == 0):
+                continue
+            # The one device-to-host transfer of this stretch of steps.
+            fetched = jax.device_get([m for _, m, _ in pending])
+            now = time.time()
+            for (s, _, pos), m in zip(pending, fetched):
+                streak = int(m["nonfinite_streak"])
+                if streak:
+                    log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
+                                s, streak, int(m.pop("nonfinite_total")))
+                m.pop("nonfinite_total", None)
+                if s == step or streak >= cfg.max_nonfinite_steps:
+                    m["pairs_per_s"] = (s - n_last) * rows / max(now - t_last, 1e-9)
+                    logger.progress(s, logger.write(s, m), progress_keys)
+                if streak >= cfg.max_nonfinite_steps:
+                    # The device froze the state at step s (halt_after_streak): skipped steps leave params and
+                    # optimizer state untouched, so this is the last good state.
+                    ckpt.save(s, state, _Position(pos), meta={"step": s, "reason": "nonfinite"}, force=True)
+                    finish()
+                    raise NonFiniteError(
+                        f"{streak} consecutive non-finite steps (config.max_nonfinite_steps="
+                        f"{cfg.max_nonfinite_steps}) at step {s}: stopped; the last good parameters are "
+                        f"checkpointed in {ckpt.directory} (step {s}); lower config.optim.lr or check the data"
+                    )
+            pending.clear()
+            t_last, n_last = now, step
+            if evaluating:
                 last_eval = evaluate(state)
                 logger.write(step, last_eval, prefix="eval/")
                 if jax.process_index() == 0:
                     shown = {k: v for k, v in last_eval.items() if eval_keys is None or k in eval_keys}
                     print("eval @ %d: %s" % (step, format_metrics(shown)), flush=True)
-            stop = preempt.should_stop(step)
-            if stop or step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
-                ckpt.save(step, state, data_iter, meta={"step": step}, force=stop)
+            if saving:
+                ckpt.save(step, state, _Position(position), meta={"step": step}, force=stop)
             if stop:
-                ckpt.close()
-                logger.close()
+                finish()
                 print(f"preempted: checkpoint at step {step} written to {ckpt.directory}; "
-                      "rerun the same command to resume", flush=True)
+                      f"rerun the same command to resume: {resume_command()}", flush=True)
                 raise SystemExit(0)
-            if step < cfg.total_steps:
-                batch = next(data_iter)
-    ckpt.close()
-    logger.close()
+    finish()
     return state, last_eval
 
 

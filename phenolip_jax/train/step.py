@@ -119,3 +119,19 @@ def make_train_step(
         return new_state, metrics
 
     return step_fn
+
+
+def halt_after_streak(step_fn: Callable, limit: int) -> Callable:
+    """The step, turned into a no-op (state and step count unchanged) once `limit` non-finite steps in a row
+    were reached, so the host may look at the streak late (at its next log step) and still find the state of
+    the step where the streak ended. Adds `nonfinite_total` to the metrics, for the warnings."""
+
+    def guarded(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        new_state, metrics = step_fn(state, batch)
+        halted = state.nonfinite_streak >= limit
+        keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(halted, a, b), old, new)  # noqa: E731
+        new_state = new_state.replace(**{f: keep(getattr(state, f), getattr(new_state, f)) for f in (
+            "step", "params", "opt_state", "rng", "nonfinite_streak", "nonfinite_total")})  # not the frozen teacher
+        return new_state, dict(metrics, nonfinite_total=new_state.nonfinite_total)
+
+    return guarded

@@ -1,13 +1,16 @@
-"""End to end in subprocesses: SIGKILL and SIGTERM mid-run, a corrupt newest checkpoint, then resume; the
-losses of every step and the final parameters must equal those of a run that was never interrupted."""
+"""End to end in subprocesses: SIGKILL, SIGTERM and Ctrl-C (SIGINT) mid-run, a corrupt newest checkpoint, then
+resume; the losses of every step and the final parameters must equal those of a run that was never interrupted,
+and metrics.jsonl holds every step exactly once."""
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from tests.reliability.conftest import MainRun, losses_by_step
+from tests.reliability.conftest import MainRun, losses_by_step, metric_rows
 from tests.reliability.corrupt import flip_middle_byte, largest_array_file
 
 TOTAL_STEPS = 16  # tiny_stage2_config's total_steps
@@ -27,11 +30,12 @@ def reference(tiny_stage2_config, main_env, tmp_path_factory):
 
 
 def assert_same_losses(reference_losses, workdir):
-    """Every logged loss (including steps replayed after a resume) equals the reference bit for bit."""
+    """Every step is logged once, in order, across the resume, and its loss equals the reference bit for bit."""
+    steps = [row["step"] for row in metric_rows(workdir) if "loss" in row]
+    assert steps == list(range(1, TOTAL_STEPS + 1)), steps  # no step repeated or skipped
     got = losses_by_step(workdir)
-    assert sorted(got) == sorted(reference_losses), (sorted(got), sorted(reference_losses))
     for step, values in got.items():
-        assert all(v == reference_losses[step][0] for v in values), (step, values, reference_losses[step])
+        assert values == [reference_losses[step][0]], (step, values, reference_losses[step])
 
 
 def assert_same_params(reference_params, workdir):
@@ -65,6 +69,65 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resume_is_exact(reference, t
     assert f"resumed from {os.path.join(workdir, 'checkpoints')} at step {stopped}" in again.output
     assert_same_losses(ref_losses, workdir)
     assert_same_params(ref_params, workdir)
+
+
+def test_ctrl_c_checkpoints_prints_the_resume_command_and_exits_cleanly_then_resume_is_exact(
+        reference, tiny_stage2_config, main_env, tmp_path):
+    _, ref_losses, ref_params = reference
+    workdir = str(tmp_path / "run")
+    run = MainRun(tiny_stage2_config, workdir, main_env)
+    run.wait_for_lines(3)
+    run.proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+    assert run.wait() == 0, run.output[-4000:]
+    out = run.output
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-4000:]
+    assert "Ctrl-C (SIGINT) received: finishing the current step" in out
+    stopped = int(out.split("preempted: checkpoint at step ")[1].split()[0])
+    assert 3 <= stopped < TOTAL_STEPS, "the run finished before the signal: make it longer"
+    assert f"rerun the same command to resume: python -m phenolip_jax.main --config={tiny_stage2_config}" in out
+    assert max(losses_by_step(workdir)) == stopped  # the step it was in finished and was saved; none lost
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stopped)))
+
+    again = MainRun(tiny_stage2_config, workdir, main_env)
+    assert again.wait() == 0, again.output[-4000:]
+    assert f"resumed from {os.path.join(workdir, 'checkpoints')} at step {stopped}" in again.output
+    assert_same_losses(ref_losses, workdir)
+    assert_same_params(ref_params, workdir)
+
+
+SECOND_CTRL_C = """
+import os, signal, sys, time
+from phenolip_jax.train import loop
+with loop._Preemption() as preempt:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preempt.should_stop(1)
+    print("first Ctrl-C: stop requested", flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)
+    print("still running after the second Ctrl-C", flush=True)
+"""
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SECOND_CTRL_C], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert "first Ctrl-C: stop requested" in proc.stdout, proc.stderr[-2000:]
+    assert "still running" not in proc.stdout
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stderr[-2000:])
+    assert "second interrupt: aborting at once" in proc.stderr
+
+
+def test_resumed_logger_drops_rows_of_replayed_steps_and_partial_lines(tmp_path):
+    from phenolip_jax.train.logger import MetricLogger
+
+    path = tmp_path / "metrics.jsonl"
+    rows = "".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in range(1, 8)) + '{"step": 3, "eval/r@1": 0.5}\n'
+    path.write_text(rows + '{"step": 8, "lo')  # a writer killed mid-line
+    logger = MetricLogger(str(tmp_path), 10, tensorboard=False, console=False, resume_step=5)
+    logger.write(6, {"loss": 2.0})
+    logger.close()
+    assert [(r["step"], "loss" in r) for r in metric_rows(str(tmp_path))] == [
+        (1, True), (2, True), (3, True), (4, True), (5, True), (3, False), (6, True)]
 
 
 def test_sigkill_and_corrupt_newest_checkpoint_then_resume_is_exact(reference, tiny_stage2_config, main_env,
@@ -101,11 +164,17 @@ def test_sigterm_handler_single_process_sets_a_flag_and_restores_the_old_handler
     from phenolip_jax.train import loop
 
     before = signal.getsignal(signal.SIGTERM)
+    before_int = signal.getsignal(signal.SIGINT)
     with loop._Preemption() as preempt:
         assert not preempt.should_stop(1)
         os.kill(os.getpid(), signal.SIGTERM)  # handled by the flag, not by dying
         assert preempt.should_stop(2)
     assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGINT) is before_int
+    with loop._Preemption() as preempt:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the same flag, no KeyboardInterrupt
+        assert preempt.should_stop(1)
+    assert signal.getsignal(signal.SIGINT) is before_int
 
 
 def test_multihost_preemption_leaves_sigterm_to_jax_and_syncs_on_the_current_step(monkeypatch):
