@@ -75,8 +75,8 @@ def optim_section(*, lr: float, warmup_steps: int, weight_decay: float = 0.2, b2
         eps=eps,
         weight_decay=weight_decay,  # decoupled; not applied to biases, norms, embeddings tables, logit scale
         grad_clip_norm=1.0,  # global-norm clipping (0 = off)
-        grad_accum_steps=1,  # micro-batches per step (each its own contrastive negatives)
-        freeze_steps=freeze_steps,  # first N steps: params matching freeze_pattern get no updates
+        grad_accum_steps=1,  # micro-batches per step; exact: the loss sees the whole batch's negatives
+        freeze_steps=freeze_steps,  # first N updates: params matching freeze_pattern get no gradient/update
         freeze_pattern=freeze_pattern,  # regex on param paths (e.g. the two towers' trunks)
     ))
 

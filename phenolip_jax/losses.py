@@ -13,7 +13,9 @@ Formulas: docs/models.md, "Losses and metrics".
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -240,14 +242,47 @@ def hierarchical_soft_targets(
     return jax.lax.map(one_row, rows, batch_size=row_chunk)
 
 
+def hierarchical_pair_targets(
+    rows: tuple[Array, Array, Array, Array], cols: tuple[Array, Array, Array, Array],
+    row_ids: Array, col_ids: Array, hop_decay: float | Array, organ_weight: float | Array,
+) -> Array:
+    """Image-caption soft targets [R, C]: the rows' x columns' relation score, and 1 for a pair with itself.
+
+    rows / cols are (terms, ancestors, hops, organs) tables of the examples (`hierarchical_soft_targets`);
+    row_ids / col_ids their positions in the batch (equal ids = the same pair).
+    """
+    scores = hierarchical_soft_targets(*rows, *cols, hop_decay=hop_decay, organ_weight=organ_weight)
+    return jnp.maximum(scores, (row_ids[:, None] == col_ids[None, :]).astype(jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockTargets:
+    """Soft targets [B_a, B_b] given by a rule instead of a matrix, so a chunked loss builds them per block.
+
+    `fn(rows, cols, row_ids, col_ids) -> [B_a, C]` builds the columns `col_ids` from the row tables
+    `rows` (pytree, leading dim B_a) and those columns' slices of `cols` (pytree, leading dim B_b);
+    e.g. `functools.partial(hierarchical_pair_targets, hop_decay=.., organ_weight=..)` with HPO tables.
+    """
+
+    fn: Callable[[Any, Any, Array, Array], Array]
+    rows: Any
+    cols: Any
+
+
+def _dense_block(rows, cols, row_ids, col_ids):
+    del rows, row_ids, col_ids
+    return cols.T  # cols = targets.T, sliced to the block's columns
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Memory-efficient contrastive loss: one scan over column blocks forward, one backward (custom VJP).
 #
 # With row/column target distributions p (rows) and q (columns), n_r / n_c anchors with a positive:
 #   L = 1/2 [ sum_i has_r(i)/n_r LSE_j l_ij + sum_j has_c(j)/n_c LSE_i l_ij ] - sum_ij W_ij l_ij,
-#   W = (p / n_r + q / n_c) / 2,
+#   W = (p / n_r + q / n_c) / 2 = T_ij (row_w(i) + col_w(j)),  row_w = has_r / (2 n_r rowsum), col_w alike,
 #   dL/dl_ij = has_r(i)/(2 n_r) softmax_j(l)_ij + has_c(j)/(2 n_c) softmax_i(l)_ij - W_ij.
 # Row LSEs accumulate online across blocks; each block's column LSEs are complete (all rows are present).
+# Soft targets T are rebuilt per [B_a, chunk] block from their rule (BlockTargets), never held whole.
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -256,27 +291,55 @@ def _block_logits(a, b_blk, scale):
     return sim, scale * sim
 
 
-def _chunked_forward(chunk: int, a, b, scale, aux):
-    w_dense, w_diag, row_coef, col_coef, row_ok, col_ok = aux
-    n_blocks = b.shape[0] // chunk
-    b_blocks = b.reshape(n_blocks, chunk, b.shape[1])
-    col_ok_b = col_ok.reshape(n_blocks, chunk)
-    w_blocks = None if w_dense is None else jnp.moveaxis(w_dense.reshape(a.shape[0], n_blocks, chunk), 1, 0)
+def _blocks(x, n_blocks: int, chunk: int):
+    """[n_blocks * chunk, ...] -> [n_blocks, chunk, ...] for every leaf."""
+    return jax.tree.map(lambda y: y.reshape(n_blocks, chunk, *y.shape[1:]), x)
 
-    def step(carry, xs):
+
+def _soft_block(fn, rows, cols_blk, row_ok, cok, start, chunk):
+    """The block's targets T[:, start:start+chunk], zero at invalid rows and columns (float32, no gradient)."""
+    row_ids = jnp.arange(row_ok.shape[0])
+    t = fn(rows, cols_blk, row_ids, start + jnp.arange(chunk)).astype(jnp.float32)
+    return jax.lax.stop_gradient(t * row_ok[:, None] * cok[None, :])
+
+
+def _block_weights(fn, soft, row_ok, x, chunk):
+    """W for one block (x = the block's scan inputs), or None with identity targets."""
+    if soft is None:
+        return None
+    rows, row_w = soft
+    t = _soft_block(fn, rows, x["cols"], row_ok, x["col_ok"], x["start"], chunk)
+    return t * (row_w[:, None] + x["col_w"][None, :])
+
+
+def _scan_inputs(b, col_ok, col_coef, soft_cols, chunk):
+    n_blocks = b.shape[0] // chunk
+    xs = dict(b=b, col_ok=col_ok, col_coef=col_coef)
+    if soft_cols is not None:
+        xs.update(cols=soft_cols[0], col_w=soft_cols[1])
+    xs = _blocks(xs, n_blocks, chunk)
+    xs["start"] = jnp.arange(n_blocks) * chunk
+    return xs
+
+
+def _chunked_forward(chunk: int, fn, a, b, scale, aux):
+    w_diag, row_coef, col_coef, row_ok, col_ok, soft, soft_cols = aux
+    xs = _scan_inputs(b, col_ok, col_coef, soft_cols, chunk)
+
+    def step(carry, x):
         m, s, wsum = carry
-        b_blk, cok, w_blk = xs
-        _, logit = _block_logits(a, b_blk, scale)
-        masked_r = jnp.where(cok[None, :] > 0, logit, _NEG)
+        _, logit = _block_logits(a, x["b"], scale)
+        masked_r = jnp.where(x["col_ok"][None, :] > 0, logit, _NEG)
         m_new = jnp.maximum(m, masked_r.max(axis=1))
         s = s * jnp.exp(m - m_new) + jnp.exp(masked_r - m_new[:, None]).sum(axis=1)
         col_lse = jax.nn.logsumexp(jnp.where(row_ok[:, None] > 0, logit, _NEG), axis=0)
+        w_blk = _block_weights(fn, soft, row_ok, x, chunk)
         if w_blk is not None:
             wsum = wsum + jnp.sum(w_blk * logit)
         return (m_new, s, wsum), col_lse
 
     init = (jnp.full((a.shape[0],), _NEG, jnp.float32), jnp.zeros((a.shape[0],), jnp.float32), jnp.float32(0))
-    (m, s, wsum), col_lse = jax.lax.scan(step, init, (b_blocks, col_ok_b, w_blocks))
+    (m, s, wsum), col_lse = jax.lax.scan(step, init, xs)
     row_lse = m + jnp.log(s)
     col_lse = col_lse.reshape(-1)
     # Identity targets never need a [B, B] weight matrix: their weighted logit sum is the paired diagonal.
@@ -287,96 +350,113 @@ def _chunked_forward(chunk: int, a, b, scale, aux):
     return loss, (row_lse, col_lse)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked_core(chunk: int, a, b, scale, aux):
-    return _chunked_forward(chunk, a, b, scale, aux)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunked_core(chunk: int, fn, a, b, scale, aux):
+    return _chunked_forward(chunk, fn, a, b, scale, aux)[0]
 
 
-def _chunked_core_fwd(chunk, a, b, scale, aux):
-    loss, (row_lse, col_lse) = _chunked_forward(chunk, a, b, scale, aux)
+def _chunked_core_fwd(chunk, fn, a, b, scale, aux):
+    loss, (row_lse, col_lse) = _chunked_forward(chunk, fn, a, b, scale, aux)
     return loss, (a, b, scale, aux, row_lse, col_lse)
 
 
-def _chunked_core_bwd(chunk, res, g):
+def _zero_cotangent(x):
+    """A zero cotangent for a non-differentiable input (float0 for integer tables)."""
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)
+
+
+def _chunked_core_bwd(chunk, fn, res, g):
     a, b, scale, aux, row_lse, col_lse = res
-    w_dense, w_diag, row_coef, col_coef, row_ok, col_ok = aux
-    n_a, n_blocks = a.shape[0], b.shape[0] // chunk
-    xs = (
-        b.reshape(n_blocks, chunk, b.shape[1]),
-        col_ok.reshape(n_blocks, chunk),
-        col_coef.reshape(n_blocks, chunk),
-        col_lse.reshape(n_blocks, chunk),
-        None if w_dense is None else jnp.moveaxis(w_dense.reshape(n_a, n_blocks, chunk), 1, 0),
-        jnp.arange(n_blocks) * chunk,
-    )
+    w_diag, row_coef, col_coef, row_ok, col_ok, soft, soft_cols = aux
+    n_a = a.shape[0]
+    xs = _scan_inputs(b, col_ok, col_coef, soft_cols, chunk)
+    xs["col_lse"] = col_lse.reshape(-1, chunk)
 
     def step(carry, x):
         da, dscale = carry
-        b_blk, cok, ccoef, clse, w_blk, start = x
-        sim, logit = _block_logits(a, b_blk, scale)
-        soft_r = jnp.exp(jnp.where(cok[None, :] > 0, logit, _NEG) - row_lse[:, None])
-        soft_c = jnp.exp(jnp.where(row_ok[:, None] > 0, logit, _NEG) - clse[None, :])
-        grad = row_coef[:, None] * soft_r + ccoef[None, :] * soft_c
+        sim, logit = _block_logits(a, x["b"], scale)
+        soft_r = jnp.exp(jnp.where(x["col_ok"][None, :] > 0, logit, _NEG) - row_lse[:, None])
+        soft_c = jnp.exp(jnp.where(row_ok[:, None] > 0, logit, _NEG) - x["col_lse"][None, :])
+        grad = row_coef[:, None] * soft_r + x["col_coef"][None, :] * soft_c
+        w_blk = _block_weights(fn, soft, row_ok, x, chunk)
         if w_blk is not None:
             grad = grad - w_blk
         if w_diag is not None:
-            is_diag = jnp.arange(n_a)[:, None] == start + jnp.arange(chunk)[None, :]
+            is_diag = jnp.arange(n_a)[:, None] == x["start"] + jnp.arange(chunk)[None, :]
             grad = grad - jnp.where(is_diag, w_diag[:, None], 0.0)
         grad = g * grad
-        da = da + scale * (grad @ b_blk.astype(jnp.float32))
+        da = da + scale * (grad @ x["b"].astype(jnp.float32))
         db_blk = scale * (grad.T @ a.astype(jnp.float32))
         return (da, dscale + jnp.sum(grad * sim)), db_blk
 
     init = (jnp.zeros(a.shape, jnp.float32), jnp.float32(0))
     (da, dscale), db = jax.lax.scan(step, init, xs)
     db = db.reshape(b.shape)
-    zeros_aux = jax.tree.map(jnp.zeros_like, aux)
-    return da.astype(a.dtype), db.astype(b.dtype), dscale.astype(scale.dtype), zeros_aux
+    return da.astype(a.dtype), db.astype(b.dtype), dscale.astype(scale.dtype), jax.tree.map(_zero_cotangent, aux)
 
 
 _chunked_core.defvjp(_chunked_core_fwd, _chunked_core_bwd)
 
 
+def _target_sums(fn, rows, cols, row_ok, col_ok, chunk):
+    """Row sums [B_a] and column sums [B_b padded] of the targets, one [B_a, chunk] block at a time."""
+    xs = _blocks(dict(cols=cols, col_ok=col_ok), col_ok.shape[0] // chunk, chunk)
+    xs["start"] = jnp.arange(col_ok.shape[0] // chunk) * chunk
+
+    def step(rs, x):
+        t = _soft_block(fn, rows, x["cols"], row_ok, x["col_ok"], x["start"], chunk)
+        return rs + t.sum(axis=1), t.sum(axis=0)
+
+    rs, cs = jax.lax.scan(step, jnp.zeros(row_ok.shape, jnp.float32), xs)
+    return rs, cs.reshape(-1)
+
+
 def chunked_softmax_contrastive(
-    a: Array, b: Array, scale: Array | float, targets: Array | None = None,
+    a: Array, b: Array, scale: Array | float, targets: Array | BlockTargets | None = None,
     valid: Array | None = None, chunk: int = 256,
 ) -> Array:
     """softmax_contrastive's value and gradients without materialising the [B, B] logits.
 
     Logits are built in [B_a, chunk] column blocks, forward (online row log-sum-exp) and backward
     (recomputed blocks, custom VJP), so activation memory is O(B_a * chunk + (B_a + B_b) * D) instead of
-    O(B_a * B_b). Identity targets are never materialised; soft targets are a given [B_a, B_b] input
-    (O(B^2) memory, read block by block) and, as in softmax_contrastive, receive no gradient.
+    O(B_a * B_b). Identity targets are never materialised. Soft targets are a dense [B_a, B_b] input (itself
+    O(B^2), read block by block) or a `BlockTargets` rule, rebuilt per block (O(B_a * chunk) memory);
+    as in softmax_contrastive they receive no gradient.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     n_a, n_b = a.shape[0], b.shape[0]
     ok_a = _valid_or_all(valid, n_a)
     ok_b = ok_a if valid is not None and n_a == n_b else jnp.ones((n_b,), bool)
-    if targets is None:
-        if n_a != n_b:
-            raise ValueError(f"identity targets need a square batch, got {n_a} x {n_b}")
-        pair = ok_a.astype(jnp.float32)
-        n = jnp.maximum(pair.sum(), 1.0)
-        w_dense, w_diag = None, pair / n  # (1/n + 1/n) / 2 on the valid diagonal
-        row_coef = col_coef = 0.5 * pair / n
-    else:
-        t = _square_targets(targets, n_a, n_b) * ok_a[:, None] * ok_b[None, :]
-        rs, cs = t.sum(axis=1), t.sum(axis=0)
-        has_r, has_c = rs > 0, cs > 0
-        n_r, n_c = jnp.maximum(has_r.sum(), 1), jnp.maximum(has_c.sum(), 1)
-        p = t / jnp.where(has_r, rs, 1.0)[:, None]
-        q = t / jnp.where(has_c, cs, 1.0)[None, :]
-        w_dense = 0.5 * (p / n_r + q / n_c)
-        w_diag = None
-        row_coef, col_coef = 0.5 * has_r / n_r, 0.5 * has_c / n_c
     pad = (-n_b) % chunk
     # Padded candidate columns are invalid columns: out of every softmax, zero weight, zero gradient.
     b_p = jnp.pad(b, ((0, pad), (0, 0)))
+    row_ok = ok_a.astype(jnp.float32)
     col_ok = jnp.pad(ok_b, (0, pad)).astype(jnp.float32)
-    col_coef = jnp.pad(jnp.asarray(col_coef, jnp.float32), (0, pad))
-    if w_dense is not None:
-        w_dense = jnp.pad(w_dense, ((0, 0), (0, pad)))
-    aux: tuple[Any, ...] = (w_dense, w_diag, jnp.asarray(row_coef, jnp.float32), col_coef,
-                            ok_a.astype(jnp.float32), col_ok)
-    return _chunked_core(chunk, a, b_p, jnp.asarray(scale, jnp.float32), aux)
+    soft = soft_cols = w_diag = None
+    fn = None
+    if targets is None:
+        if n_a != n_b:
+            raise ValueError(f"identity targets need a square batch, got {n_a} x {n_b}")
+        pair = row_ok
+        n = jnp.maximum(pair.sum(), 1.0)
+        w_diag = pair / n  # (1/n + 1/n) / 2 on the valid diagonal
+        row_coef, col_coef = 0.5 * pair / n, 0.5 * jnp.pad(pair, (0, pad)) / n
+    else:
+        if not isinstance(targets, BlockTargets):
+            dense = _square_targets(targets, n_a, n_b)
+            targets = BlockTargets(_dense_block, (), dense.T)
+        fn = targets.fn
+        cols = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), mode="edge"), targets.cols)
+        rs, cs = _target_sums(fn, targets.rows, cols, row_ok, col_ok, chunk)
+        has_r, has_c = rs > 0, cs > 0
+        n_r, n_c = jnp.maximum(has_r.sum(), 1), jnp.maximum(has_c.sum(), 1)
+        row_w = jnp.where(has_r, 0.5 / (jnp.where(has_r, rs, 1.0) * n_r), 0.0)
+        col_w = jnp.where(has_c, 0.5 / (jnp.where(has_c, cs, 1.0) * n_c), 0.0)
+        soft, soft_cols = (targets.rows, row_w), (cols, col_w)
+        row_coef, col_coef = 0.5 * has_r / n_r, 0.5 * has_c / n_c
+    aux: tuple[Any, ...] = (w_diag, jnp.asarray(row_coef, jnp.float32), jnp.asarray(col_coef, jnp.float32),
+                            row_ok, col_ok, soft, soft_cols)
+    return _chunked_core(chunk, fn, a, b_p, jnp.asarray(scale, jnp.float32), aux)

@@ -1,6 +1,7 @@
 """Losses against loop-by-loop NumPy references, chunked == plain, sharded == single device."""
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -457,6 +458,32 @@ def test_hierarchical_targets_feed_the_contrastive_loss():
     a, b = _unit(rng, 4, 3), _unit(rng, 4, 3)
     np.testing.assert_allclose(losses.softmax_contrastive(a, b, 5.0, targets),
                                ref_contrastive(a, b, 5.0, np.asarray(targets)), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("chunk,padded", [(3, False), (4, True)])  # 3 does not divide 10
+def test_chunked_block_targets_equal_plain_with_dense_hierarchical_targets(chunk, padded):
+    """Hierarchical targets built per block from the HPO tables == the dense [B, B] targets (value, grads)."""
+    rng = np.random.default_rng(chunk)
+    terms = [6, 3, 2, 6, 5, 4, 1, 3, 2, 0]
+    ex = [([t], [int(rng.integers(0, 2))]) for t in terms]
+    tables = tuple(jnp.asarray(x) for x in make_tables(ex))
+    ids = jnp.arange(len(ex))
+    fn = functools.partial(losses.hierarchical_pair_targets, hop_decay=0.5, organ_weight=0.1)
+    dense = fn(tables, tables, ids, ids)
+    np.testing.assert_allclose(dense, np.maximum(_scores(ex, ex), np.eye(len(ex))))
+    block = losses.BlockTargets(fn, tables, tables)
+    a, b = _unit(rng, 10, 6), _unit(rng, 10, 6)
+    valid = np.array([1] * 8 + [0] * 2, bool) if padded else None
+    plain = jax.value_and_grad(lambda a, b, s: losses.softmax_contrastive(a, b, s, dense, valid), argnums=(0, 1, 2))
+    chunked = jax.jit(jax.value_and_grad(
+        lambda a, b, s: losses.chunked_softmax_contrastive(a, b, s, block, valid, chunk=chunk), argnums=(0, 1, 2)))
+    (v0, g0), (v1, g1) = plain(a, b, 6.0), chunked(a, b, 6.0)
+    np.testing.assert_allclose(v1, v0, rtol=RTOL)
+    for gp, gc in zip(g0, g1):
+        np.testing.assert_allclose(gc, gp, rtol=RTOL, atol=1e-7)
+    # Nothing of the program is [B, B]: the targets exist one [B, chunk] block at a time.
+    program = str(jax.make_jaxpr(chunked)(a, b, 6.0))
+    assert "[10,10]" not in program and f"[10,{chunk}]" in program
 
 
 # ---------------------------------------------------------------- sharded == single device

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -59,35 +60,74 @@ def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     )
 
 
-class FreezeState(NamedTuple):
-    count: jax.Array
+def split(tree: Any, frozen: Any) -> tuple[Any, Any]:
+    """(trainable, frozen) copies of `tree`, each with None where the leaf belongs to the other group."""
+    trainable = jax.tree.map(lambda m, x: None if m else x, frozen, tree)
+    fixed = jax.tree.map(lambda m, x: x if m else None, frozen, tree)
+    return trainable, fixed
 
 
-def freeze_until(mask: Any, steps: int) -> optax.GradientTransformation:
-    """Zeros the updates of masked leaves during the first `steps` updates (tower freezing)."""
-
-    def init_fn(params):
-        del params
-        return FreezeState(count=jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None):
-        del params
-        active = state.count >= steps
-        updates = jax.tree.map(lambda u, m: jnp.where(active | (not m), u, jnp.zeros_like(u)), updates, mask)
-        return updates, FreezeState(count=state.count + 1)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+def merge(frozen: Any, trainable: Any, fixed: Any) -> Any:
+    """The inverse of `split`: one tree from the two groups."""
+    return jax.tree.map(lambda m, a, b: b if m else a, frozen, trainable, fixed, is_leaf=lambda x: x is None)
 
 
-def make_optimizer(cfg: Any, params: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+class PartitionedState(NamedTuple):
+    count: jax.Array  # updates applied: drives the learning-rate schedule and the freeze
+    trainable: Any  # Adam moments of the leaves never frozen (None at frozen leaves)
+    frozen: Any  # Adam moments of the leaves frozen during the first freeze_steps updates (None elsewhere)
+
+
+class Optimizer(NamedTuple):
+    """AdamW over two leaf groups with the interface of an optax GradientTransformation (init, update).
+
+    `update` steps every leaf (clipping by the global norm of all gradients); `update_trainable` takes the
+    gradients of the trainable group only (None at frozen leaves), clips by their norm, and leaves the
+    frozen group's moments untouched, so a frozen trunk costs neither a backward pass nor optimizer work
+    and starts its Adam statistics (and bias correction) fresh when it is released.
+    """
+
+    init: Callable[[Any], PartitionedState]
+    update: Callable[..., tuple[Any, PartitionedState]]
+    update_trainable: Callable[..., tuple[Any, PartitionedState]]
+    frozen: Any  # bool tree: True = frozen during the first `freeze_steps` updates
+    freeze_steps: int
+
+
+def make_optimizer(cfg: Any, params: Any, total_steps: int) -> tuple[Optimizer, optax.Schedule]:
     """AdamW (+clip, +decay mask, +freeze) from `config.optim`."""
     schedule = make_schedule(cfg, total_steps)
-    chain = []
-    if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
-        chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-    chain.append(
-        optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
+    freezing = cfg.freeze_steps > 0 and bool(cfg.freeze_pattern)
+    frozen = path_mask(params, cfg.freeze_pattern if freezing else "")
+    if freezing and not any(jax.tree.leaves(frozen)):
+        raise ValueError(f"config.optim.freeze_pattern={cfg.freeze_pattern!r} matches no parameter path")
+    # Moments and decay per group; the learning rate is applied once outside, from the shared count.
+    inner = optax.chain(
+        optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+        optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
     )
-    if cfg.freeze_steps > 0 and cfg.freeze_pattern:
-        chain.append(freeze_until(path_mask(params, cfg.freeze_pattern), cfg.freeze_steps))
-    return optax.chain(*chain), schedule
+    clip = optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm and cfg.grad_clip_norm > 0 else None
+
+    def clipped(grads):
+        return grads if clip is None else clip.update(grads, clip.init(grads))[0]
+
+    def scaled(updates, count):
+        lr = schedule(count)
+        return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+
+    def init_fn(p):
+        trainable, fixed = split(p, frozen)
+        return PartitionedState(jnp.zeros([], jnp.int32), inner.init(trainable), inner.init(fixed))
+
+    def update_fn(grads, state, p):
+        g_t, g_f = split(clipped(grads), frozen)
+        p_t, p_f = split(p, frozen)
+        u_t, s_t = inner.update(g_t, state.trainable, p_t)
+        u_f, s_f = inner.update(g_f, state.frozen, p_f)
+        return scaled(merge(frozen, u_t, u_f), state.count), PartitionedState(state.count + 1, s_t, s_f)
+
+    def update_trainable_fn(grads_t, state, p_t):
+        u_t, s_t = inner.update(clipped(grads_t), state.trainable, p_t)
+        return scaled(u_t, state.count), PartitionedState(state.count + 1, s_t, state.frozen)
+
+    return Optimizer(init_fn, update_fn, update_trainable_fn, frozen, cfg.freeze_steps if freezing else 0), schedule
