@@ -31,6 +31,10 @@ def main(argv: list[str]) -> None:
     if cfg is None:
         raise app.UsageError("--config is required, e.g. --config=configs/stage2.py")
     if _AOT.value:  # compile for a TPU slice on this host: no accelerator, no distributed runtime
+        # Nothing runs on local devices: keep JAX (imported below) off any local TPU/GPU, and let libtpu
+        # load next to another process using it.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         from phenolip_jax.tasks import aot
 
         raise SystemExit(aot.run(cfg, _AOT.value))
