@@ -89,6 +89,10 @@ def main(argv: list[str]) -> None:
     for noisy in ("absl", "jax._src", "orbax", "grain", "etils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if _AOT.value:  # compile for a TPU slice on this host: no accelerator, no distributed runtime
+        # Nothing runs on local devices: keep JAX off any local TPU/GPU (jax is imported already, so through its
+        # config rather than JAX_PLATFORMS), and let libtpu load next to another process using it.
+        jax.config.update("jax_platforms", "cpu")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         raise SystemExit(aot.run(cfg, _AOT.value))
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or os.path.join("workdirs", str(cfg.stage))

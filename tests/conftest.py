@@ -9,6 +9,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # accelerator type quiets libtpu's hardware probes.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5e-4")
+# libtpu takes a machine-wide lockfile; without this a second process compiling for TPU (another test run,
+# an --aot sweep) fails with "Internal error when accessing libtpu multi-process lockfile".
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import flags  # noqa: E402
 

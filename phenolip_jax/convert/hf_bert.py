@@ -169,6 +169,14 @@ def bert_params_to_hf_state_dict(params: Mapping[str, Any], prefix: str = "") ->
     return out
 
 
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    """The config.json dict of a local Hugging Face model directory."""
+    config_file = Path(path) / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"no config.json in {path}")
+    return json.loads(config_file.read_text())
+
+
 def load_hf_bert(path: str | Path, pooling: str = "cls", use_pooler: bool | None = None,
                  dtype: Any = np.float32) -> tuple[dict[str, Any], dict[str, Any]]:
     """(BERT field values, BERT param tree) from a local HF BERT directory.
@@ -177,10 +185,7 @@ def load_hf_bert(path: str | Path, pooling: str = "cls", use_pooler: bool | None
     MLM/NSP heads. The returned params are the BERT tree itself (wrap as {'params': params} to apply).
     """
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"no config.json in {path}")
-    kwargs = bert_lib.config_from_hf(json.loads(config_file.read_text()))
+    kwargs = bert_lib.config_from_hf(read_hf_config(path))
     kwargs["pooling"] = pooling
     kwargs["use_pooler"] = (pooling == "pooler") if use_pooler is None else bool(use_pooler)
     params = state_dict_to_bert_params(_read_state_dict(path), kwargs, dtype)

@@ -42,11 +42,7 @@ def bert_fields(text_cfg: Any) -> dict[str, Any]:
     """BERT field values of config.text: from hf_dir/config.json, else config.text.arch's known sizes."""
     arch = text_cfg.get("arch", "")
     if text_cfg.hf_dir:
-        config_file = os.path.join(text_cfg.hf_dir, "config.json")
-        if not os.path.exists(config_file):
-            raise FileNotFoundError(f"config.text.hf_dir={text_cfg.hf_dir!r} has no config.json")
-        with open(config_file) as f:
-            hf_config = json.load(f)
+        hf_config = hf_bert.read_hf_config(text_cfg.hf_dir)
     elif arch in bert_lib.KNOWN_HF_CONFIGS:
         hf_config = bert_lib.KNOWN_HF_CONFIGS[arch]
     else:

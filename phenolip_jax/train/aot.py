@@ -75,6 +75,7 @@ class AotReport:
     compile_s: float
     peak_flops: float
     hbm_bandwidth: float
+    kernel_calls: int  # Mosaic (Pallas) kernel calls in the compiled program, e.g. splash attention
 
     @property
     def total_bytes(self) -> float:
@@ -116,7 +117,8 @@ def compile_report(topology: str, step: build_lib.ShardedStep, batch: dict[str, 
         output_bytes=float(mem.output_size_in_bytes), alias_bytes=float(mem.alias_size_in_bytes),
         hbm_bytes=chip.hbm_bytes, flops=float(cost.get("flops", 0.0)),
         bytes_accessed=float(cost.get("bytes accessed", 0.0)), compile_s=seconds,
-        peak_flops=chip.peak_flops, hbm_bandwidth=chip.hbm_bandwidth)
+        peak_flops=chip.peak_flops, hbm_bandwidth=chip.hbm_bandwidth,
+        kernel_calls=compiled.as_text().count("tpu_custom_call"))
 
 
 def format_report(r: AotReport, what: str = "") -> str:
@@ -127,7 +129,8 @@ def format_report(r: AotReport, what: str = "") -> str:
         f"  memory per chip: args {r.argument_bytes / gib:.2f} GiB + temps {r.temp_bytes / gib:.2f} GiB + "
         f"outputs {r.output_bytes / gib:.2f} GiB - aliased {r.alias_bytes / gib:.2f} GiB = "
         f"{r.total_bytes / gib:.2f} GiB of {r.hbm_bytes / gib:.0f} GiB HBM ({100 * r.total_bytes / r.hbm_bytes:.0f}%)",
-        f"  per chip per step: {r.flops / 1e12:.2f} TFLOP, {r.bytes_accessed / 1e9:.1f} GB accessed (XLA cost analysis)",
+        f"  per chip per step: {r.flops / 1e12:.2f} TFLOP, {r.bytes_accessed / 1e9:.1f} GB accessed (XLA cost analysis; "
+        f"{r.kernel_calls} Pallas kernel calls)",
         f"  roofline: step >= {1e3 * r.step_time_bound_s:.1f} ms ({r.bound}-bound; peak {r.peak_flops / 1e12:.0f} "
         f"TFLOP/s, {r.hbm_bandwidth / 1e12:.2f} TB/s); MFU ceiling {100 * r.mfu_ceiling:.0f}%",
     ]

@@ -1,0 +1,117 @@
+"""Fit table: compile paper-sized train steps for TPU slices on this host (`--aot`) and tabulate the reports.
+
+    python benchmarks/aot_fit.py --runs=goal            # compile the named run set, one at a time
+    python benchmarks/aot_fit.py --table                # print benchmarks/aot_fit.jsonl as a Markdown table
+
+Each run appends one JSON line (config, topology, overrides, the AotReport figures) to --out; a run that
+fails to compile records its error. Needs libtpu (`pip install "jax[tpu]==0.10.2"`); set JAX_PLATFORMS=cpu.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from phenolip_jax import config_lib
+from phenolip_jax.tasks import aot as aot_task
+from phenolip_jax.train import aot
+
+S2 = ("stage2", "biomedclip")
+S1 = ("stage1", "pubmedbert")
+FUSED_OK = {"text.attention_dropout": 0.0}  # BERT's 0.1 attention dropout blocks the fused kernels
+
+# (config, variant, topology, overrides); batches are global.
+RUN_SETS: dict[str, list[tuple[str, str, str, dict]]] = {
+    "goal": [
+        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "splash", "model.remat": True,
+                            "loss.chunk": 512, **FUSED_OK}),
+        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "xla", "model.remat": True,
+                            "loss.chunk": 512, **FUSED_OK}),
+    ],
+    "baseline": [
+        (*S2, "v5p:4x4x4", {"data.batch_size": 4096, "model.attention": "xla", **FUSED_OK}),
+        (*S2, "v5p:4x4x4", {"data.batch_size": 4096, "model.attention": "splash", **FUSED_OK}),
+    ],
+    "ctx77": [
+        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "data.max_len": 77, "model.attention": "splash",
+                            "model.remat": True, "loss.chunk": 512, **FUSED_OK}),
+    ],
+    "stage1": [
+        (*S1, "v5p:2x2x2", {"data.terms_per_batch": 1024, "text.attention": "splash", "text.remat": True,
+                            **FUSED_OK}),
+    ],
+    "small": [  # seconds-scale check of the script itself
+        ("stage2", "demo", "v5e:2x2", {"data.batch_size": 16, "loss.kd_weight": 0.0}),
+    ],
+}
+
+
+def make_config(config: str, variant: str, overrides: dict):
+    """The config with dotted-field overrides applied."""
+    cfg = config_lib.load_config(config, variant)
+    for dotted, value in overrides.items():
+        node = cfg
+        *path, leaf = dotted.split(".")
+        for key in path:
+            node = node[key]
+        node[leaf] = value
+    return cfg
+
+
+def run_one(config: str, variant: str, topology: str, overrides: dict) -> dict:
+    """Compiles one run; its JSON record."""
+    record = dict(config=config, variant=variant, topology=topology, overrides=overrides, when=time.strftime("%F %T"))
+    try:
+        report = aot_task.compile_config(make_config(config, variant, overrides), topology)
+        record.update(aot.as_dict(report))
+        print(aot.format_report(report, f"{config}:{variant} {overrides}"), flush=True)
+    except Exception as e:  # recorded, so a sweep goes on
+        record["error"] = f"{type(e).__name__}: {e}"[:500]
+        print(f"{config}:{variant} on {topology} {overrides}: {record['error']}", flush=True)
+    return record
+
+
+def table(path: str) -> str:
+    """Markdown rows of the records in `path`."""
+    gib = 2.0**30
+    rows = ["| config | slice | global batch (/chip) | attention | remat | fsdp | chunk | GiB/chip (HBM) | fits |"
+            " TFLOP/chip | GB/chip | roofline ms | bound | MFU ceiling | compile s |",
+            "|---" * 15 + "|"]
+    for line in open(path):
+        r = json.loads(line)
+        o = r["overrides"]
+        cfg = make_config(r["config"], r["variant"], o)
+        batch = config_lib.global_batch(cfg)
+        attention = cfg.model.attention if "model" in cfg else cfg.text.attention
+        remat = cfg.model.remat if "model" in cfg else cfg.text.remat
+        chunk = cfg.loss.get("chunk", "-")
+        ctx = f" ctx {cfg.data.max_len}"
+        head = (f"| {r['config']}:{r['variant']}{ctx} | {r['topology']} | {batch}"
+                f" ({batch // max(r.get('chips', 1), 1)}) | {attention} | {remat} | {cfg.mesh.fsdp} | {chunk} |")
+        if "error" in r:
+            rows.append(head + f" error: {r['error'][:80]} |" + " |" * 7)
+            continue
+        rows.append(head + f" {r['total_bytes'] / gib:.1f} ({r['hbm_bytes'] / gib:.0f}) | {'yes' if r['fits'] else 'NO'}"
+                    f" | {r['flops'] / 1e12:.1f} | {r['bytes_accessed'] / 1e9:.0f} | {1e3 * r['step_time_bound_s']:.0f}"
+                    f" | {r['bound']} | {100 * r['mfu_ceiling']:.0f}% | {r['compile_s']:.0f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="", help=f"comma-separated run sets: {sorted(RUN_SETS)}")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "aot_fit.jsonl"))
+    p.add_argument("--table", action="store_true", help="print the records in --out as a Markdown table")
+    args = p.parse_args()
+    for name in filter(None, args.runs.split(",")):
+        for run in RUN_SETS[name]:
+            record = run_one(*run)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(record) + "\n")
+    if args.table:
+        print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
