@@ -2,7 +2,7 @@
 
 Variants (`--config=configs/eval.py:VARIANT`):
   demo        (default) the generated demo dataset (the one the stage-2 demo trains on): retrieval, matching,
-              zero-shot over its phenotypes, hierarchy, linear probe
+              zero-shot over its phenotypes, hierarchy, seen / unseen phenotypes, linear probe
   manifest    a PhenoBench-style testdata.csv or JSONL manifest (set data.manifest, data.image_root)
   folder      an image-folder classification set root/<class>/*.png (set data.path, data.class_map)
   medmnist    a MedMNIST .npz file (set data.path, data.class_map)
@@ -12,7 +12,7 @@ import ml_collections
 
 from phenolip_jax.inference import ZERO_SHOT_TEMPLATES
 
-EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "linear_probe")
+EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "unseen", "linear_probe")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -91,7 +91,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         if field not in cfg:
             raise ValueError(f"config.{field} is missing")
     for field in ("total_steps", "log_every", "checkpoint_every"):
-        if int(cfg[field]) <= 0:
+        # Stage 1 may run 0 steps: it then saves its starting encoder (the untrained-teacher baseline).
+        if int(cfg[field]) <= 0 and not (field == "total_steps" and cfg.stage == "stage1" and cfg[field] == 0):
             raise ValueError(f"config.{field}={cfg[field]} must be > 0")
     fsdp = cfg.mesh.fsdp
     data = cfg.mesh.data if cfg.mesh.data != -1 else num_devices // max(fsdp, 1)

@@ -1,6 +1,6 @@
 """Entry point: `python -m phenolip_jax.main --config=configs/stage2.py [--config.field=value] [--workdir=DIR]`.
 
-The config's `stage` field picks what runs: stage1, stage2, eval or export.
+The config's `stage` field picks what runs: stage1, stage2, eval, export or ablation.
 """
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ def main(argv: list[str]) -> None:
         from phenolip_jax.tasks import stage2
 
         stage2.run(cfg, workdir)
+    elif cfg.stage == "ablation":
+        from phenolip_jax.tasks import ablation
+
+        ablation.run(cfg, workdir)
     elif cfg.stage == "eval":
         from phenolip_jax.evaluate import run as evaluate_run
 
@@ -49,7 +53,7 @@ def main(argv: list[str]) -> None:
 
         export.run(cfg)
     else:
-        raise app.UsageError(f"config.stage={cfg.stage!r} is not one of stage1, stage2, eval, export")
+        raise app.UsageError(f"config.stage={cfg.stage!r} is not one of stage1, stage2, eval, export, ablation")
 
 
 if __name__ == "__main__":

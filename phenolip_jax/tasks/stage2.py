@@ -20,6 +20,7 @@ from phenolip_jax.data import pipeline
 from phenolip_jax.data.manifest import read_manifest
 from phenolip_jax.data.records import validate_records
 from phenolip_jax.evaluate.retrieval import retrieval_report
+from phenolip_jax.evaluate.unseen import related_phenotypes, unseen_report
 from phenolip_jax.inference import text_encoder
 from phenolip_jax.convert import hf_bert
 from phenolip_jax.models import layers, two_tower
@@ -112,8 +113,8 @@ def load_init_checkpoint(path: str, expected: dict) -> dict:
 
 
 def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_root: str, tokenizer: Any,
-                   onto: Any):
-    """A `state -> metrics` function computing held-out retrieval."""
+                   onto: Any, train_hpo: set[str]):
+    """A `state -> metrics` function: held-out retrieval, and zero-shot on phenotypes seen / not in `train_hpo`."""
     pcfg = pipeline_config(cfg)
     pcfg["per_host_batch_size"] = cfg.eval.batch_size
     # Every process evaluates the whole held-out split on its own devices (it is small), so each one
@@ -124,6 +125,7 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
     pos = {h: i for i, h in enumerate(pheno_ids)}
     row_phen = [[pos[h] for h in r.hpo_ids] for r in records]
     names = [onto.names[onto.index(h)] for h in pheno_ids]
+    seen, related = np.array([h in train_hpo for h in pheno_ids]), related_phenotypes(onto, pheno_ids)
     enc_img = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
     enc_txt = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode_text))
 
@@ -136,8 +138,9 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
             txts.append(np.asarray(enc_txt(params, b["input_ids"], b["attention_mask"]))[keep])
             img_ids.append(np.asarray(b["image_id"])[keep])
         enc_names = text_encoder(lambda i, m: enc_txt(params, i, m), tokenizer, cfg.data.max_len, cfg.eval.batch_size)
-        return retrieval_report(np.concatenate(imgs), np.concatenate(txts), np.concatenate(img_ids),
-                                enc_names(names), row_phen, ks=tuple(cfg.eval.ks))
+        img, ids, phen = np.concatenate(imgs), np.concatenate(img_ids), enc_names(names)
+        out = retrieval_report(img, np.concatenate(txts), ids, phen, row_phen, ks=tuple(cfg.eval.ks))
+        return {**out, **unseen_report(img, ids, phen, row_phen, seen, related)}
 
     return evaluate
 
@@ -182,7 +185,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         "text_hf_dir": cfg.text.hf_dir, "max_len": cfg.data.max_len, "image_size": cfg.data.image_size,
         "mean": list(cfg.data.mean), "std": list(cfg.data.std)})
     print(f"stage 2: {len(splits['train'])} train / {len(test)} test pairs ({time.time() - t0:.0f}s)", flush=True)
-    evaluate = make_evaluator(cfg, model, test, image_root, tokenizer, onto)
+    evaluate = make_evaluator(cfg, model, test, image_root, tokenizer, onto,
+                              {h for r in splits["train"] for h in r.hpo_ids})
     state, last = loop.train(
         cfg, workdir, params=params, teacher=teacher,
         objective=objectives.stage2_objective(model, teacher_model, cfg),
@@ -197,6 +201,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     k = 10 if 10 in cfg.eval.ks else cfg.eval.ks[0]
     print(json.dumps({key: round(final[key], 4) for key in
                       (f"i2t_r@{k}", f"t2i_r@{k}", f"i2p_r@{k}", f"p2i_r@{k}", f"chance_r@{k}",
-                       f"i2p_chance_r@{k}", f"p2i_chance_r@{k}") if key in final}), flush=True)
+                       f"i2p_chance_r@{k}", f"p2i_chance_r@{k}", "zs_seen_top1", "zs_unseen_top1", "zs_unseen_r@10",
+                       "zs_unseen_hier_top1") if key in final}), flush=True)
     print(f"stage 2 done in {time.time() - t0:.0f}s; results in {workdir}", flush=True)
     return final
