@@ -448,11 +448,13 @@ def generate_demo_dataset(out_dir: str | os.PathLike | None = None, *, seed: int
                           train_pairs: int = 3000, val_pairs: int = 300, test_pairs: int = 600,
                           image_size: int = 64, unseen_fraction: float = UNSEEN_FRACTION,
                           ontology: Ontology | None = None, overwrite: bool = False, verbose: bool = True) -> Path:
-    """Generate the synthetic demo dataset into out_dir (default: `default_demo_dir()`) and return its path.
+    """Generate the synthetic demo dataset into out_dir and return its path.
+
+    Without out_dir, each parameter set gets its own folder under `default_demo_dir()`, so runs with other
+    seeds or sizes, or a newer generator, never collide with (or are refused by) a cached dataset.
 
     `unseen_fraction` of the phenotypes (children of other chosen phenotypes only) are held out of train and val.
     """
-    out = Path(out_dir) if out_dir is not None else default_demo_dir()
     if min(train_pairs, test_pairs) < num_phenotypes:
         raise ValueError(f"train_pairs and test_pairs must be >= num_phenotypes ({num_phenotypes}) "
                          "so that every phenotype appears in both")
@@ -462,6 +464,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike | None = None, *, seed: int
         raise ValueError(f"unseen_fraction={unseen_fraction!r} must lie in [0, 1) (0 = no held-out phenotypes)")
     params = _params(seed, num_phenotypes, train_pairs, val_pairs, test_pairs, image_size, unseen_fraction, ontology)
     digest = _params_hash(params)
+    out = Path(out_dir) if out_dir is not None else default_demo_dir() / f"v{GENERATOR_VERSION}-{digest[:12]}"
     if _existing_hash(out) == digest and (out / "manifest.jsonl").exists():
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -549,7 +552,8 @@ def pixel_baseline(dataset_dir: str | os.PathLike, *, size: int = 16) -> dict[st
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: generate the demo dataset (if needed), then print its pixel-baseline learnability figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(default_demo_dir()), help="dataset folder")
+    parser.add_argument("--out", default=None,
+                        help=f"dataset folder (default: one folder per parameter set under {default_demo_dir()})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_phenotypes", type=int, default=150)
     parser.add_argument("--train_pairs", type=int, default=3000)

@@ -49,7 +49,8 @@ def exact_scores(queries: Sequence[str], cand_strings: Sequence[Sequence[str]]) 
 def _tfidf(texts: Sequence[str], vocab: dict[str, int], idf: np.ndarray) -> sp.csr_matrix:
     rows, cols, vals = [], [], []
     for r, text in enumerate(texts):
-        grams, counts = np.unique([vocab[g] for g in trigrams(text) if g in vocab], return_counts=True)
+        grams, counts = np.unique(np.array([vocab[g] for g in trigrams(text) if g in vocab], np.int64),
+                                  return_counts=True)
         rows += [r] * len(grams)
         cols += grams.tolist()
         vals += (counts * idf[grams]).tolist()

@@ -201,6 +201,18 @@ def test_default_dir_follows_env(monkeypatch, tmp_path):
     assert demo.default_demo_dir() == tmp_path / "demo"
 
 
+def test_default_location_keeps_one_folder_per_parameter_set(monkeypatch, tmp_path, onto):
+    # Another seed (stage 2 seeds the generator with config.seed) or a newer generator must not be refused
+    # because the default folder holds a cached dataset made with other parameters.
+    monkeypatch.setenv("PHENOLIP_CACHE_DIR", str(tmp_path))
+    small = {**SMALL, "num_phenotypes": 16, "train_pairs": 32, "val_pairs": 0, "test_pairs": 16}
+    a = demo.generate_demo_dataset(ontology=onto, **small)
+    b = demo.generate_demo_dataset(ontology=onto, **{**small, "seed": 1})
+    assert a != b and a.parent == b.parent == tmp_path / "demo"
+    assert json.loads((a / "params.json").read_text())["params"]["seed"] == 0
+    assert demo.generate_demo_dataset(ontology=onto, **small) == a  # cached
+
+
 def test_cli_prints_learnability(dataset, capsys):
     args = ["--out", str(dataset), "--num_phenotypes", "40", "--train_pairs", "400", "--val_pairs", "40",
             "--test_pairs", "200"]
