@@ -34,6 +34,7 @@ def raw_teacher_config(teacher: Any) -> Any:
     raw.total_steps = 0
     raw.text.head, raw.text.head_init = "linear", "identity"
     raw.eval.before = False
+    raw.eval.baselines = False
     raw.export_table = False
     return raw
 

@@ -170,6 +170,8 @@ def load_encoder(workdir: str) -> tuple[Any, dict, dict]:
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 1 from `cfg` into `workdir`; returns the before/after evaluation."""
     config_lib.validate(cfg, jax.device_count())
+    if cfg.text.head_init not in ("random", "identity"):
+        raise ValueError(f"config.text.head_init={cfg.text.head_init!r}: use 'random' or 'identity'")
     t0 = time.time()
     onto = common.load_ontology_from_config(cfg.ontology)
     pool = np.asarray(onto.subtree(cfg.ontology.root), np.int64)
@@ -182,8 +184,6 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     model, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)
     if cfg.text.head_init == "identity" and cfg.text.head != "none":
         tparams["head"] = identity_head(tparams["head"], cfg.text.head)
-    elif cfg.text.head_init not in ("random", "identity"):
-        raise ValueError(f"config.text.head_init={cfg.text.head_init!r}: use 'random' or 'identity'")
     print(f"stage 1: {len(pool)} terms under {cfg.ontology.root}, held-out queries "
           f"{ {k: len(v[0]) for k, v in sets.items()} }, encoder {cfg.text.hf_dir} ({time.time() - t0:.1f}s)",
           flush=True)

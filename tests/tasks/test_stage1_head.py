@@ -29,3 +29,22 @@ def test_identity_head_needs_room(tiny_bert_dir):
     _, params, _, _ = common.load_text_encoder(text, "float32", 0)
     with pytest.raises(ValueError, match="head_hidden >= 2"):
         stage1.identity_head(params["head"], "mlp")
+
+
+def test_zero_steps_allowed_for_stage1_only():
+    from phenolip_jax import config_lib
+    from tests.tasks.conftest import load_config
+
+    cfg = load_config("stage1")
+    cfg.total_steps = 0  # saves the starting encoder: the untrained-teacher baseline
+    config_lib.validate(cfg, 1)
+    cfg = load_config("stage2")
+    cfg.total_steps = 0
+    with pytest.raises(ValueError, match="config.total_steps=0"):
+        config_lib.validate(cfg, 1)
+    cfg = load_config("stage1")
+    cfg.text.head_init = "zeros"
+    with pytest.raises(ValueError, match="head_init"):
+        from phenolip_jax.tasks import stage1
+
+        stage1.run(cfg, "/nonexistent/never-written")
