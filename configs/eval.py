@@ -2,7 +2,7 @@
 
 Variants (`--config=configs/eval.py:VARIANT`):
   demo        (default) the generated demo dataset (the one the stage-2 demo trains on): retrieval, matching,
-              zero-shot over its phenotypes, hierarchy, linear probe
+              zero-shot over its phenotypes, hierarchy, seen / unseen phenotypes, linear probe
   manifest    a PhenoBench-style testdata.csv or JSONL manifest (set data.manifest, data.image_root)
   arrayrecord packed shards from `python -m phenolip_jax.data.packing` (set data.packed_dir; data.split is read)
   tfds        a dataset prepared by phenolip_jax.data.tfds_builder.PhenoKGFolder (set data.tfds_dir)

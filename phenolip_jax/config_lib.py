@@ -14,7 +14,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Allowed values of the enumerated fields, checked by `validate` (one place, named in its errors).
 DATA_SOURCES = ("demo", "jsonl", "arrayrecord", "tfds")  # config.data.source of stage 2 (data/sources.py)
 REMAT_POLICIES = ("none", "full", "save_dots")  # config.model.remat (stage 2) / config.text.remat (stage 1)
-EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "linear_probe")  # config.evaluators (eval)
+EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "unseen", "linear_probe")  # config.evaluators (eval)
 EVAL_DATA_KINDS = ("demo", "manifest", "folder", "medmnist", "arrayrecord", "tfds")  # config.data.kind (eval)
 EXPORT_FORMATS = ("open_clip", "hf_bert", "safetensors")  # config.formats (export)
 
@@ -104,7 +104,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         if field not in cfg:
             raise ValueError(f"config.{field} is missing")
     for field in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
-        if int(cfg[field]) <= 0:
+        # Stage 1 may run 0 steps: it then saves its starting encoder (the untrained-teacher baseline).
+        if int(cfg[field]) <= 0 and not (field == "total_steps" and cfg.stage == "stage1" and cfg[field] == 0):
             raise ValueError(f"config.{field}={cfg[field]} must be > 0")
     if cfg.eval_every < 0:
         raise ValueError(f"config.eval_every={cfg.eval_every} must be >= 0 (0 = only at the end)")

@@ -1,6 +1,6 @@
 """Entry point: `python -m phenolip_jax.main --config=configs/stage2.py [--config.field=value] [--workdir=DIR]`.
 
-The config's `stage` field picks what runs: stage1, stage2, eval or export. The whole config is validated before
+The config's `stage` field picks what runs: stage1, stage2, eval, export or ablation. The whole config is validated before
 anything is loaded; a mistake is reported in one line naming the field (exit code 2). `--list_config` prints a
 config's fields with their comments and its variants. Training stages save the config in the workdir and refuse
 to resume with one that changes the run's meaning (`--allow_config_change` overrides).
@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from phenolip_jax import config_lib, config_tools, distributed
 from phenolip_jax.convert import export
 from phenolip_jax.evaluate import run as evaluate_run
-from phenolip_jax.tasks import aot, stage1, stage2
+from phenolip_jax.tasks import ablation, aot, stage1, stage2
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -69,6 +69,8 @@ def dispatch(cfg, workdir: str) -> None:
         stage1.run(cfg, workdir)
     elif cfg.stage == "stage2":
         stage2.run(cfg, workdir)
+    elif cfg.stage == "ablation":
+        ablation.run(cfg, workdir)
     elif cfg.stage == "eval":
         evaluate_run.run(cfg, workdir)
     elif cfg.stage == "export":

@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 
 from phenolip_jax.ontology import Ontology, default_obo_path, file_sha256, load_ontology
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: held-out (unseen) phenotypes
 SOURCE = "phenolip-demo"
 # Organ systems (children of HP:0000118) used by the demo: ones a photograph could plausibly show, with few
 # shared descendants, so that each chosen phenotype has exactly one of them.
@@ -42,6 +42,7 @@ DEMO_ORGAN_SYSTEMS = (
 )
 MIN_DEPTH, MAX_DEPTH = 3, 6  # HP:0000001 is depth 0, so organ systems sit at depth 2
 PAIR_FRACTION = 0.2  # share of captions/images that carry two phenotypes
+UNSEEN_FRACTION = 0.15  # default share of phenotypes held out of train/val (they appear only at test time)
 
 TRAIN_TEMPLATES = (
     "Clinical photograph showing {a}.",
@@ -204,6 +205,29 @@ def build_phenotypes(onto: Ontology, num_phenotypes: int, seed: int) -> list[Dem
             for k, t in enumerate(terms)]
 
 
+def choose_unseen(phenos: Sequence[DemoPhenotype], fraction: float, seed: int) -> set[int]:
+    """Positions of held-out phenotypes: each has its visual parent (a seen phenotype) and never a held-out child.
+
+    Only children can be held out, so every unseen phenotype has a parent (and usually siblings) that training
+    sees, and its look is that parent's motif plus one change: what an ontology-aware model can exploit.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"unseen_fraction={fraction!r} must lie in [0, 1)")
+    want = int(round(fraction * len(phenos)))
+    rng = np.random.default_rng([seed, 0x0A5EE])
+    unseen: set[int] = set()
+    parents_of_unseen: set[int] = set()
+    for k in rng.permutation(len(phenos)):
+        if len(unseen) >= want:
+            break
+        parent = phenos[k].visual_parent
+        if parent < 0 or parent in unseen or int(k) in parents_of_unseen:
+            continue  # a root has no seen relative; a chain of held-out terms would hide the parent too
+        unseen.add(int(k))
+        parents_of_unseen.add(parent)
+    return unseen
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Rendering
 # ----------------------------------------------------------------------------------------------------------
@@ -339,12 +363,12 @@ def make_caption(onto: Ontology, terms: Sequence[int], split: str, rng: np.rando
 # Dataset
 # ----------------------------------------------------------------------------------------------------------
 def _params(seed: int, num_phenotypes: int, train_pairs: int, val_pairs: int, test_pairs: int,
-            image_size: int, ontology: Ontology | None) -> dict[str, Any]:
+            image_size: int, unseen_fraction: float, ontology: Ontology | None) -> dict[str, Any]:
     # Identify the ontology by its source file without parsing it, so a cache hit returns at once.
     onto_tag = (file_sha256(default_obo_path()) if ontology is None else ontology.source_sha256)[:16]
     return dict(generator_version=GENERATOR_VERSION, seed=seed, num_phenotypes=num_phenotypes,
                 train_pairs=train_pairs, val_pairs=val_pairs, test_pairs=test_pairs, image_size=image_size,
-                ontology=onto_tag)
+                unseen_fraction=unseen_fraction, ontology=onto_tag)
 
 
 def _params_hash(params: dict[str, Any]) -> str:
@@ -359,21 +383,28 @@ def _existing_hash(out_dir: Path) -> str | None:
 
 
 def _split_records(onto: Ontology, phenos: list[DemoPhenotype], split: str, num_pairs: int, seed: int,
-                   image_size: int, folder: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Render one split; primary phenotypes cycle through seeded permutations so every one appears."""
+                   image_size: int, folder: Path, log: Callable[[str], None],
+                   unseen: set[int] = frozenset()) -> list[dict[str, Any]]:
+    """Render one split; primary phenotypes cycle through seeded permutations so every one appears.
+
+    Unseen phenotypes appear in the test split only, and alone (never as a second finding), so that an
+    image either shows only seen phenotypes or exactly one unseen one.
+    """
     code = _SPLIT_CODES[split]
     order_rng = np.random.default_rng([seed, code, 0x0D])
-    reps = max(1, -(-num_pairs // len(phenos)))
-    primaries = np.concatenate([order_rng.permutation(len(phenos)) for _ in range(reps)])[:num_pairs]
+    pool = np.array([p.index for p in phenos if split == "test" or p.index not in unseen])
+    reps = max(1, -(-num_pairs // len(pool)))
+    primaries = pool[np.concatenate([order_rng.permutation(len(pool)) for _ in range(reps)])[:num_pairs]]
     by_system: dict[int, list[int]] = {}
     for p in phenos:
-        by_system.setdefault(p.system, []).append(p.index)
+        if p.index not in unseen:
+            by_system.setdefault(p.system, []).append(p.index)
     (folder / "images" / split).mkdir(parents=True)
     records = []
     for k, first in enumerate(primaries):
         rng = np.random.default_rng([seed, code, k])  # per image: independent of render order
         chosen = [phenos[first]]
-        if rng.random() < PAIR_FRACTION:  # a second finding of the same organ system, not of the same lineage
+        if rng.random() < PAIR_FRACTION and first not in unseen:  # a second finding of the same organ system, not of the same lineage
             lineage = {first, phenos[first].visual_parent}
             others = [j for j in by_system[phenos[first].system]
                       if j not in lineage and phenos[j].visual_parent != first]
@@ -408,22 +439,32 @@ Files
 - phenotypes.json: the chosen HPO terms, their organ systems and their nearest chosen ancestor.
 - params.json: the generation parameters and their hash (regeneration is skipped when they match).
 - The test split uses caption templates that train and val never use.
+- Unseen phenotypes ("unseen": true in phenotypes.json) appear only in the test split, each alone in its
+  images; each is the child of a seen phenotype and looks like it with one change.
 """
 
 
 def generate_demo_dataset(out_dir: str | os.PathLike | None = None, *, seed: int = 0, num_phenotypes: int = 150,
                           train_pairs: int = 3000, val_pairs: int = 300, test_pairs: int = 600,
-                          image_size: int = 64, ontology: Ontology | None = None, overwrite: bool = False,
-                          verbose: bool = True) -> Path:
-    """Generate the synthetic demo dataset into out_dir (default: `default_demo_dir()`) and return its path."""
-    out = Path(out_dir) if out_dir is not None else default_demo_dir()
+                          image_size: int = 64, unseen_fraction: float = UNSEEN_FRACTION,
+                          ontology: Ontology | None = None, overwrite: bool = False, verbose: bool = True) -> Path:
+    """Generate the synthetic demo dataset into out_dir and return its path.
+
+    Without out_dir, each parameter set gets its own folder under `default_demo_dir()`, so runs with other
+    seeds or sizes, or a newer generator, never collide with (or are refused by) a cached dataset.
+
+    `unseen_fraction` of the phenotypes (children of other chosen phenotypes only) are held out of train and val.
+    """
     if min(train_pairs, test_pairs) < num_phenotypes:
         raise ValueError(f"train_pairs and test_pairs must be >= num_phenotypes ({num_phenotypes}) "
                          "so that every phenotype appears in both")
     if num_phenotypes < len(DEMO_ORGAN_SYSTEMS) or image_size < 16 or val_pairs < 0:
         raise ValueError("need num_phenotypes >= 8, image_size >= 16 and val_pairs >= 0")
-    params = _params(seed, num_phenotypes, train_pairs, val_pairs, test_pairs, image_size, ontology)
+    if not 0.0 <= unseen_fraction < 1.0:
+        raise ValueError(f"unseen_fraction={unseen_fraction!r} must lie in [0, 1) (0 = no held-out phenotypes)")
+    params = _params(seed, num_phenotypes, train_pairs, val_pairs, test_pairs, image_size, unseen_fraction, ontology)
     digest = _params_hash(params)
+    out = Path(out_dir) if out_dir is not None else default_demo_dir() / f"v{GENERATOR_VERSION}-{digest[:12]}"
     if _existing_hash(out) == digest and (out / "manifest.jsonl").exists():
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -434,12 +475,13 @@ def generate_demo_dataset(out_dir: str | os.PathLike | None = None, *, seed: int
         ontology = load_ontology()
     start = time.perf_counter()
     phenos = build_phenotypes(ontology, num_phenotypes, seed)
+    unseen = choose_unseen(phenos, unseen_fraction, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         records = []
         for split, n in (("train", train_pairs), ("val", val_pairs), ("test", test_pairs)):
-            records += _split_records(ontology, phenos, split, n, seed, image_size, tmp, log)
+            records += _split_records(ontology, phenos, split, n, seed, image_size, tmp, log, unseen)
         with open(tmp / "manifest.jsonl", "w") as f:
             f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
         with open(tmp / "testdata.csv", "w", newline="") as f:
@@ -451,6 +493,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike | None = None, *, seed: int
             "hpo_id": p.hpo_id, "name": p.name, "organ_system": organ_ids[p.system],
             "organ_system_name": ontology.names[ontology.index(organ_ids[p.system])],
             "visual_parent": phenos[p.visual_parent].hpo_id if p.visual_parent >= 0 else None,
+            "unseen": p.index in unseen,
         } for p in phenos], indent=1))
         (tmp / "README.txt").write_text(_README)
         (tmp / "params.json").write_text(json.dumps({"params": params, "hash": digest}, indent=1, sort_keys=True))
@@ -465,7 +508,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike | None = None, *, seed: int
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"demo: wrote {len(records)} pairs, {len(phenos)} phenotypes to {out} "
+    log(f"demo: wrote {len(records)} pairs, {len(phenos)} phenotypes ({len(unseen)} unseen: test only) to {out} "
         f"in {time.perf_counter() - start:.1f} s")
     return out
 
@@ -490,12 +533,17 @@ def pixel_baseline(dataset_dir: str | os.PathLike, *, size: int = 16) -> dict[st
     system_of = np.array([systems.index(p["organ_system"]) for p in phenos])
     out: dict[str, float] = {}
     split = {s: [r for r in records if r["split"] == s] for s in ("train", "test")}
+    seen = {r["hpo_ids"][0] for r in split["train"]}  # unseen phenotypes have no centroid: seen test images only
+    split["test"] = [r for r in split["test"] if r["hpo_ids"][0] in seen]
     x = {s: _pixels(folder, rs, size) for s, rs in split.items()}
     y = {s: np.array([pheno_pos[r["hpo_ids"][0]] for r in rs]) for s, rs in split.items()}
     for task, labels, n in (("phenotype", lambda v: v, len(phenos)), ("organ_system", lambda v: system_of[v], len(systems))):
         ytr, yte = labels(y["train"]), labels(y["test"])
-        centroids = np.stack([x["train"][ytr == c].mean(axis=0) for c in range(n)])
+        present = np.bincount(ytr, minlength=n) > 0
+        centroids = np.stack([x["train"][ytr == c].mean(axis=0) if present[c] else x["train"][0] * 0
+                              for c in range(n)])
         dist = (x["test"] ** 2).sum(1)[:, None] - 2 * x["test"] @ centroids.T + (centroids ** 2).sum(1)[None]
+        dist[:, ~present] = np.inf  # a class without training images cannot be predicted
         out[f"{task}_accuracy"] = float((dist.argmin(axis=1) == yte).mean())
         out[f"{task}_chance"] = float(np.bincount(yte, minlength=n).max() / len(yte))
     return out
@@ -504,20 +552,23 @@ def pixel_baseline(dataset_dir: str | os.PathLike, *, size: int = 16) -> dict[st
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: generate the demo dataset (if needed), then print its pixel-baseline learnability figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(default_demo_dir()), help="dataset folder")
+    parser.add_argument("--out", default=None,
+                        help=f"dataset folder (default: one folder per parameter set under {default_demo_dir()})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_phenotypes", type=int, default=150)
     parser.add_argument("--train_pairs", type=int, default=3000)
     parser.add_argument("--val_pairs", type=int, default=300)
     parser.add_argument("--test_pairs", type=int, default=600)
     parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--unseen_fraction", type=float, default=UNSEEN_FRACTION, help="held-out phenotypes")
     parser.add_argument("--overwrite", action="store_true", help="replace whatever out holds")
     parser.add_argument("--skip_check", action="store_true", help="do not run the pixel baseline")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     path = generate_demo_dataset(args.out, seed=args.seed, num_phenotypes=args.num_phenotypes,
                                  train_pairs=args.train_pairs, val_pairs=args.val_pairs, test_pairs=args.test_pairs,
-                                 image_size=args.image_size, overwrite=args.overwrite)
+                                 image_size=args.image_size, unseen_fraction=args.unseen_fraction,
+                                 overwrite=args.overwrite)
     print(f"demo dataset ready at {path} ({time.perf_counter() - start:.1f} s)")
     if not args.skip_check:
         figures = pixel_baseline(path)

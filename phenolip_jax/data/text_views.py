@@ -14,9 +14,11 @@ from typing import Mapping, Sequence
 import grain
 import numpy as np
 
-from phenolip_jax.ontology import Ontology, load_ontology
+from phenolip_jax.ontology import Ontology, default_obo_path, load_ontology
+from phenolip_jax.ontology.parse import read_pronto
 
 VIEW_KINDS = ("name", "synonym", "definition", "relation_child", "relation_parent")
+SYNONYM_TYPES = ("layperson", "abbreviation")  # HPO synonym types held out as their own query sets
 DEFAULT_ROOT = "HP:0000118"  # Phenotypic abnormality
 
 View = tuple[str, str]  # (text, kind)
@@ -30,6 +32,12 @@ class TermViews:
     held_out: tuple[tuple[str, int], ...]
     root: str
     sep: str
+    held_out_typed: Mapping[str, tuple[tuple[str, int], ...]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def query_sets(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """Every held-out query set: 'synonym' (any synonym) and one per held-out synonym type."""
+        return {"synonym": self.held_out, **self.held_out_typed}
 
     @property
     def terms(self) -> np.ndarray:
@@ -65,17 +73,64 @@ def _all_views(onto: Ontology, pool: np.ndarray, sep: str) -> dict[int, list[Vie
     return views
 
 
+def typed_synonyms(onto: Ontology, obo_path: str | None = None) -> dict[str, dict[int, list[str]]]:
+    """Synonym type ('layperson', 'abbreviation') -> term index -> its synonyms of that type, from the OBO file.
+
+    The Ontology keeps synonyms by scope only; the types are read again here through the same pronto loader.
+    """
+    out: dict[str, dict[int, list[str]]] = {t: {} for t in SYNONYM_TYPES}
+    for term in read_pronto(obo_path or default_obo_path()).terms():
+        try:
+            i = onto.index(term.id)
+        except KeyError:
+            continue
+        if onto.ids[i] != term.id:  # an alias or obsolete id: its synonyms are not the current term's
+            continue
+        for syn in term.synonyms:
+            kind = syn.type.id if syn.type is not None else None
+            if kind in out:
+                out[kind].setdefault(i, []).append(syn.description)
+    return {k: {i: sorted(v) for i, v in d.items()} for k, d in out.items()}
+
+
+def _hold_out_typed(views: dict[int, list[View]], typed: Mapping[int, Sequence[str]], fraction: float,
+                    counts: Mapping[str, int], rng: np.random.Generator) -> list[tuple[str, int]]:
+    """One synonym of the type for ~fraction of the terms that have one, under the no-leak rule."""
+    candidates = sorted(i for i in typed if i in views)
+    target = int(round(fraction * len(candidates)))
+    held: list[tuple[str, int]] = []
+    for pos in rng.permutation(len(candidates)):
+        if len(held) >= target:
+            break
+        term = candidates[pos]
+        wanted = set(typed[term])
+        unique = [k for k, (text, kind) in enumerate(views[term])
+                  if kind == "synonym" and text in wanted and counts[text.casefold()] == 1]
+        if unique:
+            k = unique[int(rng.integers(len(unique)))]
+            held.append((views[term].pop(k)[0], term))
+    return held
+
+
 def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_ROOT, sep: str = "[SEP]",
-                     holdout_fraction: float = 0.1, seed: int = 0) -> TermViews:
+                     holdout_fraction: float = 0.1, seed: int = 0, typed_holdout_fraction: float = 0.0,
+                     typed: Mapping[str, Mapping[int, Sequence[str]]] | None = None) -> TermViews:
     """Text views for every term under `root`, with one synonym held out for ~holdout_fraction of the terms.
 
     Candidates for holding out are the terms with >= 1 synonym of any scope (exact or other). Terms are
     visited in a seeded order until round(holdout_fraction * candidates) are held out; a term's held-out
     synonym is drawn among those whose text, ignoring case, occurs in no other view of any term (a term
     without such a synonym is skipped), so that no held-out text is ever seen in training.
+
+    Then, per synonym type in `typed` (from `typed_synonyms`), one synonym of that type is held out for
+    ~typed_holdout_fraction of the terms having one, by the same rule: separate query sets ('layperson',
+    'abbreviation') that test how people write rather than paraphrases of names. The first split is
+    drawn as before, so its figures stay comparable.
     """
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    if not 0.0 <= typed_holdout_fraction < 1.0:
+        raise ValueError(f"typed_holdout_fraction must be in [0, 1), got {typed_holdout_fraction}")
     if ontology is None:
         ontology = load_ontology()
     pool = ontology.subtree(root)
@@ -93,7 +148,15 @@ def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_RO
         if unique:
             k = unique[int(rng.integers(len(unique)))]
             held_out.append((views[term].pop(k)[0], term))
-    return TermViews(views={i: tuple(v) for i, v in views.items()}, held_out=tuple(held_out), root=root, sep=sep)
+    held_typed = {}
+    if typed_holdout_fraction > 0:
+        if typed is None:
+            typed = typed_synonyms(ontology)
+        for n, kind in enumerate(sorted(typed)):
+            rng_kind = np.random.default_rng([seed, 0x7E1D, n])
+            held_typed[kind] = tuple(_hold_out_typed(views, typed[kind], typed_holdout_fraction, counts, rng_kind))
+    return TermViews(views={i: tuple(v) for i, v in views.items()}, held_out=tuple(held_out), root=root, sep=sep,
+                     held_out_typed=held_typed)
 
 
 def sample_views(term_views: Sequence[View], views_per_term: int, rng: np.random.Generator) -> list[str]:

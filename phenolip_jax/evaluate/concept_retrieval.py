@@ -5,15 +5,42 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+ScoreRows = Callable[[int, int], np.ndarray]  # (start, stop) -> dense scores [stop - start, C] of those queries
+
 
 def gold_ranks(query_emb: np.ndarray, cand_emb: np.ndarray, gold: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """1-based rank of each query's gold candidate (pessimistic: ties rank against the gold)."""
-    ranks = np.empty(len(gold), np.int64)
+    return _ranks_and_top1(lambda s, e: query_emb[s:e] @ cand_emb.T, np.asarray(gold, np.int64), chunk)[0]
+
+
+def _ranks_and_top1(scores: ScoreRows, gold: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    ranks, top1 = np.empty(len(gold), np.int64), np.empty(len(gold), np.int64)
     for s in range(0, len(gold), chunk):
-        sims = query_emb[s:s + chunk] @ cand_emb.T
+        sims = scores(s, min(s + chunk, len(gold)))
         g = sims[np.arange(sims.shape[0]), gold[s:s + chunk]]
         ranks[s:s + chunk] = (sims >= g[:, None]).sum(axis=1)
-    return ranks
+        top1[s:s + chunk] = np.argmax(sims, axis=1)
+    return ranks, top1
+
+
+def concept_metrics_from_scores(
+    scores: ScoreRows, num_candidates: int, gold: np.ndarray, ks: Sequence[int] = (1, 10),
+    top1_related: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Acc@K, MRR and (given `top1_related(top1, gold) -> bool`) hierarchy-aware hit@1 from query scores.
+
+    Any scorer works (embeddings, string matching); ranks are pessimistic, top-1 is the first argmax.
+    """
+    gold = np.asarray(gold, np.int64)
+    ranks, top1 = _ranks_and_top1(scores, gold)
+    out = {f"acc@{k}": float(np.mean(ranks <= k)) for k in ks}
+    out["mrr"] = float(np.mean(1.0 / ranks))
+    if top1_related is not None:
+        out["hier@1"] = float(np.mean(top1_related(top1, gold))) if len(gold) else float("nan")
+    out["num_queries"] = int(len(gold))
+    out["num_candidates"] = int(num_candidates)
+    out["chance_acc@1"] = 1.0 / max(num_candidates, 1)
+    return out
 
 
 def concept_retrieval_metrics(
@@ -28,16 +55,5 @@ def concept_retrieval_metrics(
     `gold` indexes rows of `cand_emb`. Hierarchy-aware: the top candidate is the gold term or its
     direct parent or child.
     """
-    gold = np.asarray(gold, np.int64)
-    ranks = gold_ranks(query_emb, cand_emb, gold)
-    out = {f"acc@{k}": float(np.mean(ranks <= k)) for k in ks}
-    out["mrr"] = float(np.mean(1.0 / ranks))
-    if top1_related is not None:
-        top1 = np.concatenate(
-            [np.argmax(query_emb[s:s + 1024] @ cand_emb.T, axis=1) for s in range(0, len(gold), 1024)]
-        ) if len(gold) else np.zeros(0, np.int64)
-        out["hier@1"] = float(np.mean(top1_related(top1, gold))) if len(gold) else float("nan")
-    out["num_queries"] = int(len(gold))
-    out["num_candidates"] = int(cand_emb.shape[0])
-    out["chance_acc@1"] = 1.0 / max(cand_emb.shape[0], 1)
-    return out
+    return concept_metrics_from_scores(lambda s, e: query_emb[s:e] @ cand_emb.T, cand_emb.shape[0], gold, ks,
+                                       top1_related)

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from phenolip_jax.evaluate import unseen
+
 RETRIEVAL_DIRECTIONS = ("image_to_text", "text_to_image", "image_to_phenotype", "phenotype_to_image")
 
 
@@ -162,6 +164,8 @@ def _markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
         for g, v in h["per_organ_system"].items():
             lines.append(f"| {g} | {v['n']} | {_fmt(v['accuracy'])} | {_fmt(v['hierarchical'])} |")
         lines.append("")
+    if results.get("unseen"):
+        lines += unseen.markdown(results["unseen"])
     p = results.get("linear_probe")
     if p:
         lines += ["## Linear probe (logistic regression, C chosen on validation, mean ± std over seeds)", "",

@@ -10,13 +10,14 @@ import numpy as np
 
 from phenolip_jax import inference
 from phenolip_jax.data import demo, sources
-from phenolip_jax.evaluate import datasets, evaluators, report
+from phenolip_jax.evaluate import datasets, evaluators, report, unseen
 
 _HEADLINE = (("retrieval", "image_to_text", "r@10"), ("retrieval", "text_to_image", "r@10"),
              ("retrieval", "image_to_phenotype", "r@10"), ("retrieval", "phenotype_to_image", "r@10"),
              ("zero_shot", None, "top1"), ("zero_shot", None, "mean_per_class_recall"), ("zero_shot", None, "auc"),
              ("matching", None, "r@10"), ("matching", None, "micro_f1"), ("hierarchy", None, "exact"),
-             ("hierarchy", None, "hierarchical"))
+             ("hierarchy", None, "hierarchical"), ("unseen", None, "zs_seen_top1"), ("unseen", None, "zs_unseen_top1"),
+             ("unseen", None, "zs_unseen_hier_top1"))
 
 
 def read_candidates(path: str) -> list[str]:
@@ -119,6 +120,9 @@ def run_evaluators(cfg: Any, encoder: Any, onto: Any, pairs: datasets.PairSet | 
         "hierarchy": lambda: evaluators.hierarchy_scores(
             enc, images, gold, cands, onto, cfg.hierarchy.max_hops, templates) if cands else _skip(
             "classes are not HPO phenotypes"),
+        "unseen": lambda: unseen.evaluate_encoder(
+            enc, images, gold, cands, _train_hpo(pairs), onto, cfg.hierarchy.max_hops, templates)
+        if pairs is not None and _train_hpo(pairs) and cands else _skip("needs a manifest with a 'train' split"),
         "linear_probe": lambda: evaluators.linear_probe_eval(
             enc, cls, tuple(cfg.probe.fractions), tuple(cfg.probe.seeds), tuple(cfg.probe.cs))
         if cls is not None else _skip("no labelled classification set"),
@@ -136,6 +140,11 @@ def run_evaluators(cfg: Any, encoder: Any, onto: Any, pairs: datasets.PairSet | 
             print(f"eval: {name} skipped: {e}", flush=True)
     results["_phenotypes"] = cands
     return results
+
+
+def _train_hpo(pairs: datasets.PairSet) -> set[str]:
+    """HPO ids of the manifest's train split: the phenotypes a model trained on it has seen."""
+    return {h for hs, s in zip(pairs.hpo_ids, pairs.splits) if s == "train" for h in hs}
 
 
 def _skip(reason: str):

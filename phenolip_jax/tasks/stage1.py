@@ -17,7 +17,8 @@ import numpy as np
 from phenolip_jax import artifacts, config_lib
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.tokenize import tokenize_captions
-from phenolip_jax.evaluate.concept_retrieval import concept_retrieval_metrics
+from phenolip_jax.evaluate import string_match
+from phenolip_jax.evaluate.concept_retrieval import concept_metrics_from_scores, concept_retrieval_metrics
 from phenolip_jax.inference import text_encoder
 from phenolip_jax.models import two_tower
 from phenolip_jax.ontology import organ_table, sized_ancestor_table
@@ -66,16 +67,46 @@ def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
     return iter(ds)
 
 
-def _evaluate(encode, onto, candidates: np.ndarray, heldout: Any, cfg: Any) -> tuple[dict[str, float], np.ndarray]:
-    """Held-out synonym -> term-name retrieval; returns the metrics and the candidates' name embeddings."""
-    texts, gold_terms = heldout
-    if cfg.eval.max_queries:
-        texts, gold_terms = texts[: cfg.eval.max_queries], gold_terms[: cfg.eval.max_queries]
-    pos = {int(t): i for i, t in enumerate(candidates)}
-    gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
-    cand_emb = encode([onto.names[i] for i in candidates])
-    query_emb = encode(list(texts))
+def identity_head(head: dict, kind: str) -> dict:
+    """Head params that pass the pooled encoder output through unchanged (zero-padded to the embedding width).
 
+    'linear': kernel [I | 0]. 'mlp': fc1 = [I, -I, 0] and fc2 = [I; -I; 0], exact because
+    GELU(x) - GELU(-x) = x. Training then starts from the pretrained space instead of a random projection.
+    """
+    def eye(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.eye(*shape, dtype=dtype)
+
+    head = jax.tree.map(np.zeros_like, jax.device_get(head))  # biases (if any) become zero
+    if kind == "linear":
+        width, out = head["proj"]["kernel"].shape
+        if out < width:
+            raise ValueError(f"config.text.head_init='identity' needs embed_dim >= encoder width ({out} < {width})")
+        head["proj"]["kernel"] = eye((width, out), head["proj"]["kernel"].dtype)
+    elif kind == "mlp":
+        width, hidden = head["fc1"]["kernel"].shape
+        out = head["fc2"]["kernel"].shape[1]
+        if hidden < 2 * width or out < width:
+            raise ValueError(f"config.text.head_init='identity' with head='mlp' needs head_hidden >= 2 x encoder "
+                             f"width ({hidden} < {2 * width}) and embed_dim >= width ({out} < {width})")
+        fc1, fc2 = head["fc1"]["kernel"], head["fc2"]["kernel"]
+        fc1[:, :width], fc1[:, width:2 * width] = eye((width, width), fc1.dtype), -eye((width, width), fc1.dtype)
+        fc2[:width, :width], fc2[width:2 * width, :width] = eye((width, width), fc2.dtype), -eye((width, width), fc2.dtype)
+    elif kind != "none":
+        raise ValueError(f"config.text.head={kind!r}: use 'linear', 'mlp' or 'none'")
+    return head
+
+
+def query_sets(views: Any, cfg: Any) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Held-out query sets ('synonym', 'layperson', 'abbreviation'): (texts, gold term indices), capped."""
+    out = {}
+    for name, pairs in views.query_sets.items():
+        pairs = pairs[: cfg.eval.max_queries] if cfg.eval.max_queries else pairs
+        out[name] = ([t for t, _ in pairs], np.array([i for _, i in pairs], np.int64))
+    return out
+
+
+def _related(onto: Any, candidates: np.ndarray):
+    """`(top1, gold) -> bool`: the top candidate is the gold term or its direct parent or child."""
     def related(top1: np.ndarray, g: np.ndarray) -> np.ndarray:
         hit = top1 == g
         for n, (a, b) in enumerate(zip(candidates[top1], candidates[g])):
@@ -83,8 +114,42 @@ def _evaluate(encode, onto, candidates: np.ndarray, heldout: Any, cfg: Any) -> t
                 hit[n] = b in onto.parents(int(a)) or a in onto.parents(int(b))
         return hit
 
-    metrics = concept_retrieval_metrics(query_emb, cand_emb, gold, ks=tuple(cfg.eval.ks), top1_related=related)
-    return metrics, cand_emb
+    return related
+
+
+def _evaluate(encode, onto, candidates: np.ndarray, sets: dict, cfg: Any) -> tuple[dict[str, dict], np.ndarray]:
+    """Held-out query -> term-name retrieval per query set; returns the metrics and the names' embeddings."""
+    pos = {int(t): i for i, t in enumerate(candidates)}
+    cand_emb = encode([onto.names[i] for i in candidates])
+    out = {}
+    for name, (texts, gold_terms) in sets.items():
+        gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
+        out[name] = concept_retrieval_metrics(encode(list(texts)), cand_emb, gold, ks=tuple(cfg.eval.ks),
+                                              top1_related=_related(onto, candidates))
+    return out, cand_emb
+
+
+def string_baselines(onto: Any, candidates: np.ndarray, views: Any, sets: dict, cfg: Any) -> dict[str, dict]:
+    """Exact and normalised-fuzzy string matching against names and training synonyms, per query set."""
+    strings = [[t for t, kind in views.views[int(c)] if kind in ("name", "synonym")] for c in candidates]
+    pos = {int(t): i for i, t in enumerate(candidates)}
+    out: dict[str, dict] = {"exact": {}, "fuzzy": {}}
+    for name, (texts, gold_terms) in sets.items():
+        gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
+        for kind, scorer in (("exact", string_match.exact_scores), ("fuzzy", string_match.fuzzy_scores)):
+            out[kind][name] = concept_metrics_from_scores(scorer(texts, strings), len(candidates), gold,
+                                                          tuple(cfg.eval.ks), _related(onto, candidates))
+    return out
+
+
+def results_table(query_sets: dict[str, dict[str, dict]]) -> str:
+    """Markdown: one row per (query set, method), Acc@1 / Acc@10 / MRR / hier@1 in percent."""
+    lines = ["| query set | method | n | Acc@1 | Acc@10 | MRR | hier@1 |", "|---|---|---|---|---|---|---|"]
+    for name, methods in query_sets.items():
+        for method, m in methods.items():
+            cells = " | ".join(f"{100 * m[k]:.1f}" if k in m else "n/a" for k in ("acc@1", "acc@10", "mrr", "hier@1"))
+            lines.append(f"| {name} | {method} | {m.get('num_queries', 0)} | {cells} |")
+    return "\n".join(lines)
 
 
 def save_encoder(path: str, text_params: Any) -> None:
@@ -126,35 +191,52 @@ def abstract_step(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[build_lib.ShardedS
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 1 from `cfg` into `workdir`; returns the before/after evaluation."""
     config_lib.validate(cfg, jax.device_count())
+    if cfg.text.head_init not in ("random", "identity"):
+        raise ValueError(f"config.text.head_init={cfg.text.head_init!r}: use 'random' or 'identity'")
     t0 = time.time()
     onto = common.load_ontology_from_config(cfg.ontology)
     pool = np.asarray(onto.subtree(cfg.ontology.root), np.int64)
+    typed = (tv.typed_synonyms(onto, cfg.ontology.obo_path or None) if cfg.data.typed_heldout_fraction > 0
+             else None)
     views = tv.build_text_views(onto, root=cfg.ontology.root, holdout_fraction=cfg.data.heldout_fraction,
-                                seed=cfg.seed)
+                                seed=cfg.seed, typed_holdout_fraction=cfg.data.typed_heldout_fraction, typed=typed)
     views = keep_view_kinds(views, tuple(cfg.data.view_kinds))
-    heldout = ([t for t, _ in views.held_out], np.array([i for _, i in views.held_out], np.int64))
+    sets = query_sets(views, cfg)
     _, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)
     model, objective, fields = build_model(cfg, fields["bert"])
-    print(f"stage 1: {len(pool)} terms under {cfg.ontology.root}, {len(heldout[0])} held-out synonyms, "
-          f"encoder {cfg.text.hf_dir} ({time.time() - t0:.1f}s)", flush=True)
+    if cfg.text.head_init == "identity" and cfg.text.head != "none":
+        tparams["head"] = identity_head(tparams["head"], cfg.text.head)
+    print(f"stage 1: {len(pool)} terms under {cfg.ontology.root}, held-out queries "
+          f"{ {k: len(v[0]) for k, v in sets.items()} }, encoder {cfg.text.hf_dir} ({time.time() - t0:.1f}s)",
+          flush=True)
     params = {"text": tparams, "logit_scale": common.log_scale(cfg.loss.logit_scale_init)}
-    apply_text = lambda p, ids, mask: model.apply({"params": p}, ids, mask)  # noqa: E731
-    encode_with = lambda p: text_encoder(  # noqa: E731
-        lambda ids, mask: apply_text(p, ids, mask), tokenizer, cfg.eval.max_len, cfg.eval.batch_size)
+    encode_with = lambda m, p: text_encoder(  # noqa: E731
+        lambda ids, mask: m.apply({"params": p}, ids, mask), tokenizer, cfg.eval.max_len, cfg.eval.batch_size)
 
-    before = {}
+    table: dict[str, dict] = {}  # method -> query set -> metrics
+    if cfg.eval.baselines:  # the pretrained encoder as published (mean-pooled, no head) and string matching
+        raw = two_tower.text_tower_from_config({**fields, "head": "none"})
+        table["raw"], _ = _evaluate(encode_with(raw, {"encoder": tparams["encoder"]}), onto, pool, sets, cfg)
+        table.update(string_baselines(onto, pool, views, sets, cfg))
+        print("raw encoder:     " + loop.format_metrics(table["raw"]["synonym"]), flush=True)
     if cfg.eval.before:
-        before, _ = _evaluate(encode_with(params["text"]), onto, pool, heldout, cfg)
-        print("before training: " + loop.format_metrics(before), flush=True)
-    state, _ = loop.train(
-        cfg, workdir, params=params, objective=objective,
-        make_data_iter=lambda: stage1_batches(cfg, views, tokenizer, onto),
-        progress_keys=("loss", "logit_scale", "lr"),
-    )
-    final_text = mesh_lib.host_copy(state.params["text"])
-    after, name_emb = _evaluate(encode_with(final_text), onto, pool, heldout, cfg)
-    print("after training:  " + loop.format_metrics(after), flush=True)
-    result = {"before": before, "after": after}
+        table["before"], _ = _evaluate(encode_with(model, params["text"]), onto, pool, sets, cfg)
+        print("before training: " + loop.format_metrics(table["before"]["synonym"]), flush=True)
+    final_text = params["text"]
+    if cfg.total_steps:  # 0 steps: the starting encoder is the result (the untrained-teacher baseline)
+        state, _ = loop.train(
+            cfg, workdir, params=params, objective=objective,
+            make_data_iter=lambda: stage1_batches(cfg, views, tokenizer, onto),
+            progress_keys=("loss", "logit_scale", "lr"),
+        )
+        final_text = mesh_lib.host_copy(state.params["text"])
+    table["after"], name_emb = _evaluate(encode_with(model, final_text), onto, pool, sets, cfg)
+    print("after training:  " + loop.format_metrics(table["after"]["synonym"]), flush=True)
+    result = {"before": table.get("before", {}).get("synonym", {}), "after": table["after"]["synonym"],
+              "query_sets": {name: {method: table[method][name] for method in table} for name in sets}}
+    if "raw" in table:
+        result["raw"] = table["raw"]["synonym"]
+    print(results_table(result["query_sets"]), flush=True)
     artifacts.write_json(os.path.join(workdir, "eval.json"), result)
     artifacts.write_json(os.path.join(workdir, artifacts.STAGE1_CONFIG),
                       {"text_tower": fields, "max_len": cfg.data.max_len, "hf_dir": cfg.text.hf_dir,

@@ -20,6 +20,7 @@ from phenolip_jax.convert import export, open_clip
 from phenolip_jax.data import demo, paths, pipeline, sources
 from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.evaluate import retrieval
+from phenolip_jax.evaluate.unseen import related_phenotypes, unseen_report
 from phenolip_jax.inference import ensemble_prompts, text_encoder
 from phenolip_jax.models import layers, two_tower
 from phenolip_jax.tasks import common, stage1
@@ -112,8 +113,9 @@ def load_init_checkpoint(path: str, expected: dict) -> dict:
 
 
 def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_root: str, tokenizer: Any,
-                   onto: Any):
-    """A `state -> metrics` function: held-out retrieval scored by `retrieval.retrieval_metrics` (eval.json)."""
+                   onto: Any, train_hpo: set[str]):
+    """A `state -> metrics` function: held-out retrieval (`retrieval.retrieval_metrics`, as the eval command)
+    and zero-shot on phenotypes seen / not in `train_hpo` (`evaluate.unseen`)."""
     pcfg = pipeline_config(cfg)
     pcfg["per_host_batch_size"] = cfg.eval.batch_size
     # Every process evaluates the whole held-out split on its own devices (it is small), so each one
@@ -122,6 +124,7 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
                                               process_index=0, process_count=1))
     pheno_ids = sorted({h for r in records for h in r.hpo_ids})
     names = [onto.names[onto.index(h)] for h in pheno_ids]
+    seen, related = np.array([h in train_hpo for h in pheno_ids]), related_phenotypes(onto, pheno_ids)
     enc_img = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
     enc_txt = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode_text))
 
@@ -135,11 +138,15 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
             img_ids.append(np.asarray(b["image_id"])[keep])
             cap_ids.append(np.asarray(b["caption_id"])[keep])  # equal exactly when the caption texts are
         enc_names = text_encoder(lambda i, m: enc_txt(params, i, m), tokenizer, cfg.data.max_len, cfg.eval.batch_size)
+        img, ids = np.concatenate(imgs), np.concatenate(img_ids)
+        phen = ensemble_prompts(enc_names, names, tuple(cfg.eval.templates))
         result = retrieval.retrieval_metrics(
-            np.concatenate(imgs), np.concatenate(txts), np.concatenate(img_ids).tolist(),
-            np.concatenate(cap_ids).tolist(), [r.hpo_ids for r in records],
-            ensemble_prompts(enc_names, names, tuple(cfg.eval.templates)), pheno_ids, ks=tuple(cfg.eval.ks))
-        return retrieval.eval_json(result, tuple(cfg.eval.ks))
+            img, np.concatenate(txts), ids.tolist(), np.concatenate(cap_ids).tolist(), [r.hpo_ids for r in records],
+            phen, pheno_ids, ks=tuple(cfg.eval.ks))
+        pos = {h: i for i, h in enumerate(pheno_ids)}
+        row_phen = [[pos[h] for h in r.hpo_ids] for r in records]
+        return {**retrieval.eval_json(result, tuple(cfg.eval.ks)),
+                **unseen_report(img, ids, phen, row_phen, seen, related)}
 
     return evaluate
 
@@ -238,7 +245,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         "text_hf_dir": cfg.text.hf_dir, "max_len": cfg.data.max_len, "image_size": cfg.data.image_size,
         "mean": list(cfg.data.mean), "std": list(cfg.data.std)})
     print(f"stage 2: {len(splits['train'])} train / {len(test)} test pairs ({time.time() - t0:.0f}s)", flush=True)
-    evaluate = make_evaluator(cfg, model, test, image_root, tokenizer, onto)
+    evaluate = make_evaluator(cfg, model, test, image_root, tokenizer, onto,
+                              {h for r in splits["train"] for h in r.hpo_ids})
     state, last = loop.train(
         cfg, workdir, params=params, teacher=teacher,
         objective=objective,
@@ -254,6 +262,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     k = 10 if 10 in cfg.eval.ks else cfg.eval.ks[0]
     print(json.dumps({key: round(final[key], 4) for key in
                       (f"i2t_r@{k}", f"t2i_r@{k}", f"i2p_r@{k}", f"p2i_r@{k}", f"chance_r@{k}",
-                       f"i2p_chance_r@{k}", f"p2i_chance_r@{k}") if key in final}), flush=True)
+                       f"i2p_chance_r@{k}", f"p2i_chance_r@{k}", "zs_seen_top1", "zs_unseen_top1", "zs_unseen_r@10",
+                       "zs_unseen_hier_top1") if key in final}), flush=True)
     print(f"stage 2 done in {time.time() - t0:.0f}s; results in {workdir}", flush=True)
     return final

@@ -41,8 +41,11 @@ def test_splits_files_and_coverage(dataset):
     assert len({r["image_id"] for r in records}) == len(records)
     ids = {p["hpo_id"] for p in _phenotypes(dataset)}
     assert len(ids) == 40
-    for split in ("train", "test"):
-        assert {h for r in by_split[split] for h in r["hpo_ids"]} == ids
+    unseen = {p["hpo_id"] for p in _phenotypes(dataset) if p["unseen"]}
+    assert {h for r in by_split["test"] for h in r["hpo_ids"]} == ids
+    for split in ("train", "val"):  # held-out phenotypes appear at test time only
+        assert {h for r in by_split[split] for h in r["hpo_ids"]} <= ids - unseen
+    assert {h for r in by_split["train"] for h in r["hpo_ids"]} == ids - unseen
     for r in records:
         assert r["source"] == "phenolip-demo" and r["image"] == f"images/{r['split']}/{r['image'][-10:]}"
     with Image.open(dataset / records[0]["image"]) as img:
@@ -93,6 +96,30 @@ def test_hierarchy_parent_child_and_siblings(dataset, onto):
             direct += parent in onto.parents(child).tolist()
     assert direct >= 10
     assert max(parents.count(p) for p in set(parents)) >= 2  # siblings
+
+
+def test_unseen_phenotypes_test_only_alone_with_a_seen_parent(dataset):
+    phenos = {p["hpo_id"]: p for p in _phenotypes(dataset)}
+    unseen = {h for h, p in phenos.items() if p["unseen"]}
+    assert len(unseen) == round(demo.UNSEEN_FRACTION * len(phenos))  # on by default
+    for h in unseen:  # a seen parent (the motif it inherits from), itself not held out
+        parent = phenos[h]["visual_parent"]
+        assert parent is not None and not phenos[parent]["unseen"]
+    test = [r for r in _records(dataset) if r["split"] == "test"]
+    for r in test:  # an image shows exactly one unseen phenotype or only seen ones
+        assert not (set(r["hpo_ids"]) & unseen) or len(r["hpo_ids"]) == 1
+    assert {r["hpo_ids"][0] for r in test} >= unseen
+
+
+def test_unseen_fraction_zero_sees_everything(tmp_path, onto):
+    folder = demo.generate_demo_dataset(tmp_path / "z", ontology=onto, unseen_fraction=0.0,
+                                        **{**SMALL, "num_phenotypes": 16, "train_pairs": 32, "val_pairs": 0,
+                                           "test_pairs": 16})
+    assert not any(p["unseen"] for p in _phenotypes(folder))
+    train = {h for r in _records(folder) if r["split"] == "train" for h in r["hpo_ids"]}
+    assert len(train) == 16
+    with pytest.raises(ValueError, match="unseen_fraction"):
+        demo.generate_demo_dataset(tmp_path / "w", ontology=onto, unseen_fraction=1.0, **SMALL)
 
 
 def test_pairs_with_two_phenotypes_of_one_organ_system(dataset):
@@ -172,6 +199,18 @@ def test_bad_parameters_raise(tmp_path, onto):
 def test_default_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PHENOLIP_CACHE_DIR", str(tmp_path))
     assert demo.default_demo_dir() == tmp_path / "demo"
+
+
+def test_default_location_keeps_one_folder_per_parameter_set(monkeypatch, tmp_path, onto):
+    # Another seed (stage 2 seeds the generator with config.seed) or a newer generator must not be refused
+    # because the default folder holds a cached dataset made with other parameters.
+    monkeypatch.setenv("PHENOLIP_CACHE_DIR", str(tmp_path))
+    small = {**SMALL, "num_phenotypes": 16, "train_pairs": 32, "val_pairs": 0, "test_pairs": 16}
+    a = demo.generate_demo_dataset(ontology=onto, **small)
+    b = demo.generate_demo_dataset(ontology=onto, **{**small, "seed": 1})
+    assert a != b and a.parent == b.parent == tmp_path / "demo"
+    assert json.loads((a / "params.json").read_text())["params"]["seed"] == 0
+    assert demo.generate_demo_dataset(ontology=onto, **small) == a  # cached
 
 
 def test_cli_prints_learnability(dataset, capsys):

@@ -150,3 +150,55 @@ def test_sample_views_balances_kinds():
     rng = np.random.default_rng(0)
     hits = sum("syn" in tv.sample_views(term, 2, rng) for _ in range(2000))
     assert 850 < hits < 1150  # uniform over views would give ~49
+
+
+# ------------------------------------------------------------------ layperson / abbreviation query sets
+@pytest.fixture(scope="module")
+def typed(onto):
+    return tv.typed_synonyms(onto)
+
+
+@pytest.fixture(scope="module")
+def typed_views(onto, typed):
+    return tv.build_text_views(onto, seed=0, typed_holdout_fraction=0.2, typed=typed)
+
+
+def test_typed_synonyms_read_from_the_obo(onto, typed):
+    assert set(typed) == {"layperson", "abbreviation"}
+    assert sum(map(len, typed["layperson"].values())) > 8000  # HPO marks 8,098 synonyms layperson
+    assert 500 < sum(map(len, typed["abbreviation"].values())) < 700  # ... and 580 abbreviation
+    for kind in typed.values():
+        for i, texts in kind.items():
+            assert set(texts) <= set(onto.exact_synonyms[i]) | set(onto.other_synonyms[i])
+
+
+def test_typed_query_sets_hold_out_their_type_and_keep_the_first_split(onto, typed, views, typed_views):
+    assert typed_views.held_out == views.held_out  # the synonym split (and its figures) is unchanged
+    sets = typed_views.query_sets
+    assert set(sets) == {"synonym", "layperson", "abbreviation"}
+    for kind in ("layperson", "abbreviation"):
+        have = [i for i in typed[kind] if i in typed_views.views]
+        assert abs(len(sets[kind]) - round(0.2 * len(have))) <= 0.02 * len(have)
+        for text, term in sets[kind]:
+            assert text in typed[kind][term]
+    pairs = [p for s in sets.values() for p in s]
+    assert len(set(pairs)) == len(pairs)  # the sets are disjoint
+
+
+def test_held_out_texts_never_reach_training(typed_views, tok):
+    # No training view contains a held-out text (ignoring case), and the real batch pipeline never emits one.
+    held = {t.casefold() for s in typed_views.query_sets.values() for t, _ in s}
+    training = {t.casefold() for vs in typed_views.views.values() for t, _ in vs}
+    assert not held & training
+    ds = tv.stage1_dataset(typed_views, num_terms=512, views_per_term=8, seed=0)
+    emitted = set()
+    for step in range(40):  # > one epoch of the terms that have held-out texts
+        texts, _ = tv.flatten_term_batch(ds[step])
+        emitted.update(t.casefold() for t in texts)
+    assert len(emitted) > 50000
+    assert not held & emitted
+
+
+def test_bad_typed_fraction_raises(onto, typed):
+    with pytest.raises(ValueError, match="typed_holdout_fraction"):
+        tv.build_text_views(onto, typed_holdout_fraction=1.0, typed=typed)

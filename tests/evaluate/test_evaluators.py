@@ -323,6 +323,7 @@ def test_eval_run_on_stage2_writes_results_report_and_plots(stage2_workdir, tiny
     assert res["zero_shot"]["n_classes"] <= 8 and 0 <= res["zero_shot"]["top1"] <= 1
     assert set(res["linear_probe"]) >= {"1%", "10%", "100%"}
     assert res["hierarchy"]["hierarchical"] >= res["hierarchy"]["exact"]
+    assert res["unseen"]["zs_seen_images"] == 16 and res["unseen"]["zs_unseen_images"] == 0  # 8 roots: none held out
     saved = _check_outputs(tmp_path / "out", {"recall_at_k", "organ_system_accuracy", "phenotype_map"})
     assert saved["retrieval"]["image_to_text"]["r@10"] == pytest.approx(res["retrieval"]["image_to_text"]["r@10"])
     assert not (tmp_path / "unused").exists()
@@ -334,7 +335,7 @@ def test_eval_run_on_stage1_skips_image_evaluators(stage1_workdir, tiny_demo_dir
 
     cfg = tiny_eval_config(stage1_workdir, tiny_demo_dir, "")
     res = run(cfg, str(tmp_path))
-    assert set(res["skipped"]) == {"retrieval", "matching", "zero_shot", "hierarchy", "linear_probe"}
+    assert set(res["skipped"]) == {"retrieval", "matching", "zero_shot", "hierarchy", "unseen", "linear_probe"}
     assert all("text-only" in v for v in res["skipped"].values())
     _check_outputs(tmp_path, {"phenotype_map"})
     assert "## Skipped" in (tmp_path / "report.md").read_text()
@@ -379,7 +380,7 @@ def test_eval_run_on_medmnist_npz(stage2_workdir, tmp_path):
     cfg.data.class_map = str(tmp_path / "classes.json")
     cfg.probe.seeds, cfg.probe.cs = (0,), (1.0,)
     res = run(cfg, str(tmp_path / "out"))
-    assert set(res["skipped"]) == {"retrieval", "matching"}
+    assert set(res["skipped"]) == {"retrieval", "matching", "unseen"}
     assert res["zero_shot"]["n_images"] == 9 and res["zero_shot"]["task"] == "multi-class"
     assert 0 <= res["zero_shot"]["auc"] <= 1 and res["zero_shot"]["acc_medmnist"] == res["zero_shot"]["top1"]
     assert res["hierarchy"]["n"] == 9

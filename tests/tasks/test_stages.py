@@ -58,16 +58,21 @@ def teacher_dir(tiny_bert_dir, tmp_path_factory):
 
     workdir = str(tmp_path_factory.mktemp("stage1"))
     result = stage1.run(tiny_stage1(tiny_bert_dir), workdir)
-    assert set(result) == {"before", "after"}
+    assert set(result) >= {"before", "after", "raw", "query_sets"}
     return workdir
 
 
 def test_stage1_outputs(teacher_dir):
     with open(os.path.join(teacher_dir, "eval.json")) as f:
         ev = json.load(f)
-    for part in ("before", "after"):
+    for part in ("before", "after", "raw"):
         for key in ("acc@1", "acc@10", "mrr"):
             assert 0.0 <= ev[part][key] <= 1.0
+    # Every query set side by side: string baselines, the raw encoder, before and after training.
+    assert set(ev["query_sets"]) == {"synonym", "layperson", "abbreviation"}
+    for methods in ev["query_sets"].values():
+        assert set(methods) == {"exact", "fuzzy", "raw", "before", "after"}
+        assert all(0.0 <= m["hier@1"] <= 1.0 and m["num_queries"] > 0 for m in methods.values())
     assert sorted(read_losses(teacher_dir)) == [1, 2, 3]
     table = np.load(os.path.join(teacher_dir, "phenotype_table.npz"))
     assert table["vectors"].shape == (len(table["ids"]), 16)

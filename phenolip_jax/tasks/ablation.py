@@ -1,0 +1,126 @@
+"""Ablation: stage 2 with and without the ontology knowledge (distillation, hierarchical positives), over seeds.
+
+Writes <workdir>/ablation.json (every run's figures, mean and sd per arm) and ablation.md (the table);
+each run lives in <workdir>/<arm>/seed<N> and is reused when finished, so an interrupted ablation resumes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from phenolip_jax.tasks import common, stage1, stage2
+
+# Arm -> (distil?, hierarchical positives?, teacher): what each row of the table switches on.
+ARMS: dict[str, tuple[bool, bool, str]] = {
+    "clip": (False, False, "trained"),
+    "kd": (True, False, "trained"),
+    "hier": (False, True, "trained"),
+    "phenolip": (True, True, "trained"),
+    "phenolip_raw_teacher": (True, True, "raw"),
+}
+COLUMNS = (("i2t_r@10", "I2T R@10"), ("t2i_r@10", "T2I R@10"), ("i2p_r@10", "I2P R@10"), ("p2i_r@10", "P2I R@10"),
+           ("zs_seen_top1", "seen top-1"), ("zs_unseen_top1", "unseen top-1"), ("zs_unseen_r@10", "unseen R@10"),
+           ("zs_unseen_hier_top1", "unseen hier. top-1 (all)"))
+
+
+def raw_teacher_config(teacher: Any) -> Any:
+    """The untrained teacher: the teacher's encoder after 0 steps, with an identity head (the raw encoder)."""
+    raw = copy.deepcopy(teacher)
+    raw.total_steps = 0
+    raw.text.head, raw.text.head_init = "linear", "identity"
+    raw.eval.before = False
+    raw.eval.baselines = False
+    raw.export_table = False
+    return raw
+
+
+def arm_config(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir: str) -> Any:
+    """The stage-2 config of one (arm, seed) run."""
+    distil, hierarchy, teacher = ARMS[arm]
+    run = copy.deepcopy(cfg.stage2)
+    run.seed = seed
+    run.loss.kd_weight = cfg.kd_weight if distil else 0.0
+    run.loss.hierarchy.enabled = hierarchy
+    run.teacher.workdir = teachers[teacher]
+    if run.data.source == "demo" and not run.data.demo_dir:
+        # One demo dataset per seed (the generator is seeded), shared by the arms: paired comparisons.
+        run.data.demo_dir = os.path.join(workdir, "demo", f"seed{seed}")
+    return run
+
+
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per arm and figure: mean, sample sd (0 for one seed) and the number of runs that report it."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for arm, results in runs.items():
+        out[arm] = {}
+        for key, _ in COLUMNS:
+            values = np.array([r[key] for r in results if r.get(key) is not None], np.float64)
+            if len(values):
+                out[arm][key] = dict(mean=float(values.mean()), sd=float(values.std(ddof=1)) if len(values) > 1
+                                     else 0.0, n=len(values))
+    return out
+
+
+def markdown_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The table: one row per arm, mean ± sd in percent."""
+    lines = ["| arm | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for arm, figures in summary.items():
+        cells = [f"{100 * figures[k]['mean']:.1f} ± {100 * figures[k]['sd']:.1f}" if k in figures else "n/a"
+                 for k, _ in COLUMNS]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _finished(path: str) -> dict[str, float] | None:
+    try:
+        with open(os.path.join(path, "eval.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _teacher(cfg: Any, path: str) -> str:
+    """A finished stage-1 workdir at `path`, trained from `cfg` unless it is already there."""
+    if not os.path.exists(os.path.join(path, "encoder")):
+        stage1.run(cfg, path)
+    return path
+
+
+def run(cfg: Any, workdir: str) -> dict[str, Any]:
+    """Runs every (arm, seed), then writes ablation.json and ablation.md; returns the summary."""
+    unknown = sorted(set(cfg.arms) - set(ARMS))
+    if unknown or not cfg.arms or not cfg.seeds:
+        raise ValueError(f"config.arms={tuple(cfg.arms)} / config.seeds={tuple(cfg.seeds)}: arms must be a non-empty "
+                         f"subset of {tuple(ARMS)} and seeds non-empty")
+    t0 = time.time()
+    teachers = {}
+    if any(ARMS[a][2] == "trained" for a in cfg.arms):
+        teachers["trained"] = cfg.teacher_workdir or _teacher(cfg.teacher, os.path.join(workdir, "teacher"))
+    if any(ARMS[a][2] == "raw" for a in cfg.arms):
+        teachers["raw"] = _teacher(raw_teacher_config(cfg.teacher), os.path.join(workdir, "teacher_raw"))
+    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in cfg.arms}
+    seconds: dict[str, float] = {}
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            path = os.path.join(workdir, arm, f"seed{seed}")
+            t = time.time()
+            result = _finished(path) or stage2.run(arm_config(cfg, arm, seed, teachers, workdir), path)
+            seconds[f"{arm}/seed{seed}"] = round(time.time() - t, 1)
+            runs[arm].append(result)
+            print(f"ablation: {arm} seed {seed} done ({seconds[f'{arm}/seed{seed}']:.0f}s)", flush=True)
+    summary = summarise(runs)
+    table = markdown_table(summary)
+    total = round(time.time() - t0, 1)
+    common.write_json(os.path.join(workdir, "ablation.json"), {
+        "summary": summary, "runs": {a: [{k: r.get(k) for k, _ in COLUMNS} for r in rs] for a, rs in runs.items()},
+        "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total})
+    with open(os.path.join(workdir, "ablation.md"), "w") as f:
+        f.write(f"Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n{table}")
+    print(table, flush=True)
+    print(f"ablation done in {total:.0f}s; results in {workdir}/ablation.md", flush=True)
+    return summary

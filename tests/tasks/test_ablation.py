@@ -1,0 +1,67 @@
+"""The ablation command on tiny models: every arm runs, the table and JSON are written, finished runs are reused."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.tasks.conftest import load_config
+from tests.tasks.test_stages import tiny_stage1, tiny_stage2
+
+
+def test_summarise_mean_and_sample_sd():
+    from phenolip_jax.tasks import ablation
+
+    runs = {"clip": [{"i2t_r@10": 0.5, "zs_unseen_top1": 0.1}, {"i2t_r@10": 0.7, "zs_unseen_top1": None}]}
+    got = ablation.summarise(runs)["clip"]
+    assert got["i2t_r@10"]["mean"] == pytest.approx(0.6)
+    assert got["i2t_r@10"]["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert got["zs_unseen_top1"] == dict(mean=0.1, sd=0.0, n=1)  # a run without the figure is left out
+    table = ablation.markdown_table({"clip": got})
+    assert "| clip | 60.0 ± 14.1 |" in table and "n/a" in table
+
+
+def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
+    from phenolip_jax.tasks import ablation
+
+    cfg = load_config("ablation", "quick")
+    cfg.arms = ("hier", "phenolip_raw_teacher")  # both teachers, distillation and hierarchy; 2 runs stay quick
+    cfg.teacher = tiny_stage1(tiny_bert_dir)
+    cfg.teacher.text.embed_dim = 32  # the raw teacher's identity head needs embed_dim >= width (32)
+    cfg.teacher.total_steps = 2
+    cfg.teacher.eval.max_queries = 8
+    cfg.teacher.eval.baselines = False
+    cfg.teacher.data.typed_heldout_fraction = 0.0
+    cfg.stage2 = tiny_stage2(tiny_bert_dir, "", "")
+    cfg.stage2.data.demo = dict(num_phenotypes=16, train_pairs=32, val_pairs=0, test_pairs=32)
+    cfg.stage2.total_steps = cfg.stage2.checkpoint_every = 2
+    cfg.stage2.eval_every = 0
+    cfg.stage2.model.embed_dim = 32  # = the teachers' width (distillation compares the two)
+    work = str(tmp_path / "abl")
+    summary = ablation.run(cfg, work)
+    assert list(summary) == list(cfg.arms)
+    for arm, figures in summary.items():
+        for key in ("i2t_r@10", "t2i_r@10", "i2p_r@10", "p2i_r@10", "zs_seen_top1", "zs_unseen_top1"):
+            assert 0.0 <= figures[key]["mean"] <= 1.0 and figures[key]["n"] == 1, (arm, key)
+    with open(os.path.join(work, "ablation.json")) as f:
+        saved = json.load(f)
+    assert saved["summary"] == json.loads(json.dumps(summary)) and saved["seeds"] == [0]
+    assert (tmp_path / "abl" / "ablation.md").read_text().count("\n| ") == 1 + len(cfg.arms)
+    with open(os.path.join(work, "hier", "seed0", "eval.json")) as f:
+        assert json.load(f)["zs_unseen_images"] > 0  # the per-seed demo holds unseen phenotypes
+    # The untrained teacher is the raw encoder: a 0-step stage 1 with an identity head.
+    with open(os.path.join(work, "teacher_raw", "stage1_config.json")) as f:
+        assert json.load(f)["text_tower"]["head"] == "linear"
+    # Rerun: every finished run is reused (no new metrics written).
+    stamp = os.path.getmtime(os.path.join(work, "hier", "seed0", "metrics.jsonl"))
+    assert ablation.run(cfg, work) == summary
+    assert os.path.getmtime(os.path.join(work, "hier", "seed0", "metrics.jsonl")) == stamp
+
+
+def test_bad_arm_is_named(tmp_path):
+    from phenolip_jax.tasks import ablation
+
+    cfg = load_config("ablation", "quick")
+    cfg.arms = ("clip", "nope")
+    with pytest.raises(ValueError, match="config.arms"):
+        ablation.run(cfg, str(tmp_path))
