@@ -48,6 +48,10 @@ def main(argv: list[str]) -> None:
         from phenolip_jax.convert import export
 
         export.run(cfg)
+    elif cfg.stage == "predict":
+        from phenolip_jax.evaluate import predict
+
+        predict.run(cfg, workdir)
     else:
         raise app.UsageError(f"config.stage={cfg.stage!r} is not one of stage1, stage2, eval, export")
 
