@@ -146,7 +146,8 @@ class Model:
 
     def __repr__(self) -> str:
         images = f", image_size={self.image_size}" if self.has_images else ""
-        return f"Model(kind={self.kind!r}, path={self.path!r}, embed_dim={self.embed_dim}, max_len={self.max_len}{images})"
+        return (f"Model(kind={self.kind!r}, path={self.path!r}, embed_dim={self.embed_dim}, "
+                f"max_len={self.max_len}{images})")
 
     @property
     def has_images(self) -> bool:

@@ -38,6 +38,7 @@ def test_notebook_runs_on_a_tiny_checkpoint(stage2_workdir, tiny_demo_dir, tmp_p
     monkeypatch.setenv("PHENOLIP_NOTEBOOK_DATA", os.path.join(tiny_demo_dir, "manifest.jsonl"))
     monkeypatch.setenv("PHENOLIP_NOTEBOOK_OUT", str(out))
     monkeypatch.setenv("PHENOLIP_NOTEBOOK_IMAGES", os.path.join(tiny_demo_dir, "images"))
+    monkeypatch.setenv("PHENOLIP_NOTEBOOK_ORGAN_SYSTEM", "HP:0000598")  # fewer candidates: a faster test
     monkeypatch.setenv("PHENOLIP_NOTEBOOK_SKIP_GPU_INSTALL", "1")
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__main__"}
