@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertModel
 
-d = "hf_bert"  # this export's Hugging Face folder
+d = "hf_bert"  # this export's Hugging Face folder (run from the export folder, or give its full path)
 tokenizer = AutoTokenizer.from_pretrained(d)
 bert = BertModel.from_pretrained(d, add_pooling_layer={pooling == "pooler"}).eval()
 head = load_file(f"{{d}}/{TEXT_HEAD_FILE}")
@@ -88,7 +88,7 @@ import pathlib
 import open_clip
 import torch
 
-d = pathlib.Path("open_clip").resolve()  # this export's open_clip folder
+d = pathlib.Path("open_clip").resolve()  # this export's open_clip folder (from the export folder, or a full path)
 # text_cfg.hf_model_name is {hf_model_name!r} (relative to this folder: BERT config.json and tokenizer files live
 # here); open_clip resolves it from the working directory, so give it the absolute path.
 text_cfg = json.loads((d / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
@@ -125,6 +125,8 @@ def model_card(meta: Mapping[str, Any], summary: Mapping[str, Any], text_meta: M
     if "safetensors" in summary:
         lines.append("| `params.safetensors` | every Flax parameter under its `/` path, model config in the metadata |")
     lines += ["| `export.json` | what was written, and the measured PyTorch-vs-JAX parity |", ""]
+    if summary.get("warning"):
+        lines += [f"**Warning:** {summary['warning']}", ""]
     lines += ["## The PhenoLIP text embedding", "",
               f"BERT ({text_meta['pooling']} pooling) -> projection head `{text_meta['head']}`"
               + (" (Linear -> exact erf GELU -> Linear)" if text_meta["head"] == "mlp" else "")

@@ -200,3 +200,23 @@ def test_transformers_snippet_reproduces_jax_in_a_fresh_process(exported, tmp_pa
     diff = float(np.abs(got - want).max())
     print(f"transformers snippet vs JAX text embeddings: max abs diff {diff:.2e}")
     assert diff < 1e-5
+
+
+def test_snippet_follows_mean_pooling_and_a_linear_head(tmp_path, monkeypatch):
+    from phenolip_jax import inference
+
+    fields = tiny_fields(text_head="linear", pooling="mean")
+    fields["text_config"]["bert"]["vocab_size"] = 30522
+    params = random_params(fields, seed=5)
+    _write_run(tmp_path / "run", fields, params, _text_hf_dir())
+    export.run(_config(checkpoint=str(tmp_path / "run"), output=str(tmp_path / "out"), formats=("hf_bert",),
+                       verify=False))
+    code = _snippet((tmp_path / "out" / "README.md").read_text(), "### transformers + torch")
+    assert "masked mean" in code and 'head["proj.weight"]' in code and "fc1" not in code
+    monkeypatch.chdir(tmp_path / "out")
+    namespace = {}
+    exec(compile(code, "snippet", "exec"), namespace)
+    texts = ["Seizure", "a longer caption about the shape of the skull"]
+    got = namespace["embed"](texts).numpy()
+    want = inference.load(str(tmp_path / "run")).encode_texts(texts)
+    assert float(np.abs(got - want).max()) < 1e-5
