@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -163,14 +163,14 @@ class Model:
     @property
     def logit_scale(self) -> float | None:
         """The learned similarity multiplier exp(logit_scale) of a two-tower model (None for stage 1)."""
-        if not isinstance(self.params, dict) or "logit_scale" not in self.params:
+        if not isinstance(self.params, Mapping) or "logit_scale" not in self.params:
             return None
         return float(np.exp(np.asarray(self.params["logit_scale"], np.float64)))
 
     @property
     def logit_bias(self) -> float:
         """The learned logit bias (sigmoid-loss models), else 0."""
-        bias = self.params.get("logit_bias") if isinstance(self.params, dict) else None
+        bias = self.params.get("logit_bias") if isinstance(self.params, Mapping) else None
         return 0.0 if bias is None else float(np.asarray(bias))
 
     @functools.cached_property
@@ -242,7 +242,8 @@ class Model:
         scale = self.logit_scale
         if scale is None:
             raise ValueError(f"{self.path} is a stage-1 (text-only) knowledge encoder: it cannot classify images")
-        logits = scale * (self.encode_images(images) @ self.encode_phenotypes(hpo_ids, templates).T) + self.logit_bias
+        # A logit bias shifts every candidate alike, so the softmax needs only the scale.
+        logits = scale * (self.encode_images(images) @ self.encode_phenotypes(hpo_ids, templates).T)
         logits = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
