@@ -14,7 +14,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint = ""  # stage-2 run directory (model_config.json + params/ or checkpoints/)
     c.output = ""  # output directory (created)
     c.formats = ("open_clip", "hf_bert", "safetensors")  # any subset
-    c.hf_model_name = ""  # text_cfg.hf_model_name written to open_clip_config.json ('' = the run's text_hf_dir)
+    c.hf_model_name = ""  # text_cfg.hf_model_name / hf_tokenizer_name in open_clip_config.json ('' = '.': the
+    # open_clip folder, which holds the BERT config.json and the tokenizer; a hub id such as
+    # 'microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract' makes open_clip fetch the config from the hub)
     c.open_clip_bin = False  # also write open_clip_pytorch_model.bin (torch pickle) for older open_clip
     c.verify = True  # rebuild the PyTorch models from the exported files and print max abs diffs vs Flax
     return c

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,6 +24,7 @@ from phenolip_jax import artifacts
 from phenolip_jax.convert import open_clip as oc
 from phenolip_jax.data import images as img_lib
 from phenolip_jax.data import paths
+from phenolip_jax.data.manifest import parse_hpo_matches
 from phenolip_jax.data.tokenize import tokenize_captions
 from phenolip_jax.evaluate.metrics import zero_shot_classifier
 from phenolip_jax.models import layers, two_tower
@@ -85,7 +87,7 @@ def ensemble_prompts(encode_texts: Callable[[Sequence[str]], np.ndarray], names:
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"templates must be non-empty and each contain '{{}}', got {templates}")
     if not len(names):
-        return np.zeros((0, 0), np.float32)
+        return np.asarray(encode_texts([]), np.float32)  # (0, D): the encoder knows its width
     prompts = [t.format(n) for n in names for t in templates]
     emb = np.asarray(encode_texts(prompts), np.float32)
     return zero_shot_classifier(emb.reshape(len(names), len(templates), -1)).astype(np.float32)
@@ -114,7 +116,22 @@ def prepare_images(images: Any, size: int, mean: Sequence[float], std: Sequence[
     return out
 
 
-@dataclasses.dataclass(eq=False)
+def canonical_hpo_id(hpo_id: str) -> str:
+    """'HP:0000316' for 'HP_0000316' / 'hp:0000316' (the manifest reader's forms); anything else unchanged."""
+    found = parse_hpo_matches(hpo_id) if isinstance(hpo_id, str) and len(hpo_id.strip()) == 10 else ()
+    return found[0] if len(found) == 1 else hpo_id
+
+
+def check_image_batch(images: Any) -> None:
+    """Refuses a single image passed where a batch is expected (an [H, W, C] array would be read as H images)."""
+    if isinstance(images, (str, os.PathLike)):
+        raise TypeError("encode_images takes a list of paths or an array of images, not a single path")
+    if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3))):
+        raise ValueError(f"encode_images got one image of shape {images.shape}, not a batch: pass [image] or "
+                         "image[None] (batches are [N, H, W, 3], [N, H, W, 1] or [N, H, W])")
+
+
+@dataclasses.dataclass(eq=False, repr=False)
 class Model:
     """A loaded encoder: `kind` 'stage1' (text only), 'stage2' or 'open_clip' (two towers)."""
 
@@ -131,10 +148,34 @@ class Model:
     path: str = ""
     batch_size: int = 64
 
+    def __repr__(self) -> str:
+        images = f", image_size={self.image_size}" if self.has_images else ""
+        return (f"Model(kind={self.kind!r}, path={self.path!r}, embed_dim={self.embed_dim}, "
+                f"max_len={self.max_len}{images})")
+
     @property
     def has_images(self) -> bool:
         """Whether this model has an image tower."""
         return self.kind != "stage1"
+
+    @functools.cached_property
+    def embed_dim(self) -> int:
+        """Width D of the embeddings (from the text tower's abstract output: nothing is compiled)."""
+        ids = jax.ShapeDtypeStruct((1, self.max_len), np.int32)
+        return int(jax.eval_shape(self._text_fn, self.params, ids, ids).shape[-1])
+
+    @property
+    def logit_scale(self) -> float | None:
+        """The learned similarity multiplier exp(logit_scale) of a two-tower model (None for stage 1)."""
+        if not isinstance(self.params, Mapping) or "logit_scale" not in self.params:
+            return None
+        return float(np.exp(np.asarray(self.params["logit_scale"], np.float64)))
+
+    @property
+    def logit_bias(self) -> float:
+        """The learned logit bias (sigmoid-loss models), else 0."""
+        bias = self.params.get("logit_bias") if isinstance(self.params, Mapping) else None
+        return 0.0 if bias is None else float(np.asarray(bias))
 
     @functools.cached_property
     def ontology(self) -> Any:
@@ -157,7 +198,11 @@ class Model:
         if isinstance(texts, str):
             raise TypeError("encode_texts takes a list of strings, not a single string")
         if not len(texts):
-            return np.zeros((0, 0), np.float32)
+            return np.zeros((0, self.embed_dim), np.float32)
+        empty = [i for i, t in enumerate(texts) if not str(t).strip()]
+        if empty:
+            warnings.warn(f"encode_texts: {len(empty)} empty text(s) (first at index {empty[0]}) carry no "
+                          "content: each gets the embedding of the special tokens alone", stacklevel=2)
         ids, mask = tokenize_captions(self.tokenizer, list(texts), self.max_len)
         fn = functools.partial(self._text_fn, self.params)
         return l2_normalise(encode_in_batches(fn, [ids, mask], self.batch_size).reshape(len(texts), -1))
@@ -167,21 +212,22 @@ class Model:
         if not self.has_images:
             raise ValueError(f"{self.path} is a stage-1 (text-only) knowledge encoder: it has no image tower; "
                              "load a stage-2 workdir or an imported BiomedCLIP/open_clip directory for images")
-        if isinstance(images, (str, os.PathLike)):
-            raise TypeError("encode_images takes a list of paths or an array of images, not a single path")
+        check_image_batch(images)
         fn = functools.partial(self._image_fn, self.params)
         out = []
         for start in range(0, len(images), self.batch_size):  # decode lazily: one batch in memory at a time
             x = prepare_images(images[start:start + self.batch_size], self.image_size, self.mean, self.std)
             out.append(encode_in_batches(fn, [x], self.batch_size))
         if not out:
-            return np.zeros((0, 0), np.float32)
+            return np.zeros((0, self.embed_dim), np.float32)
         return l2_normalise(np.concatenate(out))
 
     def phenotype_texts(self, hpo_ids: Sequence[str]) -> list[str]:
-        """Ontology names of HPO ids (alt and obsolete ids resolved)."""
+        """Ontology names of HPO ids ('HP:' or 'HP_' forms; alt and obsolete ids resolved)."""
+        if isinstance(hpo_ids, str):
+            raise TypeError("pass a list of HPO ids, not a single string")
         onto = self.ontology
-        return [onto.names[onto.index(h)] for h in hpo_ids]
+        return [onto.names[onto.index(canonical_hpo_id(h))] for h in hpo_ids]
 
     def encode_prompts(self, names: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
         """[C, D] template-ensembled embeddings of class names (default: this model's templates)."""
@@ -190,6 +236,19 @@ class Model:
     def encode_phenotypes(self, hpo_ids: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
         """[P, D] unit-norm phenotype embeddings: ontology names through the ensembled templates."""
         return self.encode_prompts(self.phenotype_texts(hpo_ids), templates)
+
+    def classify(self, images: Any, hpo_ids: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+        """[N, P] zero-shot probabilities of each image over the given phenotypes (softmax of the model's logits)."""
+        if not len(hpo_ids):
+            raise ValueError("classify needs at least one candidate HPO id")
+        scale = self.logit_scale
+        if scale is None:
+            raise ValueError(f"{self.path} is a stage-1 (text-only) knowledge encoder: it cannot classify images")
+        # A logit bias shifts every candidate alike, so the softmax needs only the scale.
+        logits = scale * (self.encode_images(images) @ self.encode_phenotypes(hpo_ids, templates).T)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------- loading

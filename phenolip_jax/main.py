@@ -1,6 +1,6 @@
 """Entry point: `python -m phenolip_jax.main --config=configs/stage2.py [--config.field=value] [--workdir=DIR]`.
 
-The config's `stage` field picks what runs: stage1, stage2, eval, export or ablation. The whole config is validated before
+The config's `stage` field picks what runs: stage1, stage2, eval, export, predict or ablation. The whole config is validated before
 anything is loaded; a mistake is reported in one line naming the field (exit code 2). `--list_config` prints a
 config's fields with their comments and its variants. Training stages save the config in the workdir and refuse
 to resume with one that changes the run's meaning (`--allow_config_change` overrides).
@@ -18,6 +18,7 @@ from ml_collections import config_flags
 # Importing the stages touches no device: jax.distributed.initialize() in main() still comes first.
 from phenolip_jax import config_lib, config_tools, distributed
 from phenolip_jax.convert import export
+from phenolip_jax.evaluate import predict
 from phenolip_jax.evaluate import run as evaluate_run
 from phenolip_jax.tasks import ablation, aot, stage1, stage2
 
@@ -53,7 +54,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def prepare(cfg, workdir: str) -> None:
     """Validation and the run's config memory: everything that can refuse a run, before any data is loaded."""
-    config_lib.validate(cfg, jax.device_count())
+    if cfg.stage == "predict":
+        predict.validate(cfg)
+    elif cfg.stage == "ablation":
+        ablation.validate(cfg)
+    else:
+        config_lib.validate(cfg, jax.device_count())
     if cfg.stage in TRAINING_STAGES:
         changes = config_tools.check_resume_config(cfg, workdir, allow_changes=_ALLOW_CHANGE.value)
         if changes:
@@ -75,6 +81,8 @@ def dispatch(cfg, workdir: str) -> None:
         evaluate_run.run(cfg, workdir)
     elif cfg.stage == "export":
         export.run(cfg)
+    elif cfg.stage == "predict":
+        predict.run(cfg, workdir)
 
 
 def main(argv: list[str]) -> None:

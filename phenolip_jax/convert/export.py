@@ -2,17 +2,24 @@
 
 `python -m phenolip_jax.main --config=configs/export.py --config.checkpoint=WORKDIR --config.output=OUTDIR`
 
+The export is self-contained: nothing it needs to load points outside it (the model card shows the run's
+local paths by base name only), tokenizer files travel with the weights, and every file gets the same
+permissions (safetensors alone would write 0600).
+
+OUTDIR/README.md    model card: files, training config and data, metrics, copy-paste loading snippets
 OUTDIR/open_clip/   open_clip_config.json + open_clip_model.safetensors (CustomTextCLIP keys: visual.trunk.*,
-                    visual.head.*, text.transformer.*, text.proj.*, logit_scale[, logit_bias])
-OUTDIR/hf_bert/     config.json + model.safetensors (BertModel.from_pretrained layout) + tokenizer files
-                    copied from the run's text_hf_dir; no pooler unless the run trained one, so load it
-                    with BertModel.from_pretrained(dir, add_pooling_layer=False)
+                    visual.head.*, text.transformer.*, text.proj.*, logit_scale[, logit_bias]) + the BERT
+                    config.json and tokenizer files; text_cfg.hf_model_name / hf_tokenizer_name are '.' (this folder)
+OUTDIR/hf_bert/     config.json + model.safetensors (BertModel.from_pretrained layout) + tokenizer files +
+                    text_head.safetensors (the projection head, torch layout) + phenolip_text.json (pooling,
+                    head, max_len); no pooler unless the run trained one: load with add_pooling_layer=False
 OUTDIR/params.safetensors   every Flax parameter under its '/'-joined path (e.g. image/encoder/cls)
 OUTDIR/export.json  what was written and, with verify on, the measured Flax-vs-PyTorch max abs differences
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,12 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from phenolip_jax import artifacts
-from phenolip_jax.convert import hf_bert
+from phenolip_jax.convert import hf_bert, model_card
 from phenolip_jax.convert import open_clip as oc
 from phenolip_jax.models import bert as bert_lib
 from phenolip_jax.models import two_tower
 
 FORMATS = ("open_clip", "hf_bert", "safetensors")
+# open_clip_config.json names the text model and tokenizer relative to its own folder, never by an absolute path.
+LOCAL_HF_NAME = "."
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
 
@@ -88,9 +97,30 @@ def export_safetensors(params: Mapping[str, Any], path: str | Path, meta: Mappin
     return len(flat)
 
 
+def copy_tokenizer(source_dir: str | Path | None, out_dir: str | Path) -> list[str]:
+    """Copies the tokenizer files of `source_dir` (the run's text_hf_dir) into out_dir; returns their names."""
+    copied = []
+    if source_dir and Path(source_dir).is_dir():
+        for name in TOKENIZER_FILES:
+            if (Path(source_dir) / name).exists():
+                shutil.copyfile(Path(source_dir) / name, Path(out_dir) / name)  # content only: not the source's mode
+                copied.append(name)
+    return copied
+
+
+def text_tower_meta(text_fields: Mapping[str, Any], max_len: int, logit_scale: float | None) -> dict[str, Any]:
+    """What turns BERT's hidden states into the PhenoLIP text embedding (phenolip_text.json)."""
+    return dict(pooling=text_fields["bert"].get("pooling", "cls"), head=text_fields.get("head", "mlp"),
+                head_bias=bool(text_fields.get("head_bias", False)), embed_dim=int(text_fields["embed_dim"]),
+                max_len=int(max_len), normalize="l2", gelu="exact (erf)",
+                logit_scale=None if logit_scale is None else round(float(logit_scale), 4))
+
+
 def export_hf_bert(text_fields: Mapping[str, Any], encoder_params: Mapping[str, Any], out_dir: str | Path,
-                   source_dir: str | Path | None = None, dtype: Any = np.float32) -> dict[str, Any]:
-    """Write the text encoder as a Hugging Face BertModel directory; returns the config written."""
+                   source_dir: str | Path | None = None, dtype: Any = np.float32,
+                   head_params: Mapping[str, Any] | None = None,
+                   text_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write the text encoder as a Hugging Face BertModel directory (+ head and its meta); returns what was written."""
     from safetensors.numpy import save_file
 
     out_dir = Path(out_dir)
@@ -103,20 +133,19 @@ def export_hf_bert(text_fields: Mapping[str, Any], encoder_params: Mapping[str, 
     # transformers reads the 'format' metadata to pick its loader; 'pt' is what save_pretrained writes.
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    copied = []
-    if source_dir:
-        for name in TOKENIZER_FILES:
-            if (Path(source_dir) / name).exists():
-                shutil.copy2(Path(source_dir) / name, out_dir / name)
-                copied.append(name)
-    return dict(config=config, tensors=len(state), tokenizer_files=copied)
+    if head_params is not None and text_meta is not None:
+        head = model_card.text_head_state_dict(head_params, text_meta["head"])
+        if head:
+            save_file(head, str(out_dir / model_card.TEXT_HEAD_FILE), metadata={"format": "pt"})
+        (out_dir / model_card.TEXT_META_FILE).write_text(json.dumps(dict(text_meta), indent=2))
+    return dict(config=config, tensors=len(state), tokenizer_files=copy_tokenizer(source_dir, out_dir))
 
 
 def export_open_clip(fields: Mapping[str, Any], params: Mapping[str, Any], out_dir: str | Path,
                      bert_config: Mapping[str, Any], *, mean: Any = None, std: Any = None,
-                     context_length: int = 256, hf_model_name: str = oc.BIOMEDCLIP_TEXT,
-                     write_bin: bool = False) -> dict[str, Any]:
-    """Write open_clip_config.json + open_clip_model.safetensors (+ open_clip_pytorch_model.bin)."""
+                     context_length: int = 256, hf_model_name: str = LOCAL_HF_NAME,
+                     write_bin: bool = False, source_dir: str | Path | None = None) -> dict[str, Any]:
+    """Write open_clip_config.json + open_clip_model.safetensors (+ .bin), the BERT config.json and the tokenizer."""
     from safetensors.numpy import save_file
 
     out_dir = Path(out_dir)
@@ -126,11 +155,39 @@ def export_open_clip(fields: Mapping[str, Any], params: Mapping[str, Any], out_d
                                  hf_model_name=hf_model_name, has_logit_bias="logit_bias" in state)
     save_file(state, str(out_dir / "open_clip_model.safetensors"), metadata={"format": "pt"})
     (out_dir / oc.CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    # open_clip builds the text tower with AutoConfig.from_pretrained(hf_model_name) and its tokenizer from
+    # the folder: both live here, so the folder loads on any machine.
+    (out_dir / "config.json").write_text(json.dumps(dict(bert_config), indent=2, sort_keys=True))
+    copied = copy_tokenizer(source_dir, out_dir)
     if write_bin:  # for open_clip versions that only read the torch pickle
         import torch
 
         torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, out_dir / "open_clip_pytorch_model.bin")
-    return dict(config=config, tensors=len(state))
+    return dict(config=config, tensors=len(state), tokenizer_files=copied)
+
+
+def match_permissions(out: Path, reference: Path) -> None:
+    """Gives every file under `out` the permission bits of `reference` (a file written the ordinary way)."""
+    mode = reference.stat().st_mode & 0o777
+    for root, _, files in os.walk(out):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None when absent."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def scrub_paths(obj: Any) -> Any:
+    """Absolute paths (of the training machine) in a config replaced by '<local>/' + their base name."""
+    if isinstance(obj, Mapping):
+        return {k: scrub_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub_paths(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj):
+        return "<local>/" + os.path.basename(obj.rstrip("/"))
+    return obj
 
 
 def _flax_outputs(fields: Mapping[str, Any], params: Mapping[str, Any], images: np.ndarray,
@@ -211,14 +268,22 @@ def run(cfg: Any) -> dict[str, Any]:
         oc_dir = out / "open_clip"
         written = export_open_clip(fields, params, oc_dir, bert_config, mean=meta.get("mean"), std=meta.get("std"),
                                    context_length=int(meta.get("max_len", 256)),
-                                   hf_model_name=cfg.hf_model_name or (source or oc.BIOMEDCLIP_TEXT),
-                                   write_bin=bool(cfg.open_clip_bin))
-        summary["open_clip"] = dict(dir=str(oc_dir), tensors=written["tensors"])
+                                   hf_model_name=cfg.hf_model_name or LOCAL_HF_NAME,
+                                   write_bin=bool(cfg.open_clip_bin), source_dir=source)
+        summary["open_clip"] = dict(dir=str(oc_dir), tensors=written["tensors"],
+                                    tokenizer_files=written["tokenizer_files"])
+    scale = float(np.exp(params["logit_scale"])) if "logit_scale" in params else None
+    text_meta = text_tower_meta(fields["text_config"], int(meta.get("max_len", 256)), scale)
     if "hf_bert" in formats:
         hf_dir = out / "hf_bert"
-        written = export_hf_bert(fields["text_config"], params["text"]["encoder"], hf_dir, source)
+        written = export_hf_bert(fields["text_config"], params["text"]["encoder"], hf_dir, source,
+                                 head_params=params["text"].get("head", {}), text_meta=text_meta)
         summary["hf_bert"] = dict(dir=str(hf_dir), tensors=written["tensors"],
                                   tokenizer_files=written["tokenizer_files"])
+    if ("open_clip" in formats or "hf_bert" in formats) and not any(
+            summary.get(f, {}).get("tokenizer_files") for f in ("open_clip", "hf_bert")):
+        summary["warning"] = (f"no tokenizer files: the run's text_hf_dir {source!r} is not a local folder with "
+                              "tokenizer.json / vocab.txt; copy them into the export's folders by hand")
     if "safetensors" in formats:
         path = out / "params.safetensors"
         summary["safetensors"] = dict(path=str(path), tensors=export_safetensors(params, path, meta))
@@ -230,6 +295,12 @@ def run(cfg: Any) -> dict[str, Any]:
         else:
             summary["parity"] = verify(fields, params, oc_dir, hf_dir)
     summary["seconds"] = round(time.time() - t0, 1)
+    run_dir = Path(cfg.checkpoint)
+    (out / "README.md").write_text(model_card.model_card(
+        scrub_paths(meta), summary, text_meta, scrub_paths(_read_json(run_dir / "config.json")),
+        _read_json(run_dir / "eval.json"),
+        cfg.hf_model_name or LOCAL_HF_NAME))
     (out / "export.json").write_text(json.dumps(summary, indent=2))
+    match_permissions(out, out / "export.json")
     print(json.dumps(summary), flush=True)
     return summary

@@ -1,9 +1,9 @@
 """Linear probe on frozen features: logistic regression, C swept on validation, label-fraction subsampling."""
 from __future__ import annotations
 
+import time
 import warnings
-
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,11 @@ from phenolip_jax.evaluate.metrics import classification_metrics
 
 # openai/CLIP's probe found C near 0.316; a half-decade grid around it covers the usual optimum.
 DEFAULT_CS = (0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0, 31.6, 100.0)
+
+
+def print_progress(line: str) -> None:
+    """Prints a progress line at once (the eval stage's output is often piped)."""
+    print(line, flush=True)
 
 
 def l2_normalise(x: Any) -> np.ndarray:
@@ -55,20 +60,24 @@ def linear_probe(
     train_x: Any, train_y: Any, val_x: Any, val_y: Any, test_x: Any, test_y: Any,
     cs: Sequence[float] = DEFAULT_CS, seeds: Iterable[int] = (0, 1, 2),
     fractions: Iterable[float] = (0.01, 0.1, 1.0), max_iter: int = 1000,
+    log: Callable[[str], None] | None = print_progress,
 ) -> dict[float, dict[str, Any]]:
     """Per label fraction: test top-1 / mean per-class recall, mean and std over seeds, and the chosen Cs.
 
     For each seed, train and validation are subsampled per class at the fraction (>= 1 example per class),
     C is the best validation accuracy (ties: the first C in `cs`), and the final model is refit on
     train + validation subsets with that C. Labels are ints in [0, n_classes). A fraction of 1 uses every
-    example, so it runs once (one seed) rather than repeating an identical fit.
+    example, so it runs once (one seed) rather than repeating an identical fit. `log` gets one progress line
+    per (fraction, seed) run, since a sweep can take minutes (None: silent).
     """
     tr_x, va_x, te_x = l2_normalise(train_x), l2_normalise(val_x), l2_normalise(test_x)
     tr_y, va_y, te_y = (np.asarray(y, np.int64) for y in (train_y, val_y, test_y))
     if not cs:
         raise ValueError("cs must not be empty")
     n_classes = int(max(tr_y.max(), va_y.max(), te_y.max())) + 1
-    seeds = tuple(seeds)
+    seeds, fractions = tuple(seeds), tuple(fractions)
+    total = sum(len(seeds) if f < 1 else min(len(seeds), 1) for f in fractions)
+    done, t0 = 0, time.time()
     results: dict[float, dict[str, Any]] = {}
     for fraction in fractions:
         runs = []
@@ -82,6 +91,11 @@ def linear_probe(
             m = classification_metrics(_logits(final, te_x, n_classes), te_y)
             runs.append(dict(top1=m["top1"], mean_per_class_recall=m["mean_per_class_recall"], best_c=best_c,
                              n_train=int(len(tr_i)), n_val=int(len(va_i))))
+            done += 1
+            if log is not None:
+                log(f"linear probe [{done}/{total}] labels {fraction:g} seed {seed}: {len(cs)} Cs on "
+                    f"{len(tr_i)} train / {len(va_i)} val, best C={best_c:g}, test top-1 {m['top1']:.4f} "
+                    f"({time.time() - t0:.1f}s)")
         top1 = np.array([r["top1"] for r in runs])
         mpcr = np.array([r["mean_per_class_recall"] for r in runs])
         results[float(fraction)] = dict(

@@ -12,6 +12,8 @@ import numpy as np
 from phenolip_jax.evaluate import unseen
 
 RETRIEVAL_DIRECTIONS = ("image_to_text", "text_to_image", "image_to_phenotype", "phenotype_to_image")
+MULTI_SYSTEM_NOTE = ("An image whose gold phenotypes lie under several organ systems counts once in each of them, "
+                     "so the per-system n add up to more than the number of images.")
 
 
 def _pyplot():
@@ -41,28 +43,52 @@ def to_jsonable(x: Any) -> Any:
     return x
 
 
-def plot_recall_curves(retrieval: dict[str, Any], path: str, title: str = "") -> str:
-    """R@K against K for each retrieval direction, chance levels dashed in the same colour."""
+def recall_figure(retrieval: dict[str, Any], title: str = "") -> Any:
+    """The R@K figure: one line per retrieval direction, its chance level dashed in the same colour (in the
+    legend too), every K labelled on the log axis."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    all_ks: set[int] = set()
     for direction in RETRIEVAL_DIRECTIONS:
         rec = retrieval.get(direction)
         if not rec:
             continue
         ks = sorted(int(k[2:]) for k in rec if k.startswith("r@"))
-        line, = ax.plot(ks, [rec[f"r@{k}"] for k in ks], marker="o", label=direction.replace("_", " "))
-        ax.plot(ks, [rec[f"chance_r@{k}"] for k in ks], linestyle="--", color=line.get_color(), alpha=0.6)
+        all_ks.update(ks)
+        label = direction.replace("_", " ")
+        line, = ax.plot(ks, [rec[f"r@{k}"] for k in ks], marker="o", label=label)
+        ax.plot(ks, [rec[f"chance_r@{k}"] for k in ks], linestyle="--", color=line.get_color(), alpha=0.6,
+                label=f"{label} (chance)")
     ax.set_xscale("log")
+    ticks = sorted(all_ks)
+    ax.set_xticks(ticks, [str(k) for k in ticks])  # a log axis labels only powers of ten by default
+    ax.minorticks_off()
     ax.set_xlabel("K")
     ax.set_ylabel("recall@K")
     ax.set_ylim(0, 1.02)
     ax.set_title(title or "Retrieval recall@K (dashed: chance)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
+    return fig
+
+
+def plot_recall_curves(retrieval: dict[str, Any], path: str, title: str = "") -> str:
+    """Writes `recall_figure` to path (PNG)."""
+    plt = _pyplot()
+    fig = recall_figure(retrieval, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def distinct_colors(n: int) -> list[tuple[float, ...]]:
+    """n distinct RGBA colours: tab20, tab20b and tab20c (60), then evenly spaced hues beyond."""
+    plt = _pyplot()
+    palette = [plt.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    if n > len(palette):
+        palette += [plt.get_cmap("hsv")(i / (n - len(palette))) for i in range(n - len(palette))]
+    return palette[:n]
 
 
 def plot_organ_accuracy(per_group: dict[str, dict[str, float]], path: str, title: str = "") -> str:
@@ -75,7 +101,7 @@ def plot_organ_accuracy(per_group: dict[str, dict[str, float]], path: str, title
     ax.barh(y - 0.2, [per_group[g]["accuracy"] for g in names], height=0.4, label="exact")
     ax.set_yticks(y, [f"{g} (n={per_group[g]['n']})" for g in names], fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("top-1 accuracy")
+    ax.set_xlabel("top-1 accuracy (an image counts in each organ system of its phenotypes)")
     ax.set_title(title or "Accuracy per organ system")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -102,10 +128,10 @@ def plot_phenotype_map(emb: np.ndarray, groups: Sequence[str], path: str, labels
     xy = pca_2d(emb)
     fig, ax = plt.subplots(figsize=(7, 5.5))
     uniq = sorted(set(groups))
-    cmap = plt.get_cmap("tab20", max(len(uniq), 1))
-    for i, g in enumerate(uniq):
+    # tab20 alone repeats colours past 20 groups, and HPO has 23 organ systems.
+    for g, color in zip(uniq, distinct_colors(len(uniq))):
         sel = np.array([x == g for x in groups])
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=cmap(i), label=g)
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=color, label=g)
     if labels is not None and len(labels) <= 40:
         for (px, py), name in zip(xy, labels):
             ax.annotate(name[:28], (px, py), fontsize=6, alpha=0.8)
@@ -163,7 +189,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
                   f" over {h['n']} images.", "", "| organ system | n | exact | hierarchy-aware |", "|---|---|---|---|"]
         for g, v in h["per_organ_system"].items():
             lines.append(f"| {g} | {v['n']} | {_fmt(v['accuracy'])} | {_fmt(v['hierarchical'])} |")
-        lines.append("")
+        lines += ["", MULTI_SYSTEM_NOTE, ""]
     if results.get("unseen"):
         lines += unseen.markdown(results["unseen"])
     p = results.get("linear_probe")

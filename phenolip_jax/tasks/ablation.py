@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax.tasks import common, stage1, stage2
+from phenolip_jax import artifacts
+from phenolip_jax.tasks import stage1, stage2
 
 # Arm -> (distil?, hierarchical positives?, teacher): what each row of the table switches on.
 ARMS: dict[str, tuple[bool, bool, str]] = {
@@ -91,12 +92,17 @@ def _teacher(cfg: Any, path: str) -> str:
     return path
 
 
-def run(cfg: Any, workdir: str) -> dict[str, Any]:
-    """Runs every (arm, seed), then writes ablation.json and ablation.md; returns the summary."""
+def validate(cfg: Any) -> None:
+    """Checks the ablation's own fields (each arm's stage-2 config is validated when its run starts)."""
     unknown = sorted(set(cfg.arms) - set(ARMS))
     if unknown or not cfg.arms or not cfg.seeds:
         raise ValueError(f"config.arms={tuple(cfg.arms)} / config.seeds={tuple(cfg.seeds)}: arms must be a non-empty "
                          f"subset of {tuple(ARMS)} and seeds non-empty")
+
+
+def run(cfg: Any, workdir: str) -> dict[str, Any]:
+    """Runs every (arm, seed), then writes ablation.json and ablation.md; returns the summary."""
+    validate(cfg)
     t0 = time.time()
     teachers = {}
     if any(ARMS[a][2] == "trained" for a in cfg.arms):
@@ -116,7 +122,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     summary = summarise(runs)
     table = markdown_table(summary)
     total = round(time.time() - t0, 1)
-    common.write_json(os.path.join(workdir, "ablation.json"), {
+    artifacts.write_json(os.path.join(workdir, "ablation.json"), {
         "summary": summary, "runs": {a: [{k: r.get(k) for k, _ in COLUMNS} for r in rs] for a, rs in runs.items()},
         "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total})
     with open(os.path.join(workdir, "ablation.md"), "w") as f:

@@ -53,10 +53,18 @@ def _write_run(workdir, fields, params, text_hf_dir, layout="params"):
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     fields = tiny_fields()
+    fields["text_config"]["bert"]["vocab_size"] = 30522  # the real tokenizer's ids, so the snippet test can run text
     params = random_params(fields, seed=3)
     _write_run(root / "run", fields, params, _text_hf_dir())
     summary = export.run(_config(checkpoint=str(root / "run"), output=str(root / "out")))
     return root / "out", fields, params, summary
+
+
+def _snippet(readme: str, heading: str) -> str:
+    """The first ```python block after `heading` in the model card."""
+    after = readme[readme.index(heading):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]
 
 
 def test_run_writes_every_format_and_reports_parity(exported):
@@ -114,7 +122,7 @@ def test_training_checkpoints_fallback_and_formats_subset(tmp_path):
         assert np.array_equal(a, b)
     summary = export.run(_config(checkpoint=str(tmp_path / "run"), output=str(tmp_path / "out"),
                                  formats=("open_clip",)))
-    assert set(os.listdir(tmp_path / "out")) == {"open_clip", "export.json"}
+    assert set(os.listdir(tmp_path / "out")) == {"open_clip", "export.json", "README.md"}
     assert max(summary["parity"].values()) < TOL
     config = json.loads((tmp_path / "out" / "open_clip" / "open_clip_config.json").read_text())
     assert config["model_cfg"]["init_logit_bias"] == pytest.approx(float(params["logit_bias"]))
@@ -127,3 +135,88 @@ def test_bad_requests_fail_clearly(tmp_path):
         export.run(_config(output=str(tmp_path / "o")))
     with pytest.raises(FileNotFoundError, match="model_config.json"):
         export.run(_config(checkpoint=str(tmp_path), output=str(tmp_path / "o")))
+
+
+# ------------------------------------------------------- a self-contained export (issue 16, item 6)
+def test_open_clip_config_points_inside_the_export(exported):
+    out, _, _, summary = exported
+    oc_dir = out / "open_clip"
+    text_cfg = json.loads((oc_dir / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        target = (oc_dir / text_cfg[key]).resolve()
+        assert target == oc_dir.resolve(), (key, text_cfg[key])  # relative to the folder, not a machine path
+    config = transformers.AutoConfig.from_pretrained(str(oc_dir))  # what open_clip's HFTextEncoder calls
+    assert config.model_type == "bert" and config.vocab_size == 30522 and config.hidden_size == 64
+    tok = transformers.AutoTokenizer.from_pretrained(str(oc_dir))
+    assert tok.unk_token_id not in tok("seizure")["input_ids"]
+    assert set(summary["open_clip"]["tokenizer_files"]) >= {"vocab.txt"}
+    venv_path = _text_hf_dir()
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".txt"):
+            assert venv_path not in path.read_text(), path  # no file names the training machine's folders
+
+
+def test_every_file_has_the_same_permissions(exported):
+    out = exported[0]
+    modes = {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    assert "open_clip/open_clip_model.safetensors" in modes and "hf_bert/model.safetensors" in modes
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_model_card_documents_the_run(exported):
+    out, fields, _, _ = exported
+    readme = (out / "README.md").read_text()
+    for heading in ("## Files", "## The PhenoLIP text embedding", "### transformers + torch", "### open_clip",
+                    "## Training", "## Metrics"):
+        assert heading in readme, heading
+    assert "add_pooling_layer=False" in readme and "exact (erf) GELU" in readme
+    assert json.dumps(fields["text_config"]["bert"]["vocab_size"]) in readme  # the model config is shown
+    compile(_snippet(readme, "### open_clip"), "open_clip_snippet", "exec")  # open_clip cannot be imported here
+
+
+def test_transformers_snippet_reproduces_jax_in_a_fresh_process(exported, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from phenolip_jax import inference
+
+    out = exported[0]
+    copy = tmp_path / "moved_export"
+    shutil.copytree(out, copy)  # another folder: only what the export holds
+    texts = ["Clinical photograph showing hypertelorism.", "Seizure", "a b c", "short stature of the limbs"]
+    code = _snippet((copy / "README.md").read_text(), "### transformers + torch")
+    code += f"\nimport numpy as np\nnp.save('emb.npy', embed({texts!r}).numpy())\n"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # -I: no PYTHONPATH, no user site, no cwd on sys.path: phenolip_jax is not importable from the snippet.
+    proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=copy, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pooler" not in proc.stderr.lower(), proc.stderr[-3000:]  # nothing reported missing
+    got = np.load(copy / "emb.npy")
+    want = inference.load(str(out.parent / "run")).encode_texts(texts)
+    assert got.shape == want.shape == (4, 32)
+    diff = float(np.abs(got - want).max())
+    print(f"transformers snippet vs JAX text embeddings: max abs diff {diff:.2e}")
+    assert diff < 1e-5
+
+
+def test_snippet_follows_mean_pooling_and_a_linear_head(tmp_path, monkeypatch):
+    from phenolip_jax import inference
+
+    fields = tiny_fields(text_head="linear", pooling="mean")
+    fields["text_config"]["bert"]["vocab_size"] = 30522
+    params = random_params(fields, seed=5)
+    _write_run(tmp_path / "run", fields, params, _text_hf_dir())
+    export.run(_config(checkpoint=str(tmp_path / "run"), output=str(tmp_path / "out"), formats=("hf_bert",),
+                       verify=False))
+    code = _snippet((tmp_path / "out" / "README.md").read_text(), "### transformers + torch")
+    assert "masked mean" in code and 'head["proj.weight"]' in code and "fc1" not in code
+    monkeypatch.chdir(tmp_path / "out")
+    namespace = {}
+    exec(compile(code, "snippet", "exec"), namespace)
+    texts = ["Seizure", "a longer caption about the shape of the skull"]
+    got = namespace["embed"](texts).numpy()
+    want = inference.load(str(tmp_path / "run")).encode_texts(texts)
+    assert float(np.abs(got - want).max()) < 1e-5

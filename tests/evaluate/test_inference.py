@@ -129,3 +129,56 @@ def test_open_clip_directory(tmp_path, tiny_bert_dir):
                        method=model.encode_text)
     np.testing.assert_allclose(m.encode_texts(["seizure"]), np.asarray(want), atol=1e-5)
     assert_unit_rows(m.encode_images(np.zeros((2, 20, 20, 3), np.uint8)), 2, 16)
+
+
+# ------------------------------------------------------------------- API papercuts (issue 16, item 8)
+def test_one_hwc_image_is_refused_not_read_as_rows(stage2_model):
+    one = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"one image of shape \(16, 16, 3\).*image\[None\]"):
+        stage2_model.encode_images(one)
+    with pytest.raises(ValueError, match="one image"):
+        stage2_model.encode_images(np.zeros((16, 16), np.uint8))
+    assert_unit_rows(stage2_model.encode_images(one[None]), 1, 16)
+
+
+def test_empty_inputs_give_zero_rows_of_the_embedding_width(stage2_model, stage1_workdir):
+    assert stage2_model.embed_dim == 16
+    assert stage2_model.encode_texts([]).shape == (0, 16)
+    assert stage2_model.encode_images([]).shape == (0, 16)
+    assert stage2_model.encode_images(np.zeros((0, 16, 16, 3), np.uint8)).shape == (0, 16)
+    assert stage2_model.encode_phenotypes([]).shape == (0, 16)
+    assert inference.load(stage1_workdir).encode_texts([]).shape == (0, 16)
+
+
+def test_empty_text_warns(stage2_model):
+    with pytest.warns(UserWarning, match="empty text"):
+        stage2_model.encode_texts(["seizure", "  "])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stage2_model.encode_texts(["seizure"])
+
+
+def test_underscore_hpo_ids_are_accepted(stage2_model):
+    assert inference.canonical_hpo_id("HP_0000316") == "HP:0000316"
+    assert inference.canonical_hpo_id("Seizure") == "Seizure"
+    np.testing.assert_allclose(stage2_model.encode_phenotypes(["HP_0000316", "hp:0001250"]),
+                               stage2_model.encode_phenotypes(["HP:0000316", "HP:0001250"]), atol=1e-6)
+
+
+def test_logit_scale_classify_and_short_repr(stage2_model, stage1_workdir, tiny_demo_dir):
+    m = stage2_model
+    assert m.logit_scale == pytest.approx(float(np.exp(m.params["logit_scale"])))
+    paths = demo_images(tiny_demo_dir, 3)
+    probs = m.classify(paths, PHENOTYPES)
+    assert probs.shape == (3, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    logits = m.logit_scale * m.encode_images(paths) @ m.encode_phenotypes(PHENOTYPES).T
+    np.testing.assert_array_equal(probs.argmax(1), logits.argmax(1))
+    text = repr(m)
+    assert text.startswith("Model(kind='stage2'") and "embed_dim=16" in text and len(text) < 300
+    stage1 = inference.load(stage1_workdir)
+    assert stage1.logit_scale is None and len(repr(stage1)) < 300
+    with pytest.raises(ValueError, match="cannot classify"):
+        stage1.classify(paths, PHENOTYPES)

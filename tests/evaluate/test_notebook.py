@@ -37,6 +37,9 @@ def test_notebook_runs_on_a_tiny_checkpoint(stage2_workdir, tiny_demo_dir, tmp_p
     monkeypatch.setenv("PHENOLIP_NOTEBOOK_CHECKPOINT", stage2_workdir)
     monkeypatch.setenv("PHENOLIP_NOTEBOOK_DATA", os.path.join(tiny_demo_dir, "manifest.jsonl"))
     monkeypatch.setenv("PHENOLIP_NOTEBOOK_OUT", str(out))
+    monkeypatch.setenv("PHENOLIP_NOTEBOOK_IMAGES", os.path.join(tiny_demo_dir, "images"))
+    monkeypatch.setenv("PHENOLIP_NOTEBOOK_ORGAN_SYSTEM", "HP:0000598")  # fewer candidates: a faster test
+    monkeypatch.setenv("PHENOLIP_NOTEBOOK_SKIP_GPU_INSTALL", "1")
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__main__"}
     for i, code in enumerate(notebook_code(NOTEBOOK)):
@@ -49,3 +52,19 @@ def test_notebook_runs_on_a_tiny_checkpoint(stage2_workdir, tiny_demo_dir, tmp_p
     for name in saved["figures"].values():
         assert (out / name).stat().st_size > 1000
     assert (out / "report.md").exists()
+    assert (out / "predict" / "predictions.csv").stat().st_size > 100  # the predict cell ran on the demo images
+
+
+def test_notebook_has_badge_repo_url_gpu_install_and_upload_cells():
+    with open(NOTEBOOK) as f:
+        cells = json.load(f)["cells"]
+    sources = ["".join(c["source"]) for c in cells]
+    assert "colab.research.google.com/assets/colab-badge.svg" in sources[0]  # Open-in-Colab badge on top
+    assigned = [s for s in sources if re.search(r"^REPO_URL = ", s, re.MULTILINE)]
+    assert len(assigned) == 1 and sum(s.count("REPO_URL =") for s in sources) == 1  # one visible place
+    gpu = next(s for s in sources if "jax[cuda12]" in s)
+    # A command that runs on a GPU runtime, not a comment telling the user to type it.
+    assert re.search(r'^if shutil\.which\("nvidia-smi"\).*:\n\s+!pip install -q "jax\[cuda12\]', gpu, re.MULTILINE)
+    upload = next(s for s in sources if "google.colab" in s)
+    assert "drive.mount(" in upload and "files.upload()" in upload
+    assert any("configs/predict.py" in s for s in sources) and any('load_config("predict")' in s for s in sources)

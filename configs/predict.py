@@ -1,0 +1,29 @@
+"""Likely phenotypes for a folder of unlabelled images: top-k HPO terms per image, as CSV and JSONL.
+
+`python -m phenolip_jax.main --config=configs/predict.py --config.checkpoint=RUN --config.images=FOLDER --workdir=OUT`
+
+Candidates are every term under HP:0000118 (Phenotypic abnormality), or the ids listed in `candidates`;
+`organ_system` keeps only those under one organ system. Writes OUT/predictions.csv and OUT/predictions.jsonl.
+"""
+import ml_collections
+
+FORMATS = ("csv", "jsonl")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Predict config; there are no variants (`arg` is accepted for the common signature and must be empty)."""
+    if arg:
+        raise ValueError(f"configs/predict.py has no variant {arg!r}")
+    c = ml_collections.ConfigDict()
+    c.stage = "predict"
+    c.checkpoint = ""  # stage-2 workdir, a checkpoint folder inside one, or an open_clip directory (needs images)
+    c.tokenizer_dir = ""  # '' = the tokenizer recorded in the run
+    c.images = ""  # folder of images (searched recursively: png, jpg, jpeg, bmp, gif, tif, tiff, webp)
+    c.candidates = ""  # '' = all terms under HP:0000118; else a JSON list or text file of HPO ids (one per line)
+    c.organ_system = ""  # '' = all; else one organ system (a child of HP:0000118), by id or name
+    c.top_k = 10  # terms reported per image
+    c.templates = ()  # prompt templates ensembled per phenotype ('{}' = the name); () = the model's own
+    c.batch_size = 64  # images / prompts per encoder call (fixed shape: one compilation per tower)
+    c.output_dir = ""  # '' = the --workdir given to main.py
+    c.formats = FORMATS  # any non-empty subset of ('csv', 'jsonl')
+    return c

@@ -1,0 +1,175 @@
+"""The predict stage: top-k HPO terms for each image of an unlabelled folder, written as CSV and JSONL.
+
+Scores are cosine similarities between an image embedding and each candidate phenotype's template-ensembled
+text embedding (`Model.encode_phenotypes`); ranks are over the candidates only.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from phenolip_jax import inference
+from phenolip_jax.evaluate.run import read_candidates
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+PHENOTYPIC_ABNORMALITY = "HP:0000118"
+FORMATS = ("csv", "jsonl")
+
+
+def validate(cfg: Any) -> None:
+    """Checks every field before anything loads; one line naming the field and what it allows."""
+    if not cfg.checkpoint:
+        raise ValueError("config.checkpoint is empty: set --config.checkpoint=RUN (a stage-2 workdir or open_clip dir)")
+    if not cfg.images or not os.path.isdir(cfg.images):
+        raise ValueError(f"config.images={cfg.images!r} is not a folder: set --config.images=FOLDER of images")
+    if int(cfg.top_k) < 1:
+        raise ValueError(f"config.top_k={cfg.top_k}: must be a positive integer")
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"config.batch_size={cfg.batch_size}: must be a positive integer")
+    formats = tuple(cfg.formats)
+    if not formats or set(formats) - set(FORMATS):
+        raise ValueError(f"config.formats={formats}: choose a non-empty subset of {FORMATS}")
+    if cfg.candidates and not os.path.isfile(cfg.candidates):
+        raise ValueError(f"config.candidates={cfg.candidates!r} is not a file: give a JSON list or a text file of "
+                         "HPO ids, or '' for every term under HP:0000118")
+
+
+def list_images(folder: str) -> list[str]:
+    """Image files under `folder` (recursive, sorted), by extension."""
+    found = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not found:
+        raise ValueError(f"config.images={folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return found
+
+
+def organ_system_index(onto: Any, organ: str) -> int:
+    """The term index of an organ system given by id ('HP:0000707', 'HP_0000707') or name (case-insensitive)."""
+    systems = {int(i): onto.names[int(i)] for i in onto.organ_system_ids}
+    key = inference.canonical_hpo_id(organ.strip())
+    for i, name in systems.items():
+        if key == onto.ids[i] or organ.strip().lower() == name.lower():
+            return i
+    allowed = "; ".join(f"{onto.ids[i]} {name}" for i, name in sorted(systems.items(), key=lambda kv: kv[1]))
+    raise ValueError(f"config.organ_system={organ!r} is not an organ system: use one of {allowed}")
+
+
+def select_candidates(onto: Any, candidates: str = "", organ_system: str = "") -> list[str]:
+    """Candidate HPO ids: every term under HP:0000118 or the listed ids (resolved, deduplicated), optionally
+    only those under one organ system."""
+    if candidates:
+        ids = list(dict.fromkeys(onto.ids[onto.index(inference.canonical_hpo_id(c))]
+                                 for c in read_candidates(candidates)))
+    else:
+        root = onto.index(PHENOTYPIC_ABNORMALITY)
+        ids = [onto.ids[int(i)] for i in onto.subtree(root) if int(i) != root]
+    if organ_system:
+        organ = organ_system_index(onto, organ_system)
+        ids = [h for h in ids if organ in set(int(o) for o in onto.organ_systems(h))]
+    if not ids:
+        raise ValueError(f"no candidate phenotypes left (config.candidates={candidates!r}, "
+                         f"config.organ_system={organ_system!r})")
+    return ids
+
+
+def progress_bar(done: int, total: int, start: float, what: str = "images") -> None:
+    """One carriage-return progress line on stderr: bar, count, elapsed and ETA."""
+    frac = done / max(total, 1)
+    elapsed = time.time() - start
+    eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+    bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
+    print(f"\r[{bar}] {done}/{total} {what} elapsed {elapsed:.0f}s eta {eta:.0f}s", end="\n" if done >= total else "",
+          file=sys.stderr, flush=True)
+
+
+def encode_folder(model: Any, paths: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """(embeddings [M, D] of the readable images, their paths, the paths that could not be read: skipped)."""
+    kept, failed, start = [], [], time.time()
+    for lo in range(0, len(paths), batch_size):
+        chunk = list(paths[lo:lo + batch_size])
+        try:
+            kept.append((chunk, model.encode_images(chunk)))
+        except (OSError, ValueError):  # find the unreadable file(s) one by one
+            for p in chunk:
+                try:
+                    kept.append(([p], model.encode_images([p])))
+                except (OSError, ValueError) as err:
+                    failed.append(p)
+                    print(f"\npredict: skipped {p}: {err}", file=sys.stderr, flush=True)
+        progress_bar(min(lo + batch_size, len(paths)), len(paths), start)
+    names = [p for chunk, _ in kept for p in chunk]
+    emb = np.concatenate([e for _, e in kept]) if kept else np.zeros((0, model.embed_dim), np.float32)
+    return emb, names, failed
+
+
+def top_k_rows(onto: Any, image_emb: np.ndarray, phen_emb: np.ndarray, ids: Sequence[str],
+               k: int) -> list[list[dict[str, Any]]]:
+    """Per image, its k best candidates: rank, hpo_id, name, score (cosine), organ systems (names)."""
+    scores = image_emb @ phen_emb.T
+    k = min(k, len(ids))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = []
+    for row, top in zip(scores, order):
+        preds = []
+        for rank, j in enumerate(top, start=1):
+            idx = onto.index(ids[j])
+            preds.append(dict(rank=rank, hpo_id=ids[j], name=onto.names[idx], score=round(float(row[j]), 6),
+                              organ_systems=[onto.names[int(o)] for o in onto.organ_systems(idx)]))
+        out.append(preds)
+    return out
+
+
+def write_outputs(out_dir: str, images: Sequence[str], predictions: Sequence[Sequence[dict[str, Any]]],
+                  formats: Sequence[str]) -> list[str]:
+    """predictions.csv (one row per image and rank) and/or predictions.jsonl (one object per image)."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    if "csv" in formats:
+        path = os.path.join(out_dir, "predictions.csv")
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "rank", "hpo_id", "name", "score", "organ_systems"])
+            for image, preds in zip(images, predictions):
+                for p in preds:
+                    w.writerow([image, p["rank"], p["hpo_id"], p["name"], p["score"], "; ".join(p["organ_systems"])])
+        written.append(path)
+    if "jsonl" in formats:
+        path = os.path.join(out_dir, "predictions.jsonl")
+        with open(path, "w") as f:
+            for image, preds in zip(images, predictions):
+                f.write(json.dumps(dict(image=image, predictions=list(preds))) + "\n")
+        written.append(path)
+    return written
+
+
+def run(cfg: Any, workdir: str) -> dict[str, Any]:
+    """Predict top-k phenotypes for every image in cfg.images; writes the outputs and returns a summary."""
+    validate(cfg)
+    t0 = time.time()
+    paths = list_images(cfg.images)
+    model = inference.load(cfg.checkpoint, tokenizer_dir=cfg.tokenizer_dir or None, batch_size=int(cfg.batch_size),
+                           templates=tuple(cfg.templates) or None)
+    if not model.has_images:
+        raise ValueError(f"config.checkpoint={cfg.checkpoint!r} is a stage-1 text encoder: predict needs a model "
+                         "with an image tower (a stage-2 workdir or an open_clip directory)")
+    ids = select_candidates(model.ontology, cfg.candidates, cfg.organ_system)
+    print(f"predict: {len(paths)} images, {len(ids)} candidate phenotypes x {len(model.templates)} templates",
+          flush=True)
+    phen = model.encode_phenotypes(ids)
+    emb, kept, failed = encode_folder(model, paths, int(cfg.batch_size))
+    predictions = top_k_rows(model.ontology, emb, phen, ids, int(cfg.top_k))
+    rel = [os.path.relpath(p, cfg.images) for p in kept]
+    out_dir = cfg.output_dir or workdir
+    written = write_outputs(out_dir, rel, predictions, tuple(cfg.formats))
+    summary = dict(images=len(paths), predicted=len(kept), skipped=[os.path.relpath(p, cfg.images) for p in failed],
+                   candidates=len(ids), top_k=min(int(cfg.top_k), len(ids)), outputs=written,
+                   seconds=round(time.time() - t0, 1))
+    print(json.dumps(summary), flush=True)
+    return summary
