@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phenolip_jax import config_lib
-from phenolip_jax.data import pipeline
+from phenolip_jax.data import images, pipeline
 from phenolip_jax.data.manifest import read_manifest
 from phenolip_jax.data.records import validate_records
 from phenolip_jax.evaluate.retrieval import retrieval_report
@@ -124,7 +124,9 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
     pos = {h: i for i, h in enumerate(pheno_ids)}
     row_phen = [[pos[h] for h in r.hpo_ids] for r in records]
     names = [onto.names[onto.index(h)] for h in pheno_ids]
-    enc_img = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
+    mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
+    enc_img = jax.jit(lambda p, x: model.apply({"params": p}, images.model_input(x, mean, std),
+                                               method=model.encode_image))
     enc_txt = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode_text))
 
     def evaluate(state) -> dict[str, float]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from phenolip_jax import losses
+from phenolip_jax.data import images
 
 
 def batch_relation_scores(batch: dict, hierarchy: Any) -> jax.Array:
@@ -83,8 +84,9 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any):
     contrastive = contrastive_fn(int(lc.get("chunk", 0)))
 
     def objective(params, teacher, batch, rng):
+        pixels = images.model_input(batch["image"], cfg.data.mean, cfg.data.std)  # uint8 -> normalised, on device
         out = model.apply(
-            {"params": params}, batch["image"], batch["input_ids"], batch["attention_mask"],
+            {"params": params}, pixels, batch["input_ids"], batch["attention_mask"],
             train=True, rngs={"dropout": rng},
         )
         v, t = out["image"], out["text"]
