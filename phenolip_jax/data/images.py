@@ -127,9 +127,10 @@ def normalize(img: np.ndarray, mean: Sequence[float] = CLIP_MEAN,
     return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def model_input(images: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """Batch images as the model takes them: uint8 (what the pipelines ship) is normalised here, on the device
-    when called inside jit; float images are taken as already normalised."""
+def model_input(images: Any, data_cfg: Any) -> Any:
+    """Batch images as the model takes them: uint8 (what the pipelines ship) is normalised here with
+    `data_cfg.mean` / `data_cfg.std`, on the device when called inside jit; float images are taken as already
+    normalised (and `data_cfg` is not read)."""
     if images.dtype == np.uint8:
-        return normalize(images, mean, std)
+        return normalize(images, data_cfg.mean, data_cfg.std)
     return images

@@ -221,7 +221,8 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
 def make_train_iterator(cfg_data, records, tokenizer, ontology, seed: int, **kwargs):
     """A checkpointable iterator of per-host train batches (`get_state()` / `set_state()`).
 
-    Batch keys: image uint8 [B,H,W,3] (normalise with `images.model_input`), input_ids / attention_mask i32 [B,L], hpo i32 [B,M],
+    Batch keys: image uint8 [B,H,W,3] (normalised on the device: `images.model_input`),
+    input_ids / attention_mask i32 [B,L], hpo i32 [B,M],
     hpo_anc / hpo_hops i32 [B,M,A], organs i32 [B,O], image_id / caption_id i32 [B].
     `records`: validated Records (read with `image_root`) or a random-access source of examples.
     """

@@ -124,8 +124,7 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
     pos = {h: i for i, h in enumerate(pheno_ids)}
     row_phen = [[pos[h] for h in r.hpo_ids] for r in records]
     names = [onto.names[onto.index(h)] for h in pheno_ids]
-    mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
-    enc_img = jax.jit(lambda p, x: model.apply({"params": p}, images.model_input(x, mean, std),
+    enc_img = jax.jit(lambda p, x: model.apply({"params": p}, images.model_input(x, cfg.data),
                                                method=model.encode_image))
     enc_txt = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode_text))
 

@@ -84,7 +84,7 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any):
     contrastive = contrastive_fn(int(lc.get("chunk", 0)))
 
     def objective(params, teacher, batch, rng):
-        pixels = images.model_input(batch["image"], cfg.data.mean, cfg.data.std)  # uint8 -> normalised, on device
+        pixels = images.model_input(batch["image"], cfg.get("data"))  # uint8 -> normalised, on device
         out = model.apply(
             {"params": params}, pixels, batch["input_ids"], batch["attention_mask"],
             train=True, rngs={"dropout": rng},
