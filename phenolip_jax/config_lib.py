@@ -109,6 +109,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             raise ValueError(f"config.{field}={cfg[field]} must be > 0")
     if cfg.eval_every < 0:
         raise ValueError(f"config.eval_every={cfg.eval_every} must be >= 0 (0 = only at the end)")
+    if cfg.stage == "stage1" and cfg.eval_every:
+        raise ValueError(f"config.eval_every={cfg.eval_every}: stage 1 evaluates before and after training only; "
+                         "use 0")
     _positive(cfg, "data", ("max_len", "max_organs", "batch_size", "image_size", "max_hpo",
                             "terms_per_batch", "views_per_term"))
     if cfg.data.get("max_ancestors", 0) < 0:

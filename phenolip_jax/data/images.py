@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -122,6 +122,15 @@ def eval_view(rgb: np.ndarray, size: int) -> np.ndarray:
 
 def normalize(img: np.ndarray, mean: Sequence[float] = CLIP_MEAN,
               std: Sequence[float] = CLIP_STD) -> np.ndarray:
-    """uint8 [H,W,3] -> float32 (x/255 - mean) / std."""
+    """uint8 [..., H, W, 3] -> float32 (x/255 - mean) / std; numpy arrays or jax arrays (inside jit)."""
     x = img.astype(np.float32) * np.float32(1 / 255)
     return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def model_input(images: Any, data_cfg: Any) -> Any:
+    """Batch images as the model takes them: uint8 (what the pipelines ship) is normalised here with
+    `data_cfg.mean` / `data_cfg.std`, on the device when called inside jit; float images are taken as already
+    normalised (and `data_cfg` is not read)."""
+    if images.dtype == np.uint8:
+        return normalize(images, data_cfg.mean, data_cfg.std)
+    return images

@@ -24,8 +24,8 @@ from phenolip_jax.ontology import organ_table, sized_ancestor_table
 # Every field the pipelines read, with its default. A config may set any subset; unknown keys fail.
 DATA_DEFAULTS: dict[str, Any] = dict(
     image_size=224,  # square side of the model input, pixels
-    mean=images.CLIP_MEAN,  # per-channel normalisation mean (of x/255)
-    std=images.CLIP_STD,  # per-channel normalisation std
+    mean=images.CLIP_MEAN,  # per-channel normalisation mean (of x/255), applied on the device (model_input)
+    std=images.CLIP_STD,  # per-channel normalisation std, applied on the device
     crop_scale=(0.9, 1.0),  # RandomResizedCrop area fraction range (train only)
     hflip=False,  # random horizontal flip (train only); off: laterality matters in medical images
     max_len=256,  # caption context length L in tokens (longer captions are truncated)
@@ -121,32 +121,32 @@ def _decode(image: Any) -> np.ndarray:
     return images.decode_rgb(bytes(image))[0]
 
 
+# Images leave the pipeline as uint8 (a quarter of float32's bytes to copy to the device); the objective and
+# the evaluators normalise them there with config.data.mean / std (`images.model_input`).
+
+
 @dataclasses.dataclass
 class TrainImage(grain.transforms.RandomMap):
-    """Decode, random resized crop (+ optional flip), normalise; randomness from grain's per-index rng."""
+    """Decode, random resized crop (+ optional flip), uint8; randomness from grain's per-index rng."""
 
     size: int
     scale: tuple[float, float]
     hflip: bool
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         view = images.train_view(_decode(element["image"]), self.size, rng, self.scale, self.hflip)
-        return {**element, "image": images.normalize(view, self.mean, self.std)}
+        return {**element, "image": np.ascontiguousarray(view, np.uint8)}
 
 
 @dataclasses.dataclass
 class EvalImage(grain.transforms.Map):
-    """Decode, resize shorter side + centre crop, normalise."""
+    """Decode, resize shorter side + centre crop, uint8."""
 
     size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         view = images.eval_view(_decode(element["image"]), self.size)
-        return {**element, "image": images.normalize(view, self.mean, self.std)}
+        return {**element, "image": np.ascontiguousarray(view, np.uint8)}
 
 
 class EncodeHpo(grain.transforms.Map):
@@ -216,8 +216,7 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
     # Maps come before the process slice: grain seeds a random map by the element's index in the dataset
     # it is applied to, so a record's crop is then the same for any process count (maps are lazy: each
     # process still decodes only its own slice).
-    ds = ds.random_map(TrainImage(cfg["image_size"], tuple(cfg["crop_scale"]), bool(cfg["hflip"]),
-                                  tuple(cfg["mean"]), tuple(cfg["std"])), seed=seed + 1)
+    ds = ds.random_map(TrainImage(cfg["image_size"], tuple(cfg["crop_scale"]), bool(cfg["hflip"])), seed=seed + 1)
     if teacher is not None:  # before Tokenize, which consumes the caption text
         ds = ds.map(teacher)
     ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
@@ -230,7 +229,8 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
 def make_train_iterator(cfg_data, records, tokenizer, ontology, seed: int, **kwargs):
     """A checkpointable iterator of per-host train batches (`get_state()` / `set_state()`).
 
-    Batch keys: image f32 [B,H,W,3], input_ids / attention_mask i32 [B,L], hpo i32 [B,M],
+    Batch keys: image uint8 [B,H,W,3] (normalised on the device: `images.model_input`),
+    input_ids / attention_mask i32 [B,L], hpo i32 [B,M],
     hpo_anc / hpo_hops i32 [B,M,A], organs i32 [B,O], image_id / caption_id i32 [B]; with `teacher=`
     also teacher_input_ids / teacher_attention_mask i32 [B,L'] (its own tokenizer) or teacher_emb f32 [B,D].
     `records`: validated Records (read with `image_root`) or a random-access source of examples.
@@ -256,7 +256,7 @@ def make_eval_batches(cfg_data, records, tokenizer, ontology, *, image_root=None
     total = -(-n // (pc * b)) * pc * b
 
     ds = grain.MapDataset.range(total)[pi::pc].map(PaddedExample(source))
-    ds = ds.map(EvalImage(cfg["image_size"], tuple(cfg["mean"]), tuple(cfg["std"])))
+    ds = ds.map(EvalImage(cfg["image_size"]))
     ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
     ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
                                      cfg["max_hops"], cfg["max_organs"], cfg["strict"])))

@@ -13,7 +13,7 @@ from phenolip_jax import artifacts
 from phenolip_jax.convert import hf_bert
 from phenolip_jax.models import bert as bert_lib
 from phenolip_jax.models import two_tower
-from phenolip_jax.ontology import load_ontology
+from phenolip_jax.ontology import ancestor_table, load_ontology
 
 
 def text_tower_fields(text_cfg: Any, bert_kwargs: dict, dtype: str, attention: str | None = None,
@@ -72,6 +72,15 @@ def load_text_encoder(text_cfg: Any, dtype: str, seed: int) -> tuple[two_tower.T
 def log_scale(init: float) -> np.ndarray:
     """The stored (log) logit scale for a multiplier `init`."""
     return np.asarray(math.log(init), np.float32)
+
+
+def ancestor_width(cfg: Any) -> int:
+    """config.data.max_ancestors, or (0) the width the ontology needs at config.loss.hierarchy.max_hops."""
+    if cfg.data.max_ancestors:
+        return int(cfg.data.max_ancestors)
+    onto = load_ontology_from_config(cfg.ontology)
+    every = np.arange(len(onto.ids), dtype=np.int32)
+    return int(ancestor_table(onto, every, cfg.loss.hierarchy.max_hops)[0].shape[1])
 
 
 def load_ontology_from_config(ontology_cfg: Any):

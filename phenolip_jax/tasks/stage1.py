@@ -173,9 +173,9 @@ def build_model(cfg: Any, bert_kwargs: dict) -> tuple[Any, Any, dict]:
 def batch_shapes(cfg: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
     """{key: (global shape, dtype)} of a train batch, as `stage1_batches` yields them (all processes)."""
     rows, length = cfg.data.terms_per_batch * cfg.data.views_per_term, cfg.data.max_len
-    i32 = np.int32
+    i32, width = np.int32, common.ancestor_width(cfg)
     return dict(input_ids=((rows, length), i32), attention_mask=((rows, length), i32), hpo=((rows, 1), i32),
-                hpo_anc=((rows, 1, cfg.data.max_ancestors), i32), hpo_hops=((rows, 1, cfg.data.max_ancestors), i32),
+                hpo_anc=((rows, 1, width), i32), hpo_hops=((rows, 1, width), i32),
                 organs=((rows, cfg.data.max_organs), i32))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from phenolip_jax import artifacts, config_lib
 from phenolip_jax.convert import export, open_clip
-from phenolip_jax.data import demo, paths, pipeline, sources
+from phenolip_jax.data import demo, images, paths, pipeline, sources
 from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.evaluate import retrieval
 from phenolip_jax.evaluate.unseen import related_phenotypes, unseen_report
@@ -125,7 +125,8 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
     pheno_ids = sorted({h for r in records for h in r.hpo_ids})
     names = [onto.names[onto.index(h)] for h in pheno_ids]
     seen, related = np.array([h in train_hpo for h in pheno_ids]), related_phenotypes(onto, pheno_ids)
-    enc_img = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
+    enc_img = jax.jit(lambda p, x: model.apply({"params": p}, images.model_input(x, cfg.data),
+                                               method=model.encode_image))
     enc_txt = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode_text))
 
     def evaluate(state) -> dict[str, float]:
@@ -173,8 +174,8 @@ def build_model(cfg: Any, bert_kwargs: dict, teacher_model: Any) -> tuple[two_to
 def batch_shapes(cfg: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
     """{key: (global shape, dtype)} of a train batch, as `pipeline.make_train_iterator` yields them."""
     d, i32 = cfg.data, np.int32
-    b, m, a = d.batch_size, d.max_hpo, d.max_ancestors
-    return dict(image=((b, d.image_size, d.image_size, 3), np.float32), input_ids=((b, d.max_len), i32),
+    b, m, a = d.batch_size, d.max_hpo, common.ancestor_width(cfg)
+    return dict(image=((b, d.image_size, d.image_size, 3), np.uint8), input_ids=((b, d.max_len), i32),
                 attention_mask=((b, d.max_len), i32), hpo=((b, m), i32), hpo_anc=((b, m, a), i32),
                 hpo_hops=((b, m, a), i32), organs=((b, d.max_organs), i32), image_id=((b,), i32),
                 caption_id=((b,), i32))
@@ -206,8 +207,14 @@ def abstract_step(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[build_lib.ShardedS
     img = jax.ShapeDtypeStruct((1, cfg.data.image_size, cfg.data.image_size, 3), np.float32)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
     params = jax.eval_shape(model.init, jax.random.key(0), img, ids, ids)["params"]
+    shapes = batch_shapes(cfg)
+    if teacher is not None and cfg.loss.struct_weight == 0 and cfg.teacher.get("embeddings") == "precompute":
+        # As the run does: the batch carries each caption's precomputed teacher embedding, no teacher weights.
+        dim = jax.eval_shape(teacher_model.apply, {"params": teacher["params"]["text"]}, ids, ids).shape[-1]
+        shapes["teacher_emb"] = ((cfg.data.batch_size, dim), np.float32)
+        teacher = {}
     step = build_lib.build_step(cfg, mesh, objective, params, teacher)
-    return step, build_lib.abstract_batch(batch_shapes(cfg), mesh)
+    return step, build_lib.abstract_batch(shapes, mesh)
 
 
 def run(cfg: Any, workdir: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from phenolip_jax import losses
+from phenolip_jax.data import images
 from phenolip_jax.data.teacher_inputs import teacher_ids
 from phenolip_jax.train.step import SplitObjective
 
@@ -113,8 +114,9 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any) -> SplitOb
     contrastive = contrastive_fn(chunk)
 
     def embed(params, batch, rng):
+        pixels = images.model_input(batch["image"], cfg.get("data"))  # uint8 -> normalised, on device
         out = model.apply(
-            {"params": params}, batch["image"], batch["input_ids"], batch["attention_mask"],
+            {"params": params}, pixels, batch["input_ids"], batch["attention_mask"],
             train=True, rngs={"dropout": rng},
         )
         return {"image": out["image"], "text": out["text"]}

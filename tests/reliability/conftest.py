@@ -79,7 +79,7 @@ class MainRun:
         cmd = [sys.executable, "-m", "phenolip_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait(self, timeout: float = 240) -> int:
+    def wait(self, timeout: float = 600) -> int:
         """Exit code (negative: killed by that signal)."""
         try:
             return self.proc.wait(timeout=timeout)
@@ -92,7 +92,7 @@ class MainRun:
         with open(self.log_path) as f:
             return f.read()
 
-    def wait_for_lines(self, n: int, timeout: float = 240) -> int:
+    def wait_for_lines(self, n: int, timeout: float = 600) -> int:
         """Blocks until metrics.jsonl has >= n lines (returns the count); fails if the run ends first."""
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -80,3 +80,28 @@ def test_at_most_one_transfer_per_log_every_steps_and_batches_are_staged_ahead(t
     # staged (step k's fetch follows draw k+1), and nothing in between.
     assert events == "G" + "ddddd" + "G" + "dddd" + "G" + "ddd" + "G", events
     assert int(state.step) == 12
+
+
+def test_uint8_images_normalised_on_the_device_give_the_host_normalised_loss():
+    """The pipelines ship uint8 pixels; the stage-2 objective normalises them inside jit with config.data's
+    mean/std, exactly as the host used to (float batches are taken as already normalised)."""
+    import ml_collections
+    import numpy as np
+
+    from phenolip_jax.data import images
+    from phenolip_jax.train import objectives
+    from tests.train import test_step as ts
+
+    cfg = ts.tiny_cfg()
+    cfg.data = ml_collections.ConfigDict(dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)))
+    model = ts.tiny_model()
+    params = model.init(jax.random.key(0), np.zeros((1, ts.S, ts.S, 3), np.float32),
+                        np.zeros((1, ts.L), np.int32))["params"]
+    cfg.loss.kd_weight = 0.0  # no teacher needed for this check
+    objective = jax.jit(objectives.stage2_objective(model, None, cfg))
+    batch = ts.fake_batch(0)
+    raw = np.random.default_rng(1).integers(0, 256, batch["image"].shape, dtype=np.uint8)
+    on_device, _ = objective(params, {}, dict(batch, image=raw), jax.random.key(0))
+    on_host, _ = objective(params, {}, dict(batch, image=images.normalize(raw, cfg.data.mean, cfg.data.std)),
+                           jax.random.key(0))
+    np.testing.assert_allclose(float(on_device), float(on_host), rtol=1e-6)
