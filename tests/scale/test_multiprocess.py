@@ -100,7 +100,7 @@ def fsdp_run(tiny_config, one_run):
     processes. (With 4 devices per process an fsdp=2 pair is two devices of one process: each process then
     holds whole arrays, and jax.device_get works, so that layout would not test this.)"""
     workdir = one_run.parent / "fsdp"
-    result = mp.run_main(tiny_config, workdir, num_processes=2, devices_per_process=1, timeout=480.0,
+    result = mp.run_main(tiny_config, workdir, num_processes=2, devices_per_process=1, timeout=900.0,
                          overrides=("--config.mesh.fsdp=2", "--config.mesh.fsdp_min_size=256",
                                     "--config.total_steps=2"))
     return workdir, result
