@@ -95,10 +95,12 @@ def test_two_process_run_finishes_with_evaluation(runs):
 
 @pytest.fixture(scope="module")
 def fsdp_run(tiny_config, one_run):
-    """A 2-step 2-process run with parameters sharded over mesh.fsdp=2 (and most arrays above the size
-    floor): its final evaluation and params/ save read arrays whose shards live on both processes."""
+    """A 2-step run of 2 processes x 1 device with parameters sharded over mesh.fsdp=2 (and most arrays
+    above the size floor): its final evaluation and params/ save read arrays whose halves live on different
+    processes. (With 4 devices per process an fsdp=2 pair is two devices of one process: each process then
+    holds whole arrays, and jax.device_get works, so that layout would not test this.)"""
     workdir = one_run.parent / "fsdp"
-    result = mp.run_main(tiny_config, workdir, num_processes=2, devices_per_process=4, timeout=480.0,
+    result = mp.run_main(tiny_config, workdir, num_processes=2, devices_per_process=1, timeout=900.0,
                          overrides=("--config.mesh.fsdp=2", "--config.mesh.fsdp_min_size=256",
                                     "--config.total_steps=2"))
     return workdir, result
