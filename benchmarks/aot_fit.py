@@ -2,6 +2,7 @@
 
     python benchmarks/aot_fit.py --runs=goal            # compile the named run set, one at a time
     python benchmarks/aot_fit.py --table                # print benchmarks/aot_fit.jsonl as a Markdown table
+    python benchmarks/aot_fit.py --loss_traffic         # the stage-2 loss alone at 32K: hierarchy off vs on
 
 Each run appends one JSON line (config, topology, overrides, the AotReport figures) to --out; a run that
 fails to compile records its error. Needs libtpu (`pip install "jax[tpu]==0.10.2"`); set JAX_PLATFORMS=cpu.
@@ -72,6 +73,39 @@ def run_one(config: str, variant: str, topology: str, overrides: dict) -> dict:
     return record
 
 
+def loss_traffic(topology: str = "v5p:4x4x4", batch: int = 32768, dim: int = 512, chunk: int = 512) -> None:
+    """Compiles only the stage-2 image-text loss (+ grads) at a global batch, hierarchy off and on: its traffic."""
+    import jax
+    import jax.numpy as jnp
+
+    from phenolip_jax import losses
+    from phenolip_jax.train import mesh as mesh_lib
+    from phenolip_jax.train import objectives
+
+    cfg = config_lib.load_config("stage2", "biomedclip")
+    mesh = aot.topology_mesh(topology)
+    sharding = mesh_lib.batch_sharding(mesh)
+    sd = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)  # noqa: E731
+    m, a = cfg.data.max_hpo, cfg.data.max_ancestors
+    tables = dict(hpo=sd((batch, m), jnp.int32), hpo_anc=sd((batch, m, a), jnp.int32),
+                  hpo_hops=sd((batch, m, a), jnp.int32), organs=sd((batch, cfg.data.max_organs), jnp.int32))
+    emb = sd((batch, dim), jnp.float32)
+    for hier in (False, True):
+        cfg.loss.hierarchy.enabled = hier
+
+        def loss(v, t, b):
+            targets = objectives.pair_targets(b, cfg.loss.hierarchy)
+            return losses.chunked_softmax_contrastive(v, t, jnp.float32(25.0), targets, chunk=chunk)
+
+        t0 = time.time()
+        with jax.set_mesh(mesh):
+            c = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(emb, emb, tables).compile()
+        cost, mem = c.cost_analysis(), c.memory_analysis()
+        print(f"loss at B={batch} on {topology}, hierarchy={hier}: {cost['flops'] / 1e12:.3f} TFLOP, "
+              f"{cost['bytes accessed'] / 1e9:.1f} GB per chip, temps {mem.temp_size_in_bytes / 2**30:.2f} GiB, "
+              f"{time.time() - t0:.0f}s", flush=True)
+
+
 def table(path: str) -> str:
     """Markdown rows of the records in `path`."""
     gib = 2.0**30
@@ -103,7 +137,10 @@ def main() -> None:
     p.add_argument("--runs", default="", help=f"comma-separated run sets: {sorted(RUN_SETS)}")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "aot_fit.jsonl"))
     p.add_argument("--table", action="store_true", help="print the records in --out as a Markdown table")
+    p.add_argument("--loss_traffic", action="store_true", help="compile the stage-2 loss alone at 32K, hierarchy off/on")
     args = p.parse_args()
+    if args.loss_traffic:
+        loss_traffic()
     for name in filter(None, args.runs.split(",")):
         for run in RUN_SETS[name]:
             record = run_one(*run)
