@@ -80,13 +80,14 @@ def loss_traffic(topology: str = "v5p:4x4x4", batch: int = 32768, dim: int = 512
 
     from phenolip_jax import losses
     from phenolip_jax.train import mesh as mesh_lib
+    from phenolip_jax.tasks import common
     from phenolip_jax.train import objectives
 
     cfg = config_lib.load_config("stage2", "biomedclip")
     mesh = aot.topology_mesh(topology)
     sharding = mesh_lib.batch_sharding(mesh)
     sd = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)  # noqa: E731
-    m, a = cfg.data.max_hpo, cfg.data.max_ancestors
+    m, a = cfg.data.max_hpo, common.ancestor_width(cfg)
     tables = dict(hpo=sd((batch, m), jnp.int32), hpo_anc=sd((batch, m, a), jnp.int32),
                   hpo_hops=sd((batch, m, a), jnp.int32), organs=sd((batch, cfg.data.max_organs), jnp.int32))
     emb = sd((batch, dim), jnp.float32)
@@ -94,7 +95,8 @@ def loss_traffic(topology: str = "v5p:4x4x4", batch: int = 32768, dim: int = 512
         cfg.loss.hierarchy.enabled = hier
 
         def loss(v, t, b):
-            targets = objectives.pair_targets(b, cfg.loss.hierarchy)
+            # As the stage-2 objective builds them for a chunked loss: per [B, chunk] block, never [B, B].
+            targets = objectives.pair_targets(b, cfg.loss.hierarchy, blockwise=True)
             return losses.chunked_softmax_contrastive(v, t, jnp.float32(25.0), targets, chunk=chunk)
 
         t0 = time.time()
