@@ -58,8 +58,12 @@ def token_lengths(which: str, max_len: int) -> np.ndarray:
     return caption_lengths(hpo_definitions() if which == "hpo" else demo_captions(), tok, max_len)
 
 
+ANCESTORS = 17  # data.max_ancestors=0 sizes the table from the ontology: 17 wide at the config's 2 hops
+
+
 def step_flops(cfg, batch: int, length: int, *, cached: bool, phase: str = "full") -> float:
     """XLA FLOPs of one step of `batch` pairs with captions of `length` tokens."""
+    cfg.data.max_ancestors = cfg.data.max_ancestors or ANCESTORS
     mesh = mesh_lib.make_mesh(1, 1, devices=jax.devices()[:1])
     teacher_model, teacher = stage2.abstract_teacher(cfg)
     model, objective, _, _ = stage2.build_model(cfg, common.bert_fields(cfg.text), teacher_model)
