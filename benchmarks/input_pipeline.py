@@ -59,14 +59,26 @@ def write_image_folder(root: str, n: int, px: int, seed: int = 0) -> list[Record
 def pipeline_rate(cfg_data: dict[str, Any], records: Sequence[Record], tokenizer, ontology,
                   image_root: str, *, num_batches: int = 12, warmup: int = 2, seed: int = 0) -> float:
     """Examples/s of make_train_iterator after `warmup` batches (worker start-up excluded)."""
+    return pipeline_rates(cfg_data, records, tokenizer, ontology, image_root, num_batches=num_batches,
+                          warmup=warmup, seed=seed)[0]
+
+
+def pipeline_rates(cfg_data: dict[str, Any], records: Sequence[Record], tokenizer, ontology,
+                   image_root: str, *, num_batches: int = 12, warmup: int = 2, seed: int = 0) -> tuple[float, float]:
+    """(examples per wall second, examples per CPU second of this process) after `warmup` batches.
+
+    With workers = 0 every decode runs in this process, so examples per CPU second is what one core
+    sustains, whatever else loads the machine; with workers > 0 it counts the main process only.
+    """
     it = make_train_iterator(cfg_data, records, tokenizer, ontology, seed, image_root=image_root)
     for _ in range(warmup):
         next(it)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(num_batches):
         batch = next(it)
-    elapsed = time.perf_counter() - start
-    return num_batches * len(batch["image_id"]) / elapsed
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    n = num_batches * len(batch["image_id"])
+    return n / elapsed, n / max(cpu, 1e-9)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -85,10 +97,10 @@ def main(argv: Sequence[str]) -> None:
         print(f"wrote {len(records)} PNGs of {FLAGS.source_px}px in {time.perf_counter() - t:.1f}s "
               f"({os.cpu_count()} CPUs visible)")
         cfg = dict(image_size=FLAGS.image_size, max_len=FLAGS.max_len, per_host_batch_size=FLAGS.batch, prefetch=2)
-        rates, loads = {}, {}
+        rates, loads, per_cpu_s = {}, {}, {}
         for workers in (0, FLAGS.workers):
-            rates[workers] = pipeline_rate(dict(cfg, workers=workers), records, tok, onto, root,
-                                           num_batches=FLAGS.batches)
+            rates[workers], per_cpu_s[workers] = pipeline_rates(dict(cfg, workers=workers), records, tok, onto, root,
+                                                                num_batches=FLAGS.batches)
             loads[workers] = os.getloadavg()[0]
     print(f"image {FLAGS.image_size} px from {FLAGS.source_px} px PNGs, context {FLAGS.max_len}, batch {FLAGS.batch}")
     print(f"{'workers':>8} {'examples/s':>11} {'load avg':>9}")
@@ -96,10 +108,14 @@ def main(argv: Sequence[str]) -> None:
         print(f"{workers:>8} {rate:>11.1f} {loads[workers]:>9.2f}")
     print(f"ratio {FLAGS.workers} workers / 0 workers: {rates[FLAGS.workers] / rates[0]:.2f}x")
     per_worker = rates[FLAGS.workers] / max(FLAGS.workers, 1)
-    need = math.ceil(FLAGS.device_pairs_per_s / per_worker)
     print(f"per worker process: {per_worker:.1f} pairs/s (load average {loads[FLAGS.workers]:.2f}); one accelerator "
-          f"consuming {FLAGS.device_pairs_per_s:.0f} pairs/s needs {need} worker processes (a CPU core each); "
-          f"a host with 8 accelerators: {8 * need}")
+          f"consuming {FLAGS.device_pairs_per_s:.0f} pairs/s needs {math.ceil(FLAGS.device_pairs_per_s / per_worker)} "
+          f"such processes")
+    # CPU time is what a worker process on its own core would turn into wall time: robust to a loaded machine.
+    core = per_cpu_s[0]
+    need = math.ceil(FLAGS.device_pairs_per_s / core)
+    print(f"per CPU second (0 workers, all decoding in this process): {core:.1f} pairs; one accelerator needs "
+          f"{need} worker processes on cores of their own; a host with 8 accelerators: {8 * need}")
     if FLAGS.step_iters:
         consume = step_rate(FLAGS.batch, FLAGS.image_size, FLAGS.max_len, FLAGS.step_iters)
         best = max(rates.values())
