@@ -92,19 +92,24 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="pairs per lowered step (FLOPs are divided by it)")
     p.add_argument("--global-batch", type=int, default=256, help="G: captions whose longest sets the bucket")
     p.add_argument("--lengths", choices=("hpo", "demo"), default="hpo")
+    p.add_argument("--max_len", type=int, default=256, help="context the padding fraction is measured at")
+    p.add_argument("--lengths_only", action="store_true", help="print the caption-length statistics and stop")
     args = p.parse_args()
     cfg = config_lib.load_config("stage2", "biomedclip")
     cfg.data.batch_size = args.batch
     cfg.optim.freeze_steps = 0  # the full step, not the auto (cond) step; the freeze phase is asked for below
     cfg.teacher.embeddings = "on_the_fly"
     n, length, buckets = args.batch, cfg.data.max_len, tuple(cfg.data.length_buckets)
-    lengths = token_lengths(args.lengths, length)
     print(f"jax {jax.__version__} on {jax.default_backend()}; biomedclip stage 2, context {length}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"caption lengths ({args.lengths}, {len(lengths)} captions): mean {lengths.mean():.1f}, "
-          f"p50 {np.percentile(lengths, 50):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
-          f"p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()}; padding at {length}: "
-          f"{1 - lengths.mean() / length:.1%}")
+    shown = token_lengths(args.lengths, args.max_len)
+    print(f"caption lengths ({args.lengths}, {len(shown)} captions, capped at {args.max_len}): mean {shown.mean():.1f}, "
+          f"p50 {np.percentile(shown, 50):.0f}, p90 {np.percentile(shown, 90):.0f}, "
+          f"p99 {np.percentile(shown, 99):.0f}, max {shown.max()}; padding at {args.max_len}: "
+          f"{1 - shown.mean() / args.max_len:.1%}")
+    if args.lengths_only:
+        return
+    lengths = token_lengths(args.lengths, length)
     full = step_flops(cfg, n, length, cached=False) / n
     print(f"full step at {length}:            {full / 1e9:8.2f} GFLOP/pair")
     per_bucket = {b: step_flops(cfg, n, b, cached=True) / n for b in buckets + (length,)}
