@@ -1,15 +1,21 @@
 """Input pipeline throughput (examples/s) with 0 and N grain workers, beside the train step's consumption.
 
     python -m benchmarks.input_pipeline [--num_images=512 --batch=64 --batches=12 --workers=2]
+    python -m benchmarks.input_pipeline --image_size=224 --max_len=256 --source_px=512 --step_iters=0
+        (the biomedclip input: pairs/s per worker process against one accelerator's consumption)
 
 Writes a temp folder of PNGs (--source_px square, smooth gradients + noise so they compress like
 photographs rather than like pure noise), then times the train pipeline (decode, random resized
 crop to --image_size, normalise, tokenise to --max_len, HPO arrays, batch) and, in the same run, the
 stage-2 train step of the embedded small config at the same batch (pairs/s it consumes). Input is the
 bottleneck when the pipeline's rate is below the step's. `pipeline_rate` is the reusable part.
+Per worker process: the N-worker rate / N, against --device_pairs_per_s (default 1,400: what one H100 at 40%
+MFU consumes at context 256), gives the worker processes a host needs per accelerator. Decoding is CPU bound,
+so the 1-minute load average is printed with every rate: on a shared machine the rate is a lower bound.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -31,6 +37,7 @@ flags.DEFINE_integer("max_len", 32, "caption tokens (the embedded small config's
 flags.DEFINE_integer("step_iters", 3, "timed train steps (0 = skip the consumption side)")
 flags.DEFINE_integer("batches", 12, "timed batches per setting (after warm-up)")
 flags.DEFINE_integer("workers", 2, "grain workers for the second setting")
+flags.DEFINE_float("device_pairs_per_s", 1400.0, "pairs/s one accelerator consumes (H100, 40% MFU, context 256)")
 
 HPO = ("HP:0001250", "HP:0000478", "HP:0004322", "HP:0001263", "HP:0000252")
 
@@ -52,14 +59,26 @@ def write_image_folder(root: str, n: int, px: int, seed: int = 0) -> list[Record
 def pipeline_rate(cfg_data: dict[str, Any], records: Sequence[Record], tokenizer, ontology,
                   image_root: str, *, num_batches: int = 12, warmup: int = 2, seed: int = 0) -> float:
     """Examples/s of make_train_iterator after `warmup` batches (worker start-up excluded)."""
+    return pipeline_rates(cfg_data, records, tokenizer, ontology, image_root, num_batches=num_batches,
+                          warmup=warmup, seed=seed)[0]
+
+
+def pipeline_rates(cfg_data: dict[str, Any], records: Sequence[Record], tokenizer, ontology,
+                   image_root: str, *, num_batches: int = 12, warmup: int = 2, seed: int = 0) -> tuple[float, float]:
+    """(examples per wall second, examples per CPU second of this process) after `warmup` batches.
+
+    With workers = 0 every decode runs in this process, so examples per CPU second is what one core
+    sustains, whatever else loads the machine; with workers > 0 it counts the main process only.
+    """
     it = make_train_iterator(cfg_data, records, tokenizer, ontology, seed, image_root=image_root)
     for _ in range(warmup):
         next(it)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(num_batches):
         batch = next(it)
-    elapsed = time.perf_counter() - start
-    return num_batches * len(batch["image_id"]) / elapsed
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    n = num_batches * len(batch["image_id"])
+    return n / elapsed, n / max(cpu, 1e-9)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -78,14 +97,25 @@ def main(argv: Sequence[str]) -> None:
         print(f"wrote {len(records)} PNGs of {FLAGS.source_px}px in {time.perf_counter() - t:.1f}s "
               f"({os.cpu_count()} CPUs visible)")
         cfg = dict(image_size=FLAGS.image_size, max_len=FLAGS.max_len, per_host_batch_size=FLAGS.batch, prefetch=2)
-        rates = {}
+        rates, loads, per_cpu_s = {}, {}, {}
         for workers in (0, FLAGS.workers):
-            rates[workers] = pipeline_rate(dict(cfg, workers=workers), records, tok, onto, root,
-                                           num_batches=FLAGS.batches)
-    print(f"{'workers':>8} {'examples/s':>11}")
+            rates[workers], per_cpu_s[workers] = pipeline_rates(dict(cfg, workers=workers), records, tok, onto, root,
+                                                                num_batches=FLAGS.batches)
+            loads[workers] = os.getloadavg()[0]
+    print(f"image {FLAGS.image_size} px from {FLAGS.source_px} px PNGs, context {FLAGS.max_len}, batch {FLAGS.batch}")
+    print(f"{'workers':>8} {'examples/s':>11} {'load avg':>9}")
     for workers, rate in rates.items():
-        print(f"{workers:>8} {rate:>11.1f}")
+        print(f"{workers:>8} {rate:>11.1f} {loads[workers]:>9.2f}")
     print(f"ratio {FLAGS.workers} workers / 0 workers: {rates[FLAGS.workers] / rates[0]:.2f}x")
+    per_worker = rates[FLAGS.workers] / max(FLAGS.workers, 1)
+    print(f"per worker process: {per_worker:.1f} pairs/s (load average {loads[FLAGS.workers]:.2f}); one accelerator "
+          f"consuming {FLAGS.device_pairs_per_s:.0f} pairs/s needs {math.ceil(FLAGS.device_pairs_per_s / per_worker)} "
+          f"such processes")
+    # CPU time is what a worker process on its own core would turn into wall time: robust to a loaded machine.
+    core = per_cpu_s[0]
+    need = math.ceil(FLAGS.device_pairs_per_s / core)
+    print(f"per CPU second (0 workers, all decoding in this process): {core:.1f} pairs; one accelerator needs "
+          f"{need} worker processes on cores of their own; a host with 8 accelerators: {8 * need}")
     if FLAGS.step_iters:
         consume = step_rate(FLAGS.batch, FLAGS.image_size, FLAGS.max_len, FLAGS.step_iters)
         best = max(rates.values())

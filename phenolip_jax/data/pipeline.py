@@ -29,6 +29,8 @@ DATA_DEFAULTS: dict[str, Any] = dict(
     crop_scale=(0.9, 1.0),  # RandomResizedCrop area fraction range (train only)
     hflip=False,  # random horizontal flip (train only); off: laterality matters in medical images
     max_len=256,  # caption context length L in tokens (longer captions are truncated)
+    length_buckets=(),  # static caption lengths below max_len (ascending); each train batch is padded to the
+    # smallest of these (or max_len) holding its global batch's longest caption; () = every batch at max_len
     max_hpo=8,  # M: HPO ids per record, -1 padded
     max_ancestors=0,  # A: ancestors-or-self per HPO id, -1 padded; 0 = sized from the ontology and max_hops
     max_hops=3,  # ancestors farther than this many is-a hops are left out of hpo_anc
@@ -54,12 +56,58 @@ def resolve_config(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
             raise ValueError(f"data config {key} must be positive, got {out[key]}")
     if int(out["max_ancestors"]) < 0:
         raise ValueError(f"data config max_ancestors must be >= 0 (0 = sized from the ontology), got {out['max_ancestors']}")
+    out["length_buckets"] = check_buckets(out["length_buckets"], int(out["max_len"]))
     lo, hi = out["crop_scale"]
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {out['crop_scale']}")
     if len(out["mean"]) != 3 or len(out["std"]) != 3 or min(out["std"]) <= 0:
         raise ValueError("mean and std need 3 entries, std positive")
     return out
+
+
+def check_buckets(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
+    """Validated `length_buckets`: positive, strictly ascending, none above max_len."""
+    out = tuple(int(b) for b in buckets)
+    if any(b <= 0 for b in out) or list(out) != sorted(set(out)) or (out and out[-1] > max_len):
+        raise ValueError(f"data config length_buckets={tuple(buckets)} must be positive, strictly ascending and "
+                         f"<= max_len={max_len} (() = every batch at max_len)")
+    return out
+
+
+def bucket_of(length: int, buckets: Sequence[int], max_len: int) -> int:
+    """The smallest bucket (or max_len) holding `length` tokens."""
+    return next((b for b in buckets if b >= length), max_len)
+
+
+def source_captions(source) -> list[str]:
+    """Every caption of a source in index order (a lazy source is read once, images included)."""
+    if isinstance(source, RecordSource):
+        return [r.caption for r in source.records]
+    return [source[i]["caption"] for i in range(len(source))]
+
+
+def caption_lengths(captions: Sequence[str], tokenizer, max_len: int) -> np.ndarray:
+    """Token counts (special tokens included) of captions, capped at max_len: int32 [N]."""
+    enc = tokenizer(list(captions), add_special_tokens=True, truncation=True, max_length=max_len)
+    return np.asarray([len(ids) for ids in enc["input_ids"]], np.int32)
+
+
+@dataclasses.dataclass
+class TrimToBucket(grain.transforms.MapWithIndex):
+    """Cuts a host batch's caption arrays to its global batch's bucket length (trailing pad columns only).
+
+    Global batch k is positions [k*G, (k+1)*G) of the shuffled stream (every process takes a strided slice of
+    it), so `lengths[k]`, the caption lengths of that global batch, gives every process the same bucket.
+    """
+
+    lengths: Any  # grain.MapDataset of int32 [G]: global batch k's caption lengths
+    buckets: tuple[int, ...]
+    max_len: int
+    keys: tuple[str, ...] = ("input_ids", "attention_mask")
+
+    def map_with_index(self, index: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        length = bucket_of(int(np.max(self.lengths[index])), self.buckets, self.max_len)
+        return {k: (v[:, :length] if k in self.keys else v) for k, v in batch.items()}
 
 
 class RecordSource(grain.sources.RandomAccessDataSource):
@@ -209,7 +257,8 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
     cfg = resolve_config(cfg_data)
     pi, pc = _process_shard(process_index, process_count)
     shuffle_seed = seed if cfg["shuffle_seed"] is None else cfg["shuffle_seed"]
-    ds = grain.MapDataset.source(as_source(records, image_root))
+    source = as_source(records, image_root)
+    ds = grain.MapDataset.source(source)
     # Global shuffle, reshuffled every epoch (the shuffle seed advances per epoch inside repeat),
     # then every process takes its strided slice, so processes never see the same example.
     ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
@@ -223,6 +272,15 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
     ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
                                      cfg["max_hops"], cfg["max_organs"], cfg["strict"])))
     ds = ds[pi::pc].batch(cfg["per_host_batch_size"], drop_remainder=True)
+    if cfg["length_buckets"]:
+        # Pad each batch to the bucket of its longest caption rather than group captions by length: batches,
+        # their negatives and the resume position stay exactly those without buckets. The caption lengths,
+        # shuffled and repeated with the same seed as the examples, give each global batch's lengths from its
+        # index alone, so every process picks the same bucket without seeing the others' captions.
+        lengths = caption_lengths(source_captions(source), tokenizer, cfg["max_len"])
+        lengths = grain.MapDataset.source(lengths).shuffle(seed=shuffle_seed).repeat(num_epochs)
+        ds = ds.map_with_index(TrimToBucket(lengths.batch(cfg["per_host_batch_size"] * pc, drop_remainder=True),
+                                            cfg["length_buckets"], cfg["max_len"]))
     return _to_iter(ds, cfg)
 
 

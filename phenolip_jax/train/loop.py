@@ -108,19 +108,38 @@ def _initial_state(cfg: Any, step: build_lib.ShardedStep, params: Any, teacher: 
     return step.make_state(params, teacher, jax.random.key_data(jax.random.key(cfg.seed)))
 
 
+def _signature(batch: dict[str, np.ndarray]) -> tuple:
+    """A host batch's shapes and dtypes: batches with equal signatures share one compiled step."""
+    return tuple(sorted((k, v.shape, v.dtype.str) for k, v in batch.items()))
+
+
 def _compile(step: build_lib.ShardedStep, batch: dict[str, np.ndarray]):
     shapes = {k: ((v.shape[0] * jax.process_count(),) + tuple(v.shape[1:]), v.dtype) for k, v in batch.items()}
     compiled, seconds = build_lib.compile_step(step, build_lib.abstract_batch(shapes, step.mesh))
     mem = compiled.memory_analysis()
     if mem is not None and jax.process_index() == 0:
         gib = 1 / 2**30
+        text = f" for captions of {batch['input_ids'].shape[1]} tokens" if "input_ids" in batch else ""
         print(
-            f"compiled train step in {seconds:.1f}s; per-device memory: "
+            f"compiled train step{text} in {seconds:.1f}s; per-device memory: "
             f"args {mem.argument_size_in_bytes * gib:.2f} GiB, temps {mem.temp_size_in_bytes * gib:.2f} GiB, "
             f"outputs {mem.output_size_in_bytes * gib:.2f} GiB",
             flush=True,
         )
     return compiled
+
+
+class _StepCache:
+    """One compiled step per batch shape (a caption length bucket), compiled on first use."""
+
+    def __init__(self, step: build_lib.ShardedStep):
+        self.step, self.compiled = step, {}
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        key = _signature(batch)
+        if key not in self.compiled:
+            self.compiled[key] = _compile(self.step, batch)
+        return self.compiled[key]
 
 
 class _Position:
@@ -151,7 +170,8 @@ def train(
     The host never waits on the device between looks: steps are dispatched asynchronously, the next batch is
     drawn and copied to the device while a step runs, and metrics (the non-finite streak included) are fetched
     in one transfer at log, evaluation and checkpoint steps. A streak of `max_nonfinite_steps` freezes the
-    state on the device (`halt_after_streak`) until the host sees it there.
+    state on the device (`halt_after_streak`) until the host sees it there. Batches of another shape (caption
+    length buckets, `data.length_buckets`) get their own compiled step, compiled when first drawn.
     """
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     step_build = build_lib.build_step(cfg, mesh, objective, params, teacher)
@@ -171,7 +191,8 @@ def train(
     # Rows past the restored step are dropped: those steps run again, and each is logged once.
     logger = MetricLogger(workdir, cfg.total_steps, resume_step=start)
     batch = next(data_iter)
-    compiled = _compile(step_build, batch)
+    steps = _StepCache(step_build)
+    compiled = steps(batch)
     staged = mesh_lib.host_to_global(batch, mesh)
     rows = batch_rows(batch) * jax.process_count()
     last_eval: dict[str, float] = {}
@@ -190,7 +211,9 @@ def train(
             position = data_iter.get_state()  # where a checkpoint at `step` resumes the data
             pending.append((step, metrics, position))
             if step < cfg.total_steps:  # the next batch is read and copied while this step runs
-                staged = mesh_lib.host_to_global(next(data_iter), mesh)
+                batch = next(data_iter)
+                compiled = steps(batch)  # its caption-length bucket's step (compiled while this step runs)
+                staged = mesh_lib.host_to_global(batch, mesh)
             stop = preempt.should_stop(step)
             evaluating = evaluate is not None and cfg.eval_every and (
                 step % cfg.eval_every == 0 or step == cfg.total_steps)

