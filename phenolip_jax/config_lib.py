@@ -179,11 +179,14 @@ def _validate_stage2(cfg: Any) -> None:
         raise ValueError(f"config.loss.chunk={cfg.loss.chunk} must be >= 0 (0 = plain loss)")
 
 
-def _validate_eval(cfg: Any) -> None:
-    unknown = [e for e in cfg.evaluators if e not in EVALUATORS]
+def _subset_of(values: Any, allowed: tuple[str, ...], field: str) -> None:
+    unknown = [v for v in values if v not in allowed]
     if unknown:
-        raise ValueError(f"config.evaluators has unknown {', '.join(map(repr, unknown))}: use any of "
-                         f"{', '.join(EVALUATORS)}")
+        raise ValueError(f"{field} has unknown {', '.join(map(repr, unknown))}: use any of {', '.join(allowed)}")
+
+
+def _validate_eval(cfg: Any) -> None:
+    _subset_of(cfg.evaluators, EVALUATORS, "config.evaluators")
     _one_of(cfg.data.kind, EVAL_DATA_KINDS, "config.data.kind")
     if not cfg.checkpoint:
         raise ValueError("config.checkpoint is empty: give a stage-1/stage-2 workdir or an open_clip directory")
@@ -200,10 +203,7 @@ def _validate_eval(cfg: Any) -> None:
 
 
 def _validate_export(cfg: Any) -> None:
-    unknown = [f for f in cfg.formats if f not in EXPORT_FORMATS]
-    if unknown:
-        raise ValueError(f"config.formats has unknown {', '.join(map(repr, unknown))}: use any of "
-                         f"{', '.join(EXPORT_FORMATS)}")
+    _subset_of(cfg.formats, EXPORT_FORMATS, "config.formats")
     for field in ("checkpoint", "output"):
         if not cfg[field]:
             raise ValueError(f"config.{field} is empty")
