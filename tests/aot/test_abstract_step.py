@@ -39,8 +39,8 @@ def test_stage2_model_remat_and_attention_reach_both_towers(tiny_bert_dir):
     """config.model.remat / attention reach the ViT and the BERT (model.remat used to be read by nothing)."""
     cfg = config_lib.load_config("stage2")
     cfg.text.hf_dir = tiny_bert_dir
-    cfg.model.remat, cfg.model.attention, cfg.loss.kd_weight = True, "splash", 0.0
+    cfg.model.remat, cfg.model.attention, cfg.loss.kd_weight = "save_dots", "splash", 0.0
     model, _, image_fields, text_fields = stage2.build_model(cfg, common.bert_fields(cfg.text), None)
     for encoder in (image_fields["vit"], text_fields["bert"]):
-        assert encoder["remat"] is True and encoder["attention"] == "splash"
-    assert model.image_config["vit"]["remat"] and model.text_config["bert"]["remat"]
+        assert encoder["remat"] == "save_dots" and encoder["attention"] == "splash"
+    assert model.image_config["vit"]["remat"] == model.text_config["bert"]["remat"] == "save_dots"
