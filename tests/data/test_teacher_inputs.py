@@ -74,6 +74,7 @@ def kd_cfg() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(
         kind="softmax", it_weight=1.0, kd_weight=0.3, struct_weight=0.0, struct_temperature=0.1, chunk=0,
         hierarchy=config_lib.hierarchy_section(False, 2, 0.5, 0.0)))
+    c.data = ml_collections.ConfigDict(dict(mean=config_lib.CLIP_MEAN, std=config_lib.CLIP_STD))  # uint8 images
     return c
 
 
