@@ -19,8 +19,6 @@ READ_ONLY_WHEN = {
     },
     "stage2": {
         "stage": "main.py, to pick the stage",
-        "data.manifest": "data.source='jsonl'",
-        "data.image_root": "data.source='jsonl'",
         "data.tfds_name": "data.source='tfds'",
         "text.arch": "text.hf_dir='' (--aot: BERT sizes without weights)",
         "teacher.stage1_variant": "teacher.workdir='' (stage 2 trains its own teacher)",
