@@ -74,7 +74,8 @@ def training_path(onto, tokenizer, model, records, root) -> dict[str, float]:
     cfg = config_lib.load_config("stage2")
     cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.data.max_len = 16, (0.0,) * 3, (1.0,) * 3, 16
     cfg.eval.batch_size, cfg.eval.ks, cfg.eval.templates = 4, KS, TEMPLATES
-    evaluate = stage2.make_evaluator(cfg, model, records, root, tokenizer, onto)
+    evaluate = stage2.make_evaluator(cfg, model, records, root, tokenizer, onto,
+                                    train_hpo={h for r in records for h in r.hpo_ids})
     return evaluate(types.SimpleNamespace(params={"unused": np.zeros(1, np.float32)}))
 
 
