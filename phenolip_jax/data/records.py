@@ -149,13 +149,12 @@ def _resolve_hpo(rec: Record, ontology, max_hpo: int | None, report: ValidationR
                  strict: bool) -> tuple[str, ...] | None:
     """Current ids for the record (deduplicated, order kept), or None if one is unusable."""
     # ObsoleteHPOIdError (obsolete without replacement) subclasses UnknownHPOIdError; count apart.
-    obsolete_error = getattr(onto_mod, "ObsoleteHPOIdError", ())
     out: list[str] = []
     for hid in rec.hpo_ids:
         try:
             current = ontology.resolve(hid)
         except KeyError as e:
-            reason = "obsolete_hpo" if obsolete_error and isinstance(e, obsolete_error) else "unknown_hpo"
+            reason = "obsolete_hpo" if isinstance(e, onto_mod.ObsoleteHPOIdError) else "unknown_hpo"
             _fail(report, strict, rec, reason, str(e))
             return None
         if current != hid:

@@ -139,23 +139,28 @@ def test_bucket_manifest_and_packed_shards_give_the_same_batches(fake_gcs, tiny_
 
 
 def test_stage2_trains_from_packed_shards(tiny_bert_dir, tiny_demo_dir, onto, tmp_path, capsys):
-    from phenolip_jax.tasks import stage2
-
     pack_manifest(os.path.join(tiny_demo_dir, "manifest.jsonl"), str(tmp_path / "packed"), onto, num_shards=2,
                   progress=False)
     cfg = short_run(tiny_stage2(tiny_bert_dir, tiny_demo_dir, ""))
     cfg.data.source, cfg.data.packed_dir = "arrayrecord", str(tmp_path / "packed")
+    run_two_steps(cfg, tmp_path, capsys)
+
+
+def run_two_steps(cfg, tmp_path, capsys) -> dict:
+    """Runs the short stage 2 on the demo's 88 pairs; checks its report, its 2 logged steps and eval.json."""
+    from phenolip_jax.tasks import stage2
+
     result = stage2.run(cfg, str(tmp_path / "run"))
     out = capsys.readouterr().out
     assert "data: records: 88 read, 88 kept, 0 dropped" in out and "stage 2: 64 train / 16 test pairs" in out
     assert sorted(read_losses(tmp_path / "run")) == [1, 2]
     with open(tmp_path / "run" / "eval.json") as f:
         assert json.load(f) == pytest.approx(result)
+    return result
 
 
 def test_stage2_from_tfds(tiny_bert_dir, tiny_demo_dir, onto, tmp_path, capsys):
     from phenolip_jax.data.tfds_builder import PhenoKGFolder
-    from phenolip_jax.tasks import stage2
 
     tfds_dir = str(tmp_path / "tfds")
     PhenoKGFolder(data_dir=tfds_dir, manifest=os.path.join(tiny_demo_dir, "manifest.jsonl"),
@@ -163,12 +168,7 @@ def test_stage2_from_tfds(tiny_bert_dir, tiny_demo_dir, onto, tmp_path, capsys):
     cfg = short_run(tiny_stage2(tiny_bert_dir, tiny_demo_dir, ""))
     cfg.data.source, cfg.data.tfds_dir = "tfds", tfds_dir
     cfg.data.max_hpo = 1  # the demo's pairs carry 1 or 2 ids: the 2-id ones are counted, from the metadata
-    result = stage2.run(cfg, str(tmp_path / "run"))
-    out = capsys.readouterr().out
-    assert "data: records: 88 read, 88 kept, 0 dropped" in out and "stage 2: 64 train / 16 test pairs" in out
-    assert sorted(read_losses(tmp_path / "run")) == [1, 2]
-    with open(tmp_path / "run" / "eval.json") as f:
-        assert json.load(f) == pytest.approx(result)
+    result = run_two_steps(cfg, tmp_path, capsys)
     assert 0.0 <= result["i2t_r@10"] <= 1.0
 
 
