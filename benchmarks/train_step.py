@@ -148,8 +148,7 @@ def time_steps(run_step: Callable[[], float], steps: int) -> tuple[float, float]
 def jax_side(cfg, fields: dict, batch_np: dict, steps: int) -> dict[str, Any]:
     """Builds the sharded stage-2 train step, compiles it, times it; also returns the init params."""
     from phenolip_jax.models import layers, two_tower
-    from phenolip_jax.train import loop, mesh as mesh_lib, objectives
-    from phenolip_jax.train.step import make_train_step
+    from phenolip_jax.train import build as build_lib, mesh as mesh_lib, objectives
 
     dtype = layers.canonical_dtype(cfg.model.dtype)
     model = two_tower.TwoTower(image_config=fields["image_config"], text_config=fields["text_config"],
@@ -159,13 +158,11 @@ def jax_side(cfg, fields: dict, batch_np: dict, steps: int) -> dict[str, Any]:
     params = jax.device_get(jax.jit(model.init)(jax.random.key(cfg.seed), jnp.zeros((1, s, s, 3)),
                                                 jnp.zeros((1, 8), jnp.int32))["params"])
     teacher = {"params": {"text": jax.tree.map(lambda x: x * 0.5, params["text"])}}
-    mesh = mesh_lib.make_mesh(-1, 1)
-    state, tx, schedule, shardings = loop.init_state(cfg, params, teacher, mesh)
-    step_fn = make_train_step(objectives.stage2_objective(model, teacher_model, cfg), tx, schedule,
-                              max_logit_scale=cfg.max_logit_scale)
-    bsh = mesh_lib.batch_sharding(mesh)
-    jitted = jax.jit(step_fn, in_shardings=(shardings, bsh), out_shardings=(shardings, mesh_lib.replicated(mesh)),
-                     donate_argnums=0)
+    # The run's own builder (train/build.py): optimizer, shardings, the non-finite guard, the jitted step.
+    sharded = build_lib.build_step(cfg, mesh_lib.make_mesh(-1, 1),
+                                   objectives.stage2_objective(model, teacher_model, cfg), params, teacher)
+    state = sharded.make_state(params, teacher, jax.random.key_data(jax.random.key(cfg.seed)))
+    jitted, bsh = sharded.jitted, mesh_lib.batch_sharding(sharded.mesh)
     t0 = time.perf_counter()
     batch = {k: jax.device_put(v, bsh) for k, v in batch_np.items()}
     compiled = jitted.lower(state, batch).compile()
@@ -208,7 +205,12 @@ def torch_side(cfg, fields: dict, params: Any, teacher: Any, batch_np: dict, ste
     model.to(device).train()
     teacher_model.to(device).eval().requires_grad_(False)
     o = cfg.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay)
+    # The JAX optimizer's decay rule (train/optimizer.py): only matmul/conv kernels decay; embeddings, norms,
+    # biases and the logit scale do not.
+    kernels = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    groups = [{"params": [p for p in model.parameters() if id(p) in kernels], "weight_decay": o.weight_decay},
+              {"params": [p for p in model.parameters() if id(p) not in kernels], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.b1, o.b2), eps=o.eps)
     images = torch.from_numpy(batch_np["image"]).permute(0, 3, 1, 2).contiguous().to(device)
     ids = torch.from_numpy(batch_np["input_ids"]).long().to(device)
     labels = torch.arange(ids.shape[0], device=device)

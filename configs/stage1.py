@@ -26,11 +26,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text = ml_collections.ConfigDict(dict(
         hf_dir=config_lib.default_minilm_dir(),  # local Hugging Face BERT dir (weights + tokenizer)
         pool="mean",  # 'cls' or 'mean' pooling of the BERT output (all-MiniLM-L6-v2 was trained with mean)
-        head="mlp",  # projection head: 'mlp' (hidden -> head_hidden -> embed, GELU) or 'linear'
+        head="linear",  # projection head: 'linear' or 'mlp' (hidden -> head_hidden -> embed, GELU)
         head_hidden=512,
         embed_dim=512,
         head_bias=True,
-        head_init="random",  # 'random' or 'identity' (the head starts as the identity: the pretrained space)
+        head_init="identity",  # 'identity' (the head starts as the identity: the pretrained space) or 'random'
         dtype="float32",  # compute dtype ('bfloat16' on accelerators)
         remat="none",  # transformer blocks: 'none', 'full' (recompute in backward) or 'save_dots' (keep matmuls)
         attention="auto",  # 'auto' (splash on TPU, cudnn on GPU, xla elsewhere) | 'xla' | 'cudnn' | 'splash'
@@ -42,6 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         views_per_term=2,  # K text views per term; the name is always one of them (others kind-balanced)
         max_len=32,  # tokens per view (definitions are truncated)
         view_kinds=("synonym", "definition", "relation_child", "relation_parent"),  # besides the name
+        # Relative chance of each kind for the non-name views (equal = kinds balanced; 0 = only when needed).
+        # Synonyms 4x: the pairs that teach how else a phenotype is written (docs/stages.md, the levers).
+        kind_weights=dict(synonym=4.0, definition=1.0, relation_child=1.0, relation_parent=1.0),
+        hard_negative_group=1,  # G > 1: each term brings G-1 siblings (else cousins) into its batch (hurt: docs)
         heldout_fraction=0.1,  # terms with synonyms that lose one synonym to the evaluation split
         typed_heldout_fraction=0.2,  # share of terms with a layperson / abbreviation synonym that lose one to
                                      # its own query set (0 = no typed query sets)
@@ -57,13 +61,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         logit_scale_init=1 / 0.07,
         hierarchy=config_lib.hierarchy_section(enabled=True, max_hops=2, hop_decay=0.5, organ_weight=0.0),
     ))
-    c.optim = config_lib.optim_section(lr=5e-5, warmup_steps=30, weight_decay=0.2)
+    c.optim = config_lib.optim_section(lr=1e-4, warmup_steps=30, weight_decay=0.2)
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=256,  # texts per encoder call during evaluation
         ks=(1, 10),  # Acc@K reported
         max_queries=0,  # cap on held-out synonym queries (0 = all)
         max_len=16,  # tokens when encoding names and held-out synonyms (they are short)
-        before=True,  # also evaluate the starting encoder
+        before=False,  # also evaluate the starting encoder (with the identity head it is the raw encoder, below)
         baselines=True,  # also the raw pretrained encoder (mean-pooled, no head) and exact / fuzzy string match
     ))
     c.export_table = True  # write phenotype_table.npz (ids, vectors, names) after training
@@ -79,6 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.text.hf_dir = ""  # must be set: --config.text.hf_dir=/path/to/BiomedNLP-PubMedBERT
         c.text.arch = "pubmedbert"  # sizes for --aot when hf_dir is empty
         c.text.pool = "cls"  # KEP pools PubMedBERT on [CLS]
+        c.text.head, c.text.head_init = "mlp", "random"  # 768 wide: an identity head needs embed_dim >= 768
         c.text.dtype = "bfloat16"
         c.data.terms_per_batch = 32
         c.data.views_per_term = 8

@@ -159,13 +159,15 @@ def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_RO
                      held_out_typed=held_typed)
 
 
-def sample_views(term_views: Sequence[View], views_per_term: int, rng: np.random.Generator) -> list[str]:
+def sample_views(term_views: Sequence[View], views_per_term: int, rng: np.random.Generator,
+                 kind_weights: Mapping[str, float] | None = None) -> list[str]:
     """K texts for one term: its name, then K-1 other views drawn without replacement, kinds balanced.
 
-    Each other view is drawn with probability inversely proportional to how many views of its kind the term
-    has, so every kind (synonym, definition, relation) is equally likely: a term with 30 children would
-    otherwise train almost only on "child [SEP] is a" views. Only a term with fewer than K views repeats
-    texts: after all its views, the rest are drawn with replacement from all of them (name included).
+    Each other view is drawn with probability proportional to its kind's weight (`kind_weights`, default 1
+    for every kind) divided by how many views of its kind the term has, so kinds of equal weight are equally
+    likely: a term with 30 children would otherwise train almost only on "child [SEP] is a" views. A kind of
+    weight 0 is drawn only when nothing else is left. Only a term with fewer than K views repeats texts:
+    after all its views, the rest are drawn with replacement from all of them (name included).
     """
     if views_per_term < 1:
         raise ValueError(f"views_per_term must be >= 1, got {views_per_term}")
@@ -173,13 +175,36 @@ def sample_views(term_views: Sequence[View], views_per_term: int, rng: np.random
     need = views_per_term - 1
     if len(others) >= need:
         per_kind = collections.Counter(kind for _, kind in others)
-        p = np.array([1.0 / per_kind[kind] for _, kind in others])
+        weights = kind_weights or {}
+        p = np.array([weights.get(kind, 1.0) / per_kind[kind] for _, kind in others])
+        if np.count_nonzero(p) < need:  # too few views of weighted kinds: the zero-weight ones fill in
+            p = np.where(p > 0, p, 1e-6 * max(float(p.max()), 1.0))
         picked = [others[j][0] for j in rng.choice(len(others), size=need, replace=False, p=p / p.sum())]
     else:
         everything = [name] + [text for text, _ in others]
         picked = [text for text, _ in others] + [everything[j] for j in rng.integers(len(everything),
                                                                                        size=need - len(others))]
     return [name] + picked
+
+
+def related_groups(ontology: Ontology, terms: Sequence[int] | np.ndarray) -> dict[int, np.ndarray]:
+    """Term -> its hard negatives within `terms`: siblings (a shared parent), else cousins (a shared grandparent).
+
+    Siblings are what a retrieval among all names confuses most, and the hierarchical targets leave them at
+    weight 0 (neither is the other's ancestor), so a batch of siblings sharpens exactly those decisions.
+    """
+    pool = set(int(t) for t in terms)
+    out: dict[int, np.ndarray] = {}
+    for t in sorted(pool):
+        parents = [int(p) for p in ontology.parents(t)]
+        near = {int(c) for p in parents for c in ontology.children(p)} & pool
+        near.discard(t)
+        if not near:
+            near = {int(c) for p in parents for g in ontology.parents(p) for q in ontology.children(g)
+                    for c in ontology.children(q)} & pool
+            near.discard(t)
+        out[t] = np.array(sorted(near), np.int32)
+    return out
 
 
 def sample_term_batch(views: TermViews | Mapping[int, Sequence[View]], term_pool: Sequence[int] | np.ndarray,
@@ -211,32 +236,59 @@ class Stage1TermSource:
 
 
 class SampleTermViews(grain.transforms.RandomMap):
-    """Grain transform: term index -> {'texts': str [K], 'term_idx': int32 [K]} with the name first."""
+    """Grain transform: term index -> {'texts': str [G*K], 'term_idx': int32 [G*K]}, term-major, names first.
 
-    def __init__(self, views: TermViews | Mapping[int, Sequence[View]], views_per_term: int):
+    G = `group` terms: the element, then G-1 of its `related` terms (siblings or cousins, drawn without
+    replacement while they last; a term with none gets random terms of the pool), the batch's hard negatives.
+    """
+
+    def __init__(self, views: TermViews | Mapping[int, Sequence[View]], views_per_term: int,
+                 kind_weights: Mapping[str, float] | None = None, group: int = 1,
+                 related: Mapping[int, np.ndarray] | None = None):
         self._views = views.views if isinstance(views, TermViews) else views
-        self._k = views_per_term
+        self._k, self._weights, self._group = views_per_term, dict(kind_weights or {}), group
+        if group > 1 and related is None:
+            raise ValueError("group > 1 needs `related` (text_views.related_groups)")
+        self._related = related or {}
+        self._pool = np.array(sorted(self._views), np.int32)
+
+    def _group_of(self, element: int, rng: np.random.Generator) -> np.ndarray:
+        near = self._related.get(element, np.zeros(0, np.int32))
+        need = self._group - 1
+        picked = rng.choice(near, size=min(need, len(near)), replace=False) if len(near) else near
+        if len(picked) < need:
+            fill = near if len(near) else self._pool
+            picked = np.concatenate([picked, rng.choice(fill, size=need - len(picked))])
+        return np.concatenate([[element], picked]).astype(np.int32)
 
     def random_map(self, element: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        texts = sample_views(self._views[int(element)], self._k, rng)
-        return {"texts": np.asarray(texts, dtype=np.str_), "term_idx": np.full(self._k, element, np.int32)}
+        terms = self._group_of(int(element), rng) if self._group > 1 else np.array([element], np.int32)
+        texts = [v for t in terms for v in sample_views(self._views[int(t)], self._k, rng, self._weights)]
+        return {"texts": np.asarray(texts, dtype=np.str_), "term_idx": np.repeat(terms, self._k).astype(np.int32)}
 
 
 def stage1_dataset(views: TermViews, *, num_terms: int, views_per_term: int, seed: int,
-                   term_pool: Sequence[int] | np.ndarray | None = None) -> grain.MapDataset:
-    """Endless grain MapDataset of stage-1 batches: {'texts': str [N, K], 'term_idx': int32 [N, K]}.
+                   term_pool: Sequence[int] | np.ndarray | None = None, kind_weights: Mapping[str, float] | None = None,
+                   group: int = 1, related: Mapping[int, np.ndarray] | None = None) -> grain.MapDataset:
+    """Endless grain MapDataset of stage-1 batches: {'texts': str [N/G, G*K], 'term_idx': int32 [N/G, G*K]}.
 
-    Shuffle -> sample views -> batch -> repeat: each batch lies inside one epoch, so its N terms are
-    distinct; every epoch reshuffles the terms and redraws the views (grain seeds both by epoch). Iterators
-    from `.to_iter_dataset()` checkpoint like any grain iterator.
+    Shuffle -> sample views -> batch -> repeat: each batch lies inside one epoch, so with G=1 its N terms are
+    distinct; every epoch reshuffles the terms and redraws the views (grain seeds both by epoch). With
+    `group` G > 1 every shuffled term brings G-1 of its `related` terms (hard negatives), so a term can occur
+    twice in a batch; the loss treats equal terms as positives. Iterators from `.to_iter_dataset()`
+    checkpoint like any grain iterator.
     """
     pool = views.terms if term_pool is None else np.asarray(term_pool, dtype=np.int32)
     if num_terms > len(pool):
         raise ValueError(f"num_terms={num_terms} exceeds the {len(pool)} terms in the pool")
+    if group < 1 or num_terms % group:
+        raise ValueError(f"the hard-negative group size {group} must be >= 1 and divide the {num_terms} terms "
+                         "per batch")
+    sampler = SampleTermViews(views, views_per_term, kind_weights, group, related)
     return (grain.MapDataset.source(Stage1TermSource(pool))
             .shuffle(seed=seed)
-            .random_map(SampleTermViews(views, views_per_term), seed=seed)
-            .batch(num_terms, drop_remainder=True)
+            .random_map(sampler, seed=seed)
+            .batch(num_terms // group, drop_remainder=True)
             .repeat())
 
 

@@ -59,8 +59,10 @@ def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
     organs = organ_table(onto, every, width=cfg.data.max_organs)
     terms = cfg.data.terms_per_batch // jax.process_count()
     pool = views.terms[jax.process_index()::jax.process_count()]
+    group = cfg.data.hard_negative_group
+    related = tv.related_groups(onto, views.terms) if group > 1 else None
     ds = tv.stage1_dataset(views, num_terms=terms, views_per_term=cfg.data.views_per_term, seed=cfg.seed,
-                           term_pool=pool)
+                           term_pool=pool, kind_weights=dict(cfg.data.kind_weights), group=group, related=related)
     ds = ds.map(Stage1Features(tokenizer, cfg.data.max_len, anc, hops, organs)).to_iter_dataset()
     if cfg.data.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.workers))
@@ -193,6 +195,14 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     config_lib.validate(cfg, jax.device_count())
     if cfg.text.head_init not in ("random", "identity"):
         raise ValueError(f"config.text.head_init={cfg.text.head_init!r}: use 'random' or 'identity'")
+    weights = dict(cfg.data.kind_weights)
+    if (set(weights) - set(tv.VIEW_KINDS[1:]) or not all(w >= 0 for w in weights.values())  # NaN fails too
+            or not any(weights.values())):
+        raise ValueError(f"config.data.kind_weights={weights}: non-negative weights, not all 0, of the kinds "
+                         f"{tv.VIEW_KINDS[1:]}")
+    if cfg.data.hard_negative_group < 1 or cfg.data.terms_per_batch % cfg.data.hard_negative_group:
+        raise ValueError(f"config.data.hard_negative_group={cfg.data.hard_negative_group} must be >= 1 and divide "
+                         f"config.data.terms_per_batch={cfg.data.terms_per_batch}")
     t0 = time.time()
     onto = common.load_ontology_from_config(cfg.ontology)
     pool = np.asarray(onto.subtree(cfg.ontology.root), np.int64)

@@ -202,3 +202,34 @@ def test_held_out_texts_never_reach_training(typed_views, tok):
 def test_bad_typed_fraction_raises(onto, typed):
     with pytest.raises(ValueError, match="typed_holdout_fraction"):
         tv.build_text_views(onto, typed_holdout_fraction=1.0, typed=typed)
+
+
+def test_kind_weights_shift_the_draw():
+    term = [("name", "name"), ("syn", "synonym"), ("def", "definition"), ("child [SEP] is a", "relation_child")]
+    rng = np.random.default_rng(0)
+    draws = [tv.sample_views(term, 2, rng, {"synonym": 6.0, "definition": 1.0, "relation_child": 1.0})[1]
+             for _ in range(2000)]
+    assert 1350 < draws.count("syn") < 1650  # 6/8 of the draws; balanced kinds would give ~1/3
+    only = [tv.sample_views(term, 3, rng, {"synonym": 1.0, "definition": 0.0, "relation_child": 0.0})[1:]
+            for _ in range(200)]
+    assert all(o[0] == "syn" or o[1] == "syn" for o in only)  # zero-weight kinds only fill the second slot
+
+
+def test_hard_negative_groups_bring_siblings(onto, views):
+    related = tv.related_groups(onto, views.terms)
+    some = [int(t) for t in views.terms[:200]]
+    for t in some:
+        sib = {int(c) for p in onto.parents(t) for c in onto.children(p)} - {t}
+        if sib & set(views.terms.tolist()):
+            assert set(related[t].tolist()) == sib & set(views.terms.tolist())
+    n, k, g = 16, 2, 4
+    ds = tv.stage1_dataset(views, num_terms=n, views_per_term=k, seed=0, group=g, related=related)
+    batch = ds[0]
+    assert batch["texts"].shape == (n // g, g * k)
+    texts, idx = tv.flatten_term_batch(batch)
+    assert len(texts) == n * k
+    for row in batch["term_idx"]:
+        seed, others = int(row[0]), row[k::k]
+        assert all(int(o) in set(related[seed].tolist()) for o in others if len(related[seed]))
+    with pytest.raises(ValueError, match="divide"):
+        tv.stage1_dataset(views, num_terms=n, views_per_term=k, seed=0, group=3, related=related)

@@ -66,3 +66,23 @@ def test_bad_shape_on_the_command_line_fails_before_any_compilation(tmp_path):
     out = proc.stdout + proc.stderr
     assert "compiled train step" not in out and "stage 2:" not in out  # nothing was loaded or compiled
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("kind_weights.synonym", -1.0, r"config\.data\.kind_weights="),
+    ("kind_weights.definition", float("nan"), r"config\.data\.kind_weights="),
+    ("hard_negative_group", 3, r"config\.data\.hard_negative_group=3"),
+    ("hard_negative_group", 0, r"config\.data\.hard_negative_group=0"),
+])
+def test_stage1_sampling_fields_are_named_before_anything_loads(field, value, match, tmp_path):
+    from phenolip_jax.tasks import stage1
+
+    cfg = load_config("stage1")
+    section = cfg.data
+    *parents, key = field.split(".")
+    for p in parents:
+        section = section[p]
+    section[key] = value
+    with pytest.raises(ValueError, match=match):
+        stage1.run(cfg, str(tmp_path))
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -12,7 +12,9 @@ def tiny_stage1(bert_dir):
     cfg = load_config("stage1")
     cfg.text.hf_dir = bert_dir
     cfg.text.head_hidden = 16
-    cfg.text.embed_dim = 16
+    cfg.text.embed_dim = 16  # the tiny stage 2's width, for distillation
+    cfg.text.head, cfg.text.head_init = "mlp", "random"  # an identity head would need embed_dim >= width 32
+    cfg.eval.before = True
     cfg.total_steps = 3
     cfg.log_every = 1
     cfg.checkpoint_every = 3
