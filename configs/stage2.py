@@ -42,6 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_len=32,  # caption tokens (longer captions are truncated and counted)
         length_buckets=(),  # static caption lengths < max_len, ascending: each batch is padded to the smallest
         # holding its longest caption, one compiled step each (docs/scaling.md); () = every batch at max_len
+        length_group_window=0,  # W > 0: each window of W global batches is sorted by caption length and cut into
+        # batches of similar length (smaller buckets; in-batch negatives then correlate with length); needs
+        # length_buckets; 0 = off (docs/scaling.md)
         max_hpo=4,  # HPO ids kept per pair
         max_ancestors=0,  # ancestor-table width per HPO id (within loss.hierarchy.max_hops); 0 = sized from the
         # ontology (17 at 2 hops); a smaller width warns with the count of cut terms (an error when strict)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from phenolip_jax.data import images, paths
+from phenolip_jax.data.length_groups import LengthGroupedMapDataset
 from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
 from phenolip_jax.data.tokenize import Tokenize
 from phenolip_jax.ontology import organ_table, sized_ancestor_table
@@ -31,6 +32,8 @@ DATA_DEFAULTS: dict[str, Any] = dict(
     max_len=256,  # caption context length L in tokens (longer captions are truncated)
     length_buckets=(),  # static caption lengths below max_len (ascending); each train batch is padded to the
     # smallest of these (or max_len) holding its global batch's longest caption; () = every batch at max_len
+    length_group_window=0,  # W > 0: sort each window of W global batches by caption length so a batch holds
+    # captions of similar length (length-correlated negatives; needs length_buckets); 0 = off
     max_hpo=8,  # M: HPO ids per record, -1 padded
     max_ancestors=0,  # A: ancestors-or-self per HPO id, -1 padded; 0 = sized from the ontology and max_hops
     max_hops=3,  # ancestors farther than this many is-a hops are left out of hpo_anc
@@ -57,6 +60,10 @@ def resolve_config(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     if int(out["max_ancestors"]) < 0:
         raise ValueError(f"data config max_ancestors must be >= 0 (0 = sized from the ontology), got {out['max_ancestors']}")
     out["length_buckets"] = check_buckets(out["length_buckets"], int(out["max_len"]))
+    out["length_group_window"] = int(out["length_group_window"])
+    if out["length_group_window"] < 0 or (out["length_group_window"] and not out["length_buckets"]):
+        raise ValueError(f"data.length_group_window={out['length_group_window']} must be >= 0, and > 0 only with "
+                         f"data.length_buckets set (grouping by length only pays through the buckets)")
     lo, hi = out["crop_scale"]
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {out['crop_scale']}")
@@ -262,6 +269,17 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
     # Global shuffle, reshuffled every epoch (the shuffle seed advances per epoch inside repeat),
     # then every process takes its strided slice, so processes never see the same example.
     ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
+    global_batch = cfg["per_host_batch_size"] * pc
+    if cfg["length_buckets"]:
+        # The caption lengths, shuffled and repeated with the same seed as the examples, give each global batch's
+        # lengths from its index alone, so every process picks the same bucket without seeing the others' captions.
+        lengths = caption_lengths(source_captions(source), tokenizer, cfg["max_len"])
+        lengths = grain.MapDataset.source(lengths).shuffle(seed=shuffle_seed).repeat(num_epochs)
+        if cfg["length_group_window"]:
+            # The same reordering for examples and lengths keeps them aligned (length_groups.py).
+            group = dict(window=cfg["length_group_window"], group=global_batch, seed=shuffle_seed)
+            ds = LengthGroupedMapDataset(ds, lengths, **group)
+            lengths = LengthGroupedMapDataset(lengths, lengths, **group)
     # Maps come before the process slice: grain seeds a random map by the element's index in the dataset
     # it is applied to, so a record's crop is then the same for any process count (maps are lazy: each
     # process still decodes only its own slice).
@@ -273,13 +291,9 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
                                      cfg["max_hops"], cfg["max_organs"], cfg["strict"])))
     ds = ds[pi::pc].batch(cfg["per_host_batch_size"], drop_remainder=True)
     if cfg["length_buckets"]:
-        # Pad each batch to the bucket of its longest caption rather than group captions by length: batches,
-        # their negatives and the resume position stay exactly those without buckets. The caption lengths,
-        # shuffled and repeated with the same seed as the examples, give each global batch's lengths from its
-        # index alone, so every process picks the same bucket without seeing the others' captions.
-        lengths = caption_lengths(source_captions(source), tokenizer, cfg["max_len"])
-        lengths = grain.MapDataset.source(lengths).shuffle(seed=shuffle_seed).repeat(num_epochs)
-        ds = ds.map_with_index(TrimToBucket(lengths.batch(cfg["per_host_batch_size"] * pc, drop_remainder=True),
+        # Pad each batch to the bucket of its longest caption. Without length_group_window the batches, their
+        # negatives and the resume position stay exactly those without buckets.
+        ds = ds.map_with_index(TrimToBucket(lengths.batch(global_batch, drop_remainder=True),
                                             cfg["length_buckets"], cfg["max_len"]))
     return _to_iter(ds, cfg)
 

@@ -29,8 +29,8 @@ from phenolip_jax.train import build as build_lib
 from phenolip_jax.train import loop, objectives
 from phenolip_jax.train import mesh as mesh_lib
 
-PIPELINE_KEYS = ("image_size", "mean", "std", "crop_scale", "max_len", "length_buckets", "max_hpo", "max_ancestors",
-                 "max_organs", "workers", "prefetch", "strict")
+PIPELINE_KEYS = ("image_size", "mean", "std", "crop_scale", "max_len", "length_buckets", "length_group_window",
+                 "max_hpo", "max_ancestors", "max_organs", "workers", "prefetch", "strict")
 
 
 def pipeline_config(cfg: Any) -> dict[str, Any]:

@@ -5,31 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from PIL import Image
 
 from phenolip_jax.data.pipeline import bucket_of, make_train_dataset, make_train_iterator, resolve_config
-from phenolip_jax.data.records import Record
 from phenolip_jax.train.step import create_state, make_train_step
 from tests.train import test_accumulation as acc_tests
 from tests.train import test_step as step_tests
 
-N, MAX_LEN, BUCKETS = 24, 24, (6, 10)
-HPO = ("HP:0001250", "HP:0000478", "HP:0004322", "HP:0001263")
+MAX_LEN, BUCKETS = 24, (6, 10)
 CFG = dict(image_size=8, max_len=MAX_LEN, per_host_batch_size=4, max_hpo=3, max_ancestors=5, max_hops=2,
            max_organs=4, read_threads=1, prefetch=1)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    records = []
-    for i in range(N):
-        Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(root / f"{i}.png")
-        # Mostly short captions, a few long ones: batches land in different buckets.
-        words = " ".join(["seizure"] * (1 + (i % 4) + (12 if i % 7 == 0 else 0)))
-        records.append(Record(f"{i}.png", f"{words} {i}", HPO[: 1 + i % 4], image_id=f"img{i}"))
-    return root, records
 
 
 def _batches(records, root, tok, onto, cfg, n=12, **kw):
@@ -37,8 +21,8 @@ def _batches(records, root, tok, onto, cfg, n=12, **kw):
     return [next(it) for _ in range(n)]
 
 
-def test_batches_are_cut_to_the_smallest_bucket_holding_their_longest_caption(data, tok, onto):
-    root, records = data
+def test_batches_are_cut_to_the_smallest_bucket_holding_their_longest_caption(mixed_lengths, tok, onto):
+    root, records = mixed_lengths
     plain = _batches(records, root, tok, onto, CFG)
     bucketed = _batches(records, root, tok, onto, dict(CFG, length_buckets=BUCKETS))
     widths = set()
@@ -54,8 +38,8 @@ def test_batches_are_cut_to_the_smallest_bucket_holding_their_longest_caption(da
     assert len(widths) >= 2, widths  # the data exercises more than one bucket
 
 
-def test_every_process_gets_its_global_batch_bucket(data, tok, onto):
-    root, records = data
+def test_every_process_gets_its_global_batch_bucket(mixed_lengths, tok, onto):
+    root, records = mixed_lengths
     one = _batches(records, root, tok, onto, dict(CFG, per_host_batch_size=4, length_buckets=BUCKETS), n=6)
     for pi in range(2):
         part = _batches(records, root, tok, onto, dict(CFG, per_host_batch_size=2, length_buckets=BUCKETS), n=6,
@@ -64,8 +48,8 @@ def test_every_process_gets_its_global_batch_bucket(data, tok, onto):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_resume_is_exact_with_buckets(data, tok, onto, workers):
-    root, records = data
+def test_resume_is_exact_with_buckets(mixed_lengths, tok, onto, workers):
+    root, records = mixed_lengths
     cfg = dict(CFG, length_buckets=BUCKETS, workers=workers)
     it = make_train_iterator(cfg, records, tok, onto, seed=5, image_root=root)
     for _ in range(5):  # crosses an epoch boundary (6 batches per epoch)
