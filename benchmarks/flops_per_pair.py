@@ -1,15 +1,20 @@
 """XLA FLOPs per pair of the `biomedclip` stage-2 train step at context 256: before and after the throughput items.
 
-Run: python benchmarks/flops_per_pair.py [--batch 8] [--global-batch 256] [--lengths hpo|demo]
+Run: python benchmarks/flops_per_pair.py [--batch 8] [--global-batch 256] [--lengths hpo|demo] [--windows 8 32]
 
 Every step is the run's own (`tasks.stage2` model and objective, `train.build` optimizer), lowered for one CPU
 device from abstract shapes (nothing runs, no weights) and read with XLA's HLO `cost_analysis()`:
   full      the step at context 256, the teacher run on every caption (`teacher.embeddings='on_the_fly'`)
   cache     the same with precomputed teacher embeddings (`teacher.embeddings='precompute'`, issue 14 item 1)
-  bucket L  the cached step at caption length L, for each of `data.length_buckets` + max_len (item 2)
+  bucket L  the cached step at caption length L, for each of `--buckets` (default 32 64 128) + max_len (item 2)
   buckets   the expected FLOPs over a caption-length distribution: a global batch of G captions runs at the
             smallest bucket holding its longest caption, so P(bucket <= L) = F(L)^G (F: the length CDF)
+  grouped W the same with `data.length_group_window=W`: each window of W global batches is sorted by caption
+            length and cut into W batches, so a batch is a contiguous chunk of the sorted window; simulated by
+            drawing windows of W*G lengths from the distribution (bucket of each chunk's longest caption)
   freeze    the cached step at 256 in the tower-freeze phase (item 5)
+`--bucket_gflops` / `--full_gflops` take per-pair figures already measured (benchmarks/RESULTS.md) instead of
+lowering the steps (minutes each on a small CPU): only the bucket mixes are then computed.
 Caption lengths are token counts with the embedded MiniLM tokenizer (bert-base-uncased WordPiece: PubMedBERT's
 in-domain vocabulary splits medical words less, so these lengths are, if anything, long).
 """
@@ -86,6 +91,16 @@ def step_flops(cfg, batch: int, length: int, *, cached: bool, phase: str = "full
     return float(cost["flops"])
 
 
+def grouped_bucket_mix(lengths: np.ndarray, buckets: tuple[int, ...], max_len: int, group: int, window: int,
+                       batches: int = 4096, seed: int = 0) -> dict[int, float]:
+    """Fraction of global batches per bucket when windows of `window` batches are sorted by length (simulated)."""
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(lengths, size=(max(1, batches // window), window * group)), axis=1)
+    longest = sample.reshape(-1, window, group)[..., -1].reshape(-1)  # a sorted chunk's last entry is its max
+    widths = np.array([bucket_of(int(m), buckets, max_len) for m in longest])
+    return {b: float(np.mean(widths == b)) for b in buckets + (max_len,)}
+
+
 def main() -> None:
     """Prints FLOPs per pair of each variant and the padding fraction of the length distribution."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,12 +109,18 @@ def main() -> None:
     p.add_argument("--lengths", choices=("hpo", "demo"), default="hpo")
     p.add_argument("--max_len", type=int, default=256, help="context the padding fraction is measured at")
     p.add_argument("--lengths_only", action="store_true", help="print the caption-length statistics and stop")
+    # biomedclip leaves data.length_buckets off, so the set measured is named here
+    p.add_argument("--buckets", type=int, nargs="*", default=[32, 64, 128], help="data.length_buckets to measure")
+    p.add_argument("--windows", type=int, nargs="*", default=[8, 32], help="length_group_window values to simulate")
+    p.add_argument("--bucket_gflops", type=str, default="", help="measured cached GFLOP/pair per bucket and max_len, "
+                   "comma separated (e.g. 123.16,139.97,174.34,246.03): skip lowering the steps")
+    p.add_argument("--full_gflops", type=float, default=0.0, help="measured full-step GFLOP/pair (with --bucket_gflops)")
     args = p.parse_args()
     cfg = config_lib.load_config("stage2", "biomedclip")
     cfg.data.batch_size = args.batch
     cfg.optim.freeze_steps = 0  # the full step, not the auto (cond) step; the freeze phase is asked for below
     cfg.teacher.embeddings = "on_the_fly"
-    n, length, buckets = args.batch, cfg.data.max_len, tuple(cfg.data.length_buckets)
+    n, length, buckets = args.batch, cfg.data.max_len, tuple(args.buckets)
     print(f"jax {jax.__version__} on {jax.default_backend()}; biomedclip stage 2, context {length}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     shown = token_lengths(args.lengths, args.max_len)
@@ -110,31 +131,42 @@ def main() -> None:
     if args.lengths_only:
         return
     lengths = token_lengths(args.lengths, length)
-    full = step_flops(cfg, n, length, cached=False) / n
-    print(f"full step at {length}:            {full / 1e9:8.2f} GFLOP/pair")
-    per_bucket = {b: step_flops(cfg, n, b, cached=True) / n for b in buckets + (length,)}
+    measured = [float(x) * 1e9 for x in args.bucket_gflops.split(",") if x.strip()]
+    if measured and (len(measured) != len(buckets) + 1 or not args.full_gflops):
+        p.error(f"--bucket_gflops needs {len(buckets) + 1} figures ({buckets + (length,)}) and --full_gflops")
+    full = args.full_gflops * 1e9 if measured else step_flops(cfg, n, length, cached=False) / n
+    print(f"full step at {length}:            {full / 1e9:8.2f} GFLOP/pair" + (" (given)" if measured else ""))
+    per_bucket = dict(zip(buckets + (length,), measured)) if measured else \
+        {b: step_flops(cfg, n, b, cached=True) / n for b in buckets + (length,)}
     cache = per_bucket[length]
     print(f"with teacher cache:             {cache / 1e9:8.2f} GFLOP/pair ({cache / full:.3f} of full)")
     for b, f in per_bucket.items():
         print(f"  bucket {b:>3}:                   {f / 1e9:8.2f} GFLOP/pair")
-    cdf = {b: float(np.mean(lengths <= b)) for b in buckets + (length,)}
-    for g in sorted({1, args.global_batch}):
-        prob, below, expected, tokens = {}, 0.0, 0.0, 0.0
-        for b in buckets + (length,):
-            prob[b] = cdf[b] ** g - below
-            below = cdf[b] ** g
-            expected += prob[b] * per_bucket[b]
-            tokens += prob[b] * b
-        label = "per caption (G=1)" if g == 1 else f"global batch {g}"
+
+    def report(label: str, prob: dict[int, float]) -> None:
+        expected = sum(q * per_bucket[b] for b, q in prob.items())
+        tokens = sum(q * b for b, q in prob.items())
         mix = ", ".join(f"{b}: {q:.1%}" for b, q in prob.items())
         print(f"with buckets, {label}: {expected / 1e9:8.2f} GFLOP/pair ({expected / full:.3f} of full); "
               f"bucket mix {mix}; padding {1 - lengths.mean() / tokens:.1%}")
+
+    cdf = {b: float(np.mean(lengths <= b)) for b in buckets + (length,)}
+    for g in sorted({1, args.global_batch}):
+        prob, below = {}, 0.0
+        for b in buckets + (length,):
+            prob[b], below = cdf[b] ** g - below, cdf[b] ** g
+        report("per caption (G=1)" if g == 1 else f"global batch {g}", prob)
+    for w in args.windows:
+        report(f"global batch {args.global_batch}, length_group_window {w} (simulated)",
+               grouped_bucket_mix(lengths, buckets, length, args.global_batch, w))
     # Padding fraction of sampled global batches, to check the F(L)^G mix above against real batches.
     rng = np.random.default_rng(0)
     sample = rng.choice(lengths, size=(200, args.global_batch))
     widths = np.array([bucket_of(int(m), buckets, length) for m in sample.max(1)])
     print(f"sampled global batches of {args.global_batch}: padding {1 - sample.mean() / widths.mean():.1%} "
           f"(mean width {widths.mean():.0f})")
+    if measured:
+        return
     freeze_cfg = config_lib.load_config("stage2", "biomedclip")
     freeze_cfg.data.batch_size = n
     freeze = step_flops(freeze_cfg, n, length, cached=True, phase="freeze") / n
