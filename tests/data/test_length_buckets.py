@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from phenolip_jax.data.pipeline import bucket_of, make_train_dataset, make_train_iterator, resolve_config
+from phenolip_jax.data.pipeline import bucket_of, make_train_iterator, resolve_config
 from phenolip_jax.train.step import create_state, make_train_step
 from tests.train import test_accumulation as acc_tests
 from tests.train import test_step as step_tests
@@ -47,12 +47,11 @@ def test_every_process_gets_its_global_batch_bucket(mixed_lengths, tok, onto):
         assert [b["input_ids"].shape[1] for b in part] == [b["input_ids"].shape[1] for b in one]
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resume_is_exact_with_buckets(mixed_lengths, tok, onto, workers):
+def assert_resume_exact(cfg, mixed_lengths, tok, onto):
+    """5 batches, save the iterator state, 3 more; a fresh iterator restored to that state yields the same 3."""
     root, records = mixed_lengths
-    cfg = dict(CFG, length_buckets=BUCKETS, workers=workers)
     it = make_train_iterator(cfg, records, tok, onto, seed=5, image_root=root)
-    for _ in range(5):  # crosses an epoch boundary (6 batches per epoch)
+    for _ in range(5):
         next(it)
     state = it.get_state()
     expected = [next(it) for _ in range(3)]
@@ -61,6 +60,12 @@ def test_resume_is_exact_with_buckets(mixed_lengths, tok, onto, workers):
     for a, b in zip(expected, [next(fresh) for _ in range(3)]):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_is_exact_with_buckets(mixed_lengths, tok, onto, workers):
+    # 5 batches cross an epoch boundary (6 batches per epoch).
+    assert_resume_exact(dict(CFG, length_buckets=BUCKETS, workers=workers), mixed_lengths, tok, onto)
 
 
 @pytest.mark.parametrize("buckets", [(0, 8), (8, 6), (8, 8), (8, 30)])

@@ -6,7 +6,7 @@ import pytest
 
 from phenolip_jax.data.length_groups import LengthGroupedMapDataset, window_order
 from phenolip_jax.data.pipeline import bucket_of, make_train_iterator, resolve_config
-from tests.data.test_length_buckets import BUCKETS, CFG, MAX_LEN
+from tests.data.test_length_buckets import BUCKETS, CFG, MAX_LEN, assert_resume_exact
 
 WINDOW = 3  # 3 global batches of 4: two windows per 24-example epoch
 GROUPED = dict(CFG, length_buckets=BUCKETS, length_group_window=WINDOW)
@@ -64,18 +64,8 @@ def test_processes_see_disjoint_examples_and_agree_on_buckets(mixed_lengths, tok
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_is_exact_with_grouping(mixed_lengths, tok, onto, workers):
-    root, records = mixed_lengths
-    cfg = dict(GROUPED, workers=workers)
-    it = make_train_iterator(cfg, records, tok, onto, seed=5, image_root=root)
-    for _ in range(5):  # mid-window, and the next batches cross into the next window and epoch
-        next(it)
-    state = it.get_state()
-    expected = [next(it) for _ in range(3)]
-    fresh = make_train_iterator(cfg, records, tok, onto, seed=5, image_root=root)
-    fresh.set_state(state)
-    for a, b in zip(expected, [next(fresh) for _ in range(3)]):
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # 5 batches stop mid-window, and the next ones cross into the next window and epoch.
+    assert_resume_exact(dict(GROUPED, workers=workers), mixed_lengths, tok, onto)
 
 
 @pytest.mark.parametrize("bad", [dict(length_group_window=2), dict(length_group_window=-1, length_buckets=BUCKETS)])
