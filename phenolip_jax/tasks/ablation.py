@@ -67,12 +67,35 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, di
     return out
 
 
-def markdown_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+def paired_differences(runs: dict[str, list[dict[str, float]]], baseline: str = "clip"
+                       ) -> dict[str, dict[str, dict[str, float]]]:
+    """Per arm and figure: mean and sample sd over seeds of (arm - baseline) on the same seed, and the wins.
+
+    Arms of one seed share the dataset, initialisation and data order, so the per-seed difference removes
+    what the seeds change for every arm alike; `wins` counts the seeds where the arm is ahead.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for arm, results in runs.items():
+        if arm == baseline:
+            continue
+        out[arm] = {}
+        for key, _ in COLUMNS:
+            diffs = np.array([r[key] - b[key] for r, b in zip(results, runs[baseline])
+                              if r.get(key) is not None and b.get(key) is not None], np.float64)
+            if len(diffs):
+                out[arm][key] = dict(mean=float(diffs.mean()), sd=float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0,
+                                     n=len(diffs), wins=int((diffs > 0).sum()))
+    return out
+
+
+def markdown_table(summary: dict[str, dict[str, dict[str, float]]], signed: bool = False) -> str:
     """The table: one row per arm, mean ± sd in percent."""
     lines = ["| arm | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for arm, figures in summary.items():
-        cells = [f"{100 * figures[k]['mean']:.1f} ± {100 * figures[k]['sd']:.1f}" if k in figures else "n/a"
-                 for k, _ in COLUMNS]
+        sign = "+" if signed else ""
+        cells = [f"{100 * figures[k]['mean']:{sign}.1f} ± {100 * figures[k]['sd']:.1f}"
+                 + (f" ({figures[k]['wins']}/{figures[k]['n']})" if "wins" in figures[k] else "")
+                 if k in figures else "n/a" for k, _ in COLUMNS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -121,12 +144,18 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
             print(f"ablation: {arm} seed {seed} done ({seconds[f'{arm}/seed{seed}']:.0f}s)", flush=True)
     summary = summarise(runs)
     table = markdown_table(summary)
+    paired = paired_differences(runs) if "clip" in runs and len(runs) > 1 else {}
     total = round(time.time() - t0, 1)
     artifacts.write_json(os.path.join(workdir, "ablation.json"), {
-        "summary": summary, "runs": {a: [{k: r.get(k) for k, _ in COLUMNS} for r in rs] for a, rs in runs.items()},
+        "summary": summary, "paired_vs_clip": paired,
+        "runs": {a: [{k: r.get(k) for k, _ in COLUMNS} for r in rs] for a, rs in runs.items()},
         "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total})
+    text = f"Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n{table}"
+    if paired:
+        text += ("\nEach arm minus `clip` on the same seed, mean ± sd in points (seeds where the arm is ahead / "
+                 f"seeds):\n\n{markdown_table(paired, signed=True)}")
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
-        f.write(f"Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n{table}")
-    print(table, flush=True)
+        f.write(text)
+    print(text, flush=True)
     print(f"ablation done in {total:.0f}s; results in {workdir}/ablation.md", flush=True)
     return summary

@@ -21,6 +21,20 @@ def test_summarise_mean_and_sample_sd():
     assert "| clip | 60.0 ± 14.1 |" in table and "n/a" in table
 
 
+def test_paired_differences_against_clip_per_seed():
+    from phenolip_jax.tasks import ablation
+
+    runs = {"clip": [{"i2t_r@10": 0.5}, {"i2t_r@10": 0.9}, {"i2t_r@10": 0.6}],
+            "phenolip": [{"i2t_r@10": 0.6}, {"i2t_r@10": 0.95}, {"i2t_r@10": 0.55}]}
+    got = ablation.paired_differences(runs)
+    assert list(got) == ["phenolip"]
+    d = got["phenolip"]["i2t_r@10"]
+    assert d["mean"] == pytest.approx(np.mean([0.1, 0.05, -0.05]))
+    assert d["sd"] == pytest.approx(np.std([0.1, 0.05, -0.05], ddof=1))  # paired: far below the arms' own spread
+    assert (d["n"], d["wins"]) == (3, 2)
+    assert "| phenolip | +3.3 ± 7.6 (2/3) |" in ablation.markdown_table(got, signed=True)
+
+
 def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
     from phenolip_jax.tasks import ablation
 
