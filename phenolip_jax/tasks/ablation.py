@@ -100,9 +100,9 @@ def markdown_table(summary: dict[str, dict[str, dict[str, float]]], signed: bool
     return "\n".join(lines) + "\n"
 
 
-def _finished(path: str) -> dict[str, float] | None:
+def _read_json(path: str) -> dict[str, Any] | None:
     try:
-        with open(os.path.join(path, "eval.json")) as f:
+        with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -134,18 +134,25 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         teachers["raw"] = _teacher(raw_teacher_config(cfg.teacher), os.path.join(workdir, "teacher_raw"))
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in cfg.arms}
     seconds: dict[str, float] = {}
+    reused: set[str] = set()
+    earlier = (_read_json(os.path.join(workdir, "ablation.json")) or {}).get("seconds", {})
     for seed in cfg.seeds:
         for arm in cfg.arms:
-            path = os.path.join(workdir, arm, f"seed{seed}")
+            path, key = os.path.join(workdir, arm, f"seed{seed}"), f"{arm}/seed{seed}"
             t = time.time()
-            result = _finished(path) or stage2.run(arm_config(cfg, arm, seed, teachers, workdir), path)
-            seconds[f"{arm}/seed{seed}"] = round(time.time() - t, 1)
+            result = _read_json(os.path.join(path, "eval.json"))
+            if result is None:
+                result = stage2.run(arm_config(cfg, arm, seed, teachers, workdir), path)
+                seconds[key] = round(time.time() - t, 1)
+            else:  # a reused run keeps the time it took when it ran
+                seconds[key] = earlier.get(key, 0.0)
+                reused.add(key)
             runs[arm].append(result)
             print(f"ablation: {arm} seed {seed} done ({seconds[f'{arm}/seed{seed}']:.0f}s)", flush=True)
     summary = summarise(runs)
     table = markdown_table(summary)
     paired = paired_differences(runs) if "clip" in runs and len(runs) > 1 else {}
-    total = round(time.time() - t0, 1)
+    total = round(time.time() - t0 + sum(seconds[k] for k in reused), 1)  # with the reused runs' own time
     artifacts.write_json(os.path.join(workdir, "ablation.json"), {
         "summary": summary, "paired_vs_clip": paired,
         "runs": {a: [{k: r.get(k) for k, _ in COLUMNS} for r in rs] for a, rs in runs.items()},

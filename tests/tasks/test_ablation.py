@@ -70,6 +70,10 @@ def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
     stamp = os.path.getmtime(os.path.join(work, "hier", "seed0", "metrics.jsonl"))
     assert ablation.run(cfg, work) == summary
     assert os.path.getmtime(os.path.join(work, "hier", "seed0", "metrics.jsonl")) == stamp
+    with open(os.path.join(work, "ablation.json")) as f:
+        again = json.load(f)
+    assert again["seconds"] == saved["seconds"] and min(again["seconds"].values()) > 0  # the runs' own times
+    assert again["total_seconds"] >= sum(saved["seconds"].values())
 
 
 def test_bad_arm_is_named(tmp_path):
