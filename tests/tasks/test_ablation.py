@@ -73,7 +73,7 @@ def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
     with open(os.path.join(work, "ablation.json")) as f:
         again = json.load(f)
     assert again["seconds"] == saved["seconds"] and min(again["seconds"].values()) > 0  # the runs' own times
-    assert again["total_seconds"] >= sum(saved["seconds"].values())
+    assert again["total_seconds"] >= sum(saved["seconds"].values()) - 0.1  # rounded to 0.1 s
 
 
 def test_bad_arm_is_named(tmp_path):
