@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 
 from phenolip_jax import config_lib
@@ -42,6 +43,14 @@ RUN_SETS: dict[str, list[tuple[str, str, str, dict]]] = {
         (*S1, "v5p:2x2x2", {"data.terms_per_batch": 1024, "text.attention": "splash", "text.remat": "full",
                             **FUSED_OK}),
     ],
+    "slices": [  # 8-chip slices of each generation, the per-chip batch sized to the chip's HBM
+        (*S2, "v5p:2x2x2", {"data.batch_size": 4096, "model.attention": "splash", "model.remat": "full",
+                            "loss.chunk": 512, **FUSED_OK}),
+        (*S2, "v4:2x2x2", {"data.batch_size": 2048, "model.attention": "splash", "model.remat": "full",
+                           "loss.chunk": 512, **FUSED_OK}),
+        (*S2, "v5e:2x4", {"data.batch_size": 1024, "model.attention": "splash", "model.remat": "full",
+                          "loss.chunk": 512, **FUSED_OK}),
+    ],
     "small": [  # seconds-scale check of the script itself
         ("stage2", "demo", "v5e:2x2", {"data.batch_size": 16, "loss.kd_weight": 0.0}),
     ],
@@ -62,9 +71,23 @@ def make_config(config: str, variant: str, overrides: dict):
     return cfg
 
 
+def _commit() -> str:
+    """The checkout's short commit (+ '-dirty' with uncommitted changes): which code a record measured."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
 def run_one(config: str, variant: str, topology: str, overrides: dict) -> dict:
     """Compiles one run; its JSON record."""
-    record = dict(config=config, variant=variant, topology=topology, overrides=overrides, when=time.strftime("%F %T"))
+    record = dict(config=config, variant=variant, topology=topology, overrides=overrides, when=time.strftime("%F %T"),
+                  commit=_commit())
     try:
         report = aot_task.compile_config(make_config(config, variant, overrides), topology)
         record.update(aot.as_dict(report))
@@ -114,8 +137,8 @@ def table(path: str) -> str:
     """Markdown rows of the records in `path`."""
     gib = 2.0**30
     rows = ["| config | slice | global batch (/chip) | attention | remat | fsdp | chunk | GiB/chip (HBM) | fits |"
-            " TFLOP/chip | GB/chip | roofline ms | bound | MFU ceiling | compile s |",
-            "|---" * 15 + "|"]
+            " TFLOP/chip | GB/chip | roofline ms | bound | MFU ceiling | compile s | commit |",
+            "|---" * 16 + "|"]
     for line in open(path):
         r = json.loads(line)
         o = r["overrides"]
@@ -128,11 +151,11 @@ def table(path: str) -> str:
         head = (f"| {r['config']}:{r['variant']}{ctx} | {r['topology']} | {batch}"
                 f" ({batch // max(r.get('chips', 1), 1)}) | {attention} | {remat} | {cfg.mesh.fsdp} | {chunk} |")
         if "error" in r:
-            rows.append(head + f" error: {r['error'][:80]} |" + " |" * 7)
+            rows.append(head + f" error: {r['error'][:80]} |" + " |" * 7 + f" {r.get('commit', '-')} |")
             continue
         rows.append(head + f" {r['total_bytes'] / gib:.1f} ({r['hbm_bytes'] / gib:.0f}) | {'yes' if r['fits'] else 'NO'}"
                     f" | {r['flops'] / 1e12:.1f} | {r['bytes_accessed'] / 1e9:.0f} | {1e3 * r['step_time_bound_s']:.0f}"
-                    f" | {r['bound']} | {100 * r['mfu_ceiling']:.0f}% | {r['compile_s']:.0f} |")
+                    f" | {r['bound']} | {100 * r['mfu_ceiling']:.0f}% | {r['compile_s']:.0f} | {r.get('commit', '-')} |")
     return "\n".join(rows)
 
 

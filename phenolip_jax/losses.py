@@ -191,12 +191,16 @@ def adasp_loss(emb: Array, labels: Array, temperature: float = 0.04) -> Array:
 
 
 def _hop_weight(hop_decay: float | Array, hop: Array) -> Array:
-    """hop_decay**hop in float32; a table rounded from float64 for concrete decays, as the host side does."""
+    """hop_decay**hop in float32; for concrete decays the float64 power rounded once, as the host side does."""
     if isinstance(hop_decay, (int, float, np.floating, np.integer)):
-        # Same numbers as ontology.relations.hop_weights (float64 power rounded once), so host and device
-        # scores agree bit for bit; HPO paths are far shorter than the table.
-        table = jnp.asarray((float(hop_decay) ** np.arange(_MAX_HOPS + 1, dtype=np.float64)).astype(np.float32))
-        return table[jnp.clip(hop, 0, _MAX_HOPS)]
+        if not 0.0 <= hop_decay <= 1.0:
+            raise ValueError(f"hop_decay must lie in [0, 1], got {hop_decay!r}")
+        # Same numbers as ontology.relations.hop_weights, so host and device scores agree bit for bit. A
+        # select over the table, not a gather from it: on TPU a gather per element cost ~1,000x the traffic
+        # (benchmarks/RESULTS.md, the fit table).
+        table = (float(hop_decay) ** np.arange(_MAX_HOPS + 1, dtype=np.float64)).astype(np.float32)
+        hop = jnp.clip(hop, 0, _MAX_HOPS)[..., None]
+        return jnp.sum(jnp.where(hop == np.arange(_MAX_HOPS + 1), table, np.float32(0)), axis=-1)
     return jnp.asarray(hop_decay, jnp.float32) ** hop.astype(jnp.float32)
 
 
@@ -231,10 +235,13 @@ def hierarchical_soft_targets(
         hop = jnp.minimum(jnp.minimum(up, down), same)  # [Bb, N, M]
         pair_ok = ok_b[:, :, None] & ok_a[None, None, :]
         related = pair_ok & (hop < big)
+        # hop_decay <= 1: the best related term pair has the fewest hops, so weigh per example, not per pair.
+        best = jnp.where(related, hop, big).min(axis=(1, 2))  # [Bb]
+        weight = jnp.where(best < big, _hop_weight(hop_decay, jnp.where(best < big, best, 0)), 0.0)
         organ_hit = ((oa[None, :, None] == organs_b[:, None, :]) & (oa[None, :, None] >= 0)).any(axis=(1, 2))
-        fallback = jnp.where(organ_hit, jnp.asarray(organ_weight, jnp.float32), 0.0)  # [Bb]
-        pair = jnp.where(related, _hop_weight(hop_decay, jnp.where(related, hop, 0)), fallback[:, None, None])
-        return jnp.where(pair_ok, pair, 0.0).max(axis=(1, 2))
+        unrelated = (pair_ok & ~related).any(axis=(1, 2))  # an unrelated term pair falls back to the organs
+        fallback = jnp.where(organ_hit & unrelated, jnp.asarray(organ_weight, jnp.float32), 0.0)  # [Bb]
+        return jnp.maximum(weight, fallback)
 
     rows = (jnp.asarray(terms_a), jnp.asarray(anc_a), jnp.asarray(hops_a), jnp.asarray(organs_a))
     if row_chunk is None:

@@ -450,6 +450,12 @@ def test_hierarchical_soft_targets_match_host_relations_on_real_hpo(tmp_path):
             assert np.all(got >= want)
 
 
+def test_hierarchical_soft_targets_reject_a_hop_decay_above_one():
+    # Examples are weighed by their fewest-hop term pair, which is their best pair only when hop_decay <= 1.
+    with pytest.raises(ValueError, match="hop_decay"):
+        _scores([([6], [1])], [([3], [1])], decay=1.5)
+
+
 def test_hierarchical_targets_feed_the_contrastive_loss():
     rng = np.random.default_rng(1)
     ex = [([6], [1]), ([3], [1]), ([2], []), ([6], [0])]

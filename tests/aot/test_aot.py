@@ -59,3 +59,39 @@ def test_report_figures_and_exit_status(tiny_bert_dir, reports, monkeypatch, cap
 def test_unknown_topology_is_a_clear_error():
     with pytest.raises(ValueError, match=r"--aot='h100:8'.*v4"):
         aot.topology_mesh("h100:8")
+
+
+def test_hierarchical_targets_add_little_tpu_traffic():
+    """The chunked loss with ontology targets moves about what it moves without them (TPU cost model).
+
+    A gather from the hop-weight table per term pair once made it 553 GB per chip at B=2048 (0.006 GB with
+    identity targets), ~97% of the paper-size step's traffic (benchmarks/RESULTS.md, the fit table).
+    """
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from phenolip_jax import losses
+    from phenolip_jax.train import mesh as mesh_lib
+
+    batch, m, a = 2048, 4, 18
+    mesh = aot.topology_mesh(TOPOLOGY)
+    sd = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=mesh_lib.batch_sharding(mesh))  # noqa: E731
+    tables = (sd((batch, m), jnp.int32), sd((batch, m, a), jnp.int32), sd((batch, m, a), jnp.int32),
+              sd((batch, 4), jnp.int32))
+    emb = sd((batch, 64), jnp.float32)
+    rule = functools.partial(losses.hierarchical_pair_targets, hop_decay=0.5, organ_weight=0.1)
+
+    def traffic(hierarchy: bool) -> float:
+        def loss(v, t, tab):
+            targets = losses.BlockTargets(rule, tab, tab) if hierarchy else None
+            return losses.chunked_softmax_contrastive(v, t, jnp.float32(20.0), targets, chunk=256)
+
+        with jax.set_mesh(mesh):
+            compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(emb, emb, tables).compile()
+        cost = compiled.cost_analysis()
+        return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["bytes accessed"])
+
+    identity, soft = traffic(False), traffic(True)
+    assert soft < 20 * identity + 1e9, (soft / 1e9, identity / 1e9)

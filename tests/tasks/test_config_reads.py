@@ -54,7 +54,7 @@ def monkeypatch_module():
         yield mp
 
 
-@pytest.mark.parametrize("stage,variants", [("stage1", ("demo", "teacher", "pubmedbert")),
+@pytest.mark.parametrize("stage,variants", [("stage1", ("demo", "teacher", "full", "pubmedbert")),
                                             ("stage2", ("demo", "biomedclip"))])
 def test_every_leaf_of_every_variant_is_read(reads, stage, variants):
     leaves = {leaf for v in variants for leaf in config_tools.flatten(load_config(stage, v))}
