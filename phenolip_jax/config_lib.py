@@ -92,8 +92,11 @@ def hierarchy_section(enabled: bool = True, max_hops: int = 2, hop_decay: float 
     ))
 
 
-def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Checks a config before anything is loaded or compiled; raises ValueError naming the field (one line)."""
+def validate(cfg: ml_collections.ConfigDict, num_devices: int, aot: bool = False) -> None:
+    """Checks a config before anything is loaded or compiled; raises ValueError naming the field (one line).
+
+    aot=True (an ahead-of-time compile) reads no data, so a stage-2 config need not name its manifest.
+    """
     if cfg.stage == "eval":
         return _validate_eval(cfg)
     if cfg.stage == "export":
@@ -134,7 +137,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             f"{num_devices} devices"
         )
     if cfg.stage == "stage2":
-        _validate_stage2(cfg)
+        _validate_stage2(cfg, aot)
     else:
         _one_of(cfg.text.remat, REMAT_POLICIES, "config.text.remat")
     for field in ("text.hf_dir", "teacher.workdir", "init.checkpoint", "data.manifest", "data.test_csv"):
@@ -165,9 +168,9 @@ def _positive(cfg: Any, section: str, fields: tuple[str, ...]) -> None:
             raise ValueError(f"config.{section}.{key}={cfg[section][key]} must be > 0")
 
 
-def _validate_stage2(cfg: Any) -> None:
+def _validate_stage2(cfg: Any, aot: bool) -> None:
     _one_of(cfg.data.source, DATA_SOURCES, "config.data.source")
-    if cfg.data.source == "jsonl" and not cfg.data.manifest:
+    if cfg.data.source == "jsonl" and not cfg.data.manifest and not aot:
         raise ValueError("config.data.manifest is empty: config.data.source='jsonl' needs a JSONL manifest path")
     _one_of(cfg.model.remat, REMAT_POLICIES, "config.model.remat")
     img, patch = cfg.data.image_size, cfg.model.image.patch_size

@@ -61,6 +61,24 @@ def test_unknown_topology_is_a_clear_error():
         aot.topology_mesh("h100:8")
 
 
+@pytest.mark.parametrize("stage,variant,overrides", [
+    ("stage2", "biomedclip", {"batch_size": 32768}), ("stage1", "pubmedbert", {"terms_per_batch": 1024})])
+def test_paper_configs_reach_the_step_builder_without_data(stage, variant, overrides, monkeypatch):
+    """--aot reads no data or weights: the paper configs pass validation as shipped (no manifest, no hf_dir)."""
+    cfg = config_lib.load_config(stage, variant)
+    cfg.data.update(overrides)
+    built = []
+
+    def fake_abstract_step(cfg, mesh):
+        built.append(mesh.size)
+        raise RuntimeError("stop before compiling")
+
+    monkeypatch.setitem(aot_task.ABSTRACT_STEPS, stage, fake_abstract_step)
+    with pytest.raises(RuntimeError, match="stop before compiling"):
+        aot_task.compile_config(cfg, "v5p:4x4x4")
+    assert built == [64]
+
+
 def test_hierarchical_targets_add_little_tpu_traffic():
     """The chunked loss with ontology targets moves about what it moves without them (TPU cost model).
 
