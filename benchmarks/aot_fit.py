@@ -51,6 +51,16 @@ RUN_SETS: dict[str, list[tuple[str, str, str, dict]]] = {
         (*S2, "v5e:2x4", {"data.batch_size": 1024, "model.attention": "splash", "model.remat": "full",
                           "loss.chunk": 512, **FUSED_OK}),
     ],
+    "remat": [  # the goal step with less recomputation: XLA's FLOPs then count less repeated work
+        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "splash", "model.remat": "save_dots",
+                            "loss.chunk": 512, **FUSED_OK}),
+        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "splash", "model.remat": "none",
+                            "loss.chunk": 512, **FUSED_OK}),
+    ],
+    "largest": [  # 4x the goal batch on the same slice
+        (*S2, "v5p:4x4x4", {"data.batch_size": 131072, "model.attention": "splash", "model.remat": "full",
+                            "loss.chunk": 512, **FUSED_OK}),
+    ],
     "small": [  # seconds-scale check of the script itself
         ("stage2", "demo", "v5e:2x2", {"data.batch_size": 16, "loss.kd_weight": 0.0}),
     ],
