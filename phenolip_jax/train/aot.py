@@ -31,6 +31,10 @@ CHIPS: dict[str, Chip] = {
     "v5p": Chip(peak_flops=459e12, hbm_bytes=95 * 2**30, hbm_bandwidth=2.76e12),
 }
 
+# v4 chips hold two TensorCores that are described as two devices unless the slice is asked for in megacore
+# mode (one device per chip), which is how v4 trains and what jax's TPU meshes require.
+_TOPOLOGY_ARGS: dict[str, dict[str, Any]] = {"v4": dict(chip_config_name="megacore")}
+
 # What to turn when the step does not fit, named as config fields.
 FIT_KNOBS = ("config.data.batch_size (or data.terms_per_batch for stage 1; smaller)",
              "config.mesh.fsdp (shard parameters and optimizer state over more chips)",
@@ -52,7 +56,8 @@ def topology_mesh(topology: str, data: int = -1, fsdp: int = 1) -> jax.sharding.
 
     chip_of(topology)
     try:
-        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu",
+                                            **_TOPOLOGY_ARGS.get(chip_of(topology)[0], {}))
     except Exception as e:  # libtpu missing or an unknown shape: one line naming the flag
         raise ValueError(f"--aot={topology!r}: no TPU topology description ({e}); install libtpu "
                          "(pip install 'jax[tpu]==0.10.2') and use e.g. v5p:2x2x1, v5e:2x4, v4:2x2x2") from e

@@ -56,6 +56,12 @@ def test_report_figures_and_exit_status(tiny_bert_dir, reports, monkeypatch, cap
         assert knob in out
 
 
+@pytest.mark.parametrize("topology,chips", [("v4:2x2x2", 8), ("v5e:2x4", 8), ("v5p:2x2x2", 8)])
+def test_every_generation_gives_one_device_per_chip(topology, chips):
+    mesh = aot.topology_mesh(topology)  # v4 describes two cores per chip unless asked for megacore
+    assert mesh.size == chips and len({tuple(d.coords) for d in mesh.devices.flat}) == chips
+
+
 def test_unknown_topology_is_a_clear_error():
     with pytest.raises(ValueError, match=r"--aot='h100:8'.*v4"):
         aot.topology_mesh("h100:8")
