@@ -51,6 +51,16 @@ RUN_SETS: dict[str, list[tuple[str, str, str, dict]]] = {
         (*S2, "v5e:2x4", {"data.batch_size": 1024, "model.attention": "splash", "model.remat": "full",
                           "loss.chunk": 512, **FUSED_OK}),
     ],
+    "slices2": [  # the 8-chip v4 / v5e rows at twice the per-chip batch, and their XLA-attention twins
+        (*S2, "v4:2x2x2", {"data.batch_size": 4096, "model.attention": "splash", "model.remat": "full",
+                           "loss.chunk": 512, **FUSED_OK}),
+        (*S2, "v5e:2x4", {"data.batch_size": 2048, "model.attention": "splash", "model.remat": "full",
+                          "loss.chunk": 512, **FUSED_OK}),
+        (*S2, "v4:2x2x2", {"data.batch_size": 2048, "model.attention": "xla", "model.remat": "full",
+                           "loss.chunk": 512, **FUSED_OK}),
+        (*S2, "v5e:2x4", {"data.batch_size": 1024, "model.attention": "xla", "model.remat": "full",
+                          "loss.chunk": 512, **FUSED_OK}),
+    ],
     "remat": [  # the goal step with less recomputation: XLA's FLOPs then count less repeated work
         (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "splash", "model.remat": "save_dots",
                             "loss.chunk": 512, **FUSED_OK}),
