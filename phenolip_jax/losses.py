@@ -196,8 +196,8 @@ def _hop_weight(hop_decay: float | Array, hop: Array) -> Array:
         if not 0.0 <= hop_decay <= 1.0:
             raise ValueError(f"hop_decay must lie in [0, 1], got {hop_decay!r}")
         # Same numbers as ontology.relations.hop_weights, so host and device scores agree bit for bit. A
-        # select over the table, not a gather from it: on TPU a gather per element cost ~1,000x the traffic
-        # (benchmarks/RESULTS.md, the fit table).
+        # select over the table, not a gather from it: XLA's TPU cost model charged the gather per element
+        # ~1,200x the traffic of the select (benchmarks/RESULTS.md, the fit table).
         table = (float(hop_decay) ** np.arange(_MAX_HOPS + 1, dtype=np.float64)).astype(np.float32)
         hop = jnp.clip(hop, 0, _MAX_HOPS)[..., None]
         return jnp.sum(jnp.where(hop == np.arange(_MAX_HOPS + 1), table, np.float32(0)), axis=-1)

@@ -86,10 +86,10 @@ def test_paper_configs_reach_the_step_builder_without_data(stage, variant, overr
 
 
 def test_hierarchical_targets_add_little_tpu_traffic():
-    """The chunked loss with ontology targets moves about what it moves without them (TPU cost model).
+    """The chunked loss with ontology targets stays under 1 GB per chip at B=2048 (TPU cost model).
 
-    A gather from the hop-weight table per term pair once made it 553 GB per chip at B=2048 (0.006 GB with
-    identity targets), ~97% of the paper-size step's traffic (benchmarks/RESULTS.md, the fit table).
+    A gather from the hop-weight table per term pair once made it 553 GB per chip here (0.1 GB now, 0.006 GB
+    with identity targets); at the paper size it was most of the step's traffic (benchmarks/RESULTS.md).
     """
     import functools
 
@@ -118,4 +118,4 @@ def test_hierarchical_targets_add_little_tpu_traffic():
         return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["bytes accessed"])
 
     identity, soft = traffic(False), traffic(True)
-    assert soft < 20 * identity + 1e9, (soft / 1e9, identity / 1e9)
+    assert identity < soft < 1e9, (soft / 1e9, identity / 1e9)
