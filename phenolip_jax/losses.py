@@ -195,12 +195,16 @@ def _hop_weight(hop_decay: float | Array, hop: Array) -> Array:
     if isinstance(hop_decay, (int, float, np.floating, np.integer)):
         if not 0.0 <= hop_decay <= 1.0:
             raise ValueError(f"hop_decay must lie in [0, 1], got {hop_decay!r}")
-        # Same numbers as ontology.relations.hop_weights, so host and device scores agree bit for bit. A
-        # select over the table, not a gather from it: XLA's TPU cost model charged the gather per element
-        # ~1,200x the traffic of the select (benchmarks/RESULTS.md, the fit table).
+        # Same numbers as ontology.relations.hop_weights, so host and device scores agree bit for bit. A chain
+        # of selects, not a gather from the table (XLA's TPU cost model charged the gather per element ~1,200x
+        # the traffic; benchmarks/RESULTS.md) nor a [..., table] one-hot (its temps count on CPU): XLA fuses
+        # the chain into one elementwise loop.
         table = (float(hop_decay) ** np.arange(_MAX_HOPS + 1, dtype=np.float64)).astype(np.float32)
-        hop = jnp.clip(hop, 0, _MAX_HOPS)[..., None]
-        return jnp.sum(jnp.where(hop == np.arange(_MAX_HOPS + 1), table, np.float32(0)), axis=-1)
+        hop = jnp.clip(hop, 0, _MAX_HOPS)
+        weight = jnp.full(hop.shape, table[0], jnp.float32)
+        for h in range(1, _MAX_HOPS + 1):
+            weight = jnp.where(hop == h, table[h], weight)
+        return weight
     return jnp.asarray(hop_decay, jnp.float32) ** hop.astype(jnp.float32)
 
 
