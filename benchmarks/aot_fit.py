@@ -23,54 +23,35 @@ S2 = ("stage2", "biomedclip")
 S1 = ("stage1", "pubmedbert")
 FUSED_OK = {"text.attention_dropout": 0.0}  # BERT's 0.1 attention dropout blocks the fused kernels
 
+
+def _s2(topology: str, batch: int, attention: str = "splash", remat: str = "full", extra: dict | None = None
+        ) -> tuple:
+    """A biomedclip stage-2 run: global batch, attention, remat, the blockwise loss, `extra` dotted fields."""
+    overrides = {"data.batch_size": batch, **(extra or {}), "model.attention": attention, "model.remat": remat,
+                 "loss.chunk": 512, **FUSED_OK}
+    return (*S2, topology, overrides)
+
+
 # (config, variant, topology, overrides); batches are global.
 RUN_SETS: dict[str, list[tuple[str, str, str, dict]]] = {
-    "goal": [
-        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "splash", "model.remat": "full",
-                            "loss.chunk": 512, **FUSED_OK}),
-        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "xla", "model.remat": "full",
-                            "loss.chunk": 512, **FUSED_OK}),
-    ],
+    "goal": [_s2("v5p:4x4x4", 32768), _s2("v5p:4x4x4", 32768, "xla")],
     "baseline": [
         (*S2, "v5p:4x4x4", {"data.batch_size": 4096, "model.attention": "xla", **FUSED_OK}),
         (*S2, "v5p:4x4x4", {"data.batch_size": 4096, "model.attention": "splash", **FUSED_OK}),
     ],
-    "ctx77": [
-        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "data.max_len": 77, "model.attention": "splash",
-                            "model.remat": "full", "loss.chunk": 512, **FUSED_OK}),
-    ],
+    "ctx77": [_s2("v5p:4x4x4", 32768, extra={"data.max_len": 77})],
     "stage1": [
         (*S1, "v5p:2x2x2", {"data.terms_per_batch": 1024, "text.attention": "splash", "text.remat": "full",
                             **FUSED_OK}),
     ],
-    "slices": [  # 8-chip slices of each generation, the per-chip batch sized to the chip's HBM
-        (*S2, "v5p:2x2x2", {"data.batch_size": 4096, "model.attention": "splash", "model.remat": "full",
-                            "loss.chunk": 512, **FUSED_OK}),
-        (*S2, "v4:2x2x2", {"data.batch_size": 2048, "model.attention": "splash", "model.remat": "full",
-                           "loss.chunk": 512, **FUSED_OK}),
-        (*S2, "v5e:2x4", {"data.batch_size": 1024, "model.attention": "splash", "model.remat": "full",
-                          "loss.chunk": 512, **FUSED_OK}),
-    ],
-    "slices2": [  # the 8-chip v4 / v5e rows at twice the per-chip batch, and their XLA-attention twins
-        (*S2, "v4:2x2x2", {"data.batch_size": 4096, "model.attention": "splash", "model.remat": "full",
-                           "loss.chunk": 512, **FUSED_OK}),
-        (*S2, "v5e:2x4", {"data.batch_size": 2048, "model.attention": "splash", "model.remat": "full",
-                          "loss.chunk": 512, **FUSED_OK}),
-        (*S2, "v4:2x2x2", {"data.batch_size": 2048, "model.attention": "xla", "model.remat": "full",
-                           "loss.chunk": 512, **FUSED_OK}),
-        (*S2, "v5e:2x4", {"data.batch_size": 1024, "model.attention": "xla", "model.remat": "full",
-                          "loss.chunk": 512, **FUSED_OK}),
-    ],
-    "remat": [  # the goal step with less recomputation: XLA's FLOPs then count less repeated work
-        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "splash", "model.remat": "save_dots",
-                            "loss.chunk": 512, **FUSED_OK}),
-        (*S2, "v5p:4x4x4", {"data.batch_size": 32768, "model.attention": "splash", "model.remat": "none",
-                            "loss.chunk": 512, **FUSED_OK}),
-    ],
-    "largest": [  # 4x the goal batch on the same slice
-        (*S2, "v5p:4x4x4", {"data.batch_size": 131072, "model.attention": "splash", "model.remat": "full",
-                            "loss.chunk": 512, **FUSED_OK}),
-    ],
+    # 8-chip slices of each generation, the per-chip batch sized to the chip's HBM
+    "slices": [_s2("v5p:2x2x2", 4096), _s2("v4:2x2x2", 2048), _s2("v5e:2x4", 1024)],
+    # the 8-chip v4 / v5e rows at twice the per-chip batch, and their XLA-attention twins
+    "slices2": [_s2("v4:2x2x2", 4096), _s2("v5e:2x4", 2048), _s2("v4:2x2x2", 2048, "xla"),
+                _s2("v5e:2x4", 1024, "xla")],
+    # the goal step with less recomputation: XLA's FLOPs then count less repeated work
+    "remat": [_s2("v5p:4x4x4", 32768, remat="save_dots"), _s2("v5p:4x4x4", 32768, remat="none")],
+    "largest": [_s2("v5p:4x4x4", 131072)],  # 4x the goal batch on the same slice
     "small": [  # seconds-scale check of the script itself
         ("stage2", "demo", "v5e:2x2", {"data.batch_size": 16, "loss.kd_weight": 0.0}),
     ],

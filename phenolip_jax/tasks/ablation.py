@@ -148,7 +148,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                 seconds[key] = earlier.get(key, 0.0)
                 reused.add(key)
             runs[arm].append(result)
-            print(f"ablation: {arm} seed {seed} done ({seconds[f'{arm}/seed{seed}']:.0f}s)", flush=True)
+            print(f"ablation: {arm} seed {seed} done ({seconds[key]:.0f}s)", flush=True)
     summary = summarise(runs)
     table = markdown_table(summary)
     paired = paired_differences(runs) if "clip" in runs and len(runs) > 1 else {}

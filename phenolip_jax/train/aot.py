@@ -54,10 +54,10 @@ def topology_mesh(topology: str, data: int = -1, fsdp: int = 1) -> jax.sharding.
     """The ('data', 'fsdp') mesh over the chips of a TPU slice described on this host (config.mesh sizes)."""
     from jax.experimental import topologies
 
-    chip_of(topology)
+    generation, _ = chip_of(topology)
     try:
         desc = topologies.get_topology_desc(topology_name=topology, platform="tpu",
-                                            **_TOPOLOGY_ARGS.get(chip_of(topology)[0], {}))
+                                            **_TOPOLOGY_ARGS.get(generation, {}))
     except Exception as e:  # libtpu missing or an unknown shape: one line naming the flag
         raise ValueError(f"--aot={topology!r}: no TPU topology description ({e}); install libtpu "
                          "(pip install 'jax[tpu]==0.10.2') and use e.g. v5p:2x2x1, v5e:2x4, v4:2x2x2") from e
