@@ -150,11 +150,24 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, aot: bool = False
     if teacher and not all(os.path.exists(os.path.join(teacher, f)) for f in ("stage1_config.json", "encoder")):
         raise ValueError(f"config.teacher.workdir={teacher!r} is not a finished stage-1 workdir "
                          "(needs stage1_config.json and encoder/)")
+    _validate_hierarchy(cfg.loss.hierarchy)
     kinds = {"stage1": ("infonce", "adasp"), "stage2": ("softmax", "sigmoid")}[cfg.stage]
     _one_of(cfg.loss.kind, kinds, "config.loss.kind")
     _one_of(cfg.optim.schedule, ("cosine", "constant"), "config.optim.schedule")
     if cfg.optim.warmup_steps < 0 or not math.isfinite(cfg.optim.lr) or cfg.optim.lr <= 0:
         raise ValueError(f"config.optim: lr={cfg.optim.lr}, warmup_steps={cfg.optim.warmup_steps} are invalid")
+
+
+def _validate_hierarchy(h: Any) -> None:
+    # The loss keeps only the fewest-hop relation of each pair, which is the heaviest only for decay <= 1.
+    if not 0.0 <= float(h.hop_decay) <= 1.0:
+        raise ValueError(f"config.loss.hierarchy.hop_decay={h.hop_decay} must lie in [0, 1] "
+                         "(a relation h hops away weighs hop_decay**h)")
+    if not 0.0 <= float(h.organ_weight) <= 1.0:
+        raise ValueError(f"config.loss.hierarchy.organ_weight={h.organ_weight} must lie in [0, 1] "
+                         "(a pair sharing only an organ system never outweighs the pair itself)")
+    if not 0 <= int(h.max_hops) <= 64 or int(h.max_hops) != h.max_hops:
+        raise ValueError(f"config.loss.hierarchy.max_hops={h.max_hops} must be an integer in [0, 64]")
 
 
 def _one_of(value: Any, allowed: tuple, field: str) -> None:

@@ -124,6 +124,20 @@ def test_enumerated_and_sized_fields_are_validated(field, value, match):
         config_lib.validate(cfg, 1)
 
 
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+@pytest.mark.parametrize("field,value,match", [
+    ("hop_decay", 1.5, r"^config\.loss\.hierarchy\.hop_decay=1\.5 must lie in \[0, 1\]"),
+    ("hop_decay", -0.5, r"^config\.loss\.hierarchy\.hop_decay=-0\.5 must lie in \[0, 1\]"),
+    ("organ_weight", -0.1, r"^config\.loss\.hierarchy\.organ_weight=-0\.1 must lie in \[0, 1\]"),
+    ("max_hops", -1, r"^config\.loss\.hierarchy\.max_hops=-1 must be an integer in \[0, 64\]$"),
+])
+def test_hierarchy_weights_are_checked_before_any_trace(stage, field, value, match):
+    cfg = load_config(stage)
+    cfg.loss.hierarchy[field] = value
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(cfg, 1)
+
+
 def test_jsonl_source_needs_a_manifest():
     cfg = load_config("stage2")
     cfg.data.source = "jsonl"
