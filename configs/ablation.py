@@ -27,6 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.arms = ARMS  # which arms to run (subset of the five above)
     c.seeds = (0, 1, 2)  # one stage-2 run per arm and seed
     c.kd_weight = 0.3  # distillation weight of the arms that distil (stage 2's default)
+    # N > 0: also evaluate every finished run on its demo regenerated with N test pairs (same train split:
+    # the generator draws each split from its own seeds), e.g. 6000 for ~880 unseen-phenotype images per seed
+    # instead of ~88; writes <run>/eval_testN.json and ablation_testN.{json,md} (ablation.md is kept).
+    c.eval_test_pairs = 0
     c.teacher_workdir = ""  # a finished stage-1 workdir for the trained teacher ('' = train `teacher` below)
     # The trained teacher: what stage 2 makes for itself by default (configs/stage1.py:teacher).
     c.teacher = config_lib.load_config("stage1", "teacher")

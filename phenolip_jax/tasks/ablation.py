@@ -27,6 +27,7 @@ ARMS: dict[str, tuple[bool, bool, str]] = {
 COLUMNS = (("i2t_r@10", "I2T R@10"), ("t2i_r@10", "T2I R@10"), ("i2p_r@10", "I2P R@10"), ("p2i_r@10", "P2I R@10"),
            ("zs_seen_top1", "seen top-1"), ("zs_unseen_top1", "unseen top-1"), ("zs_unseen_r@10", "unseen R@10"),
            ("zs_unseen_hier_top1", "unseen hier. top-1 (all)"))
+EXTRA = (("zs_seen_images", ""), ("zs_unseen_images", ""), ("zs_unseen_phenotypes", ""))  # kept in the json
 
 
 def raw_teacher_config(teacher: Any) -> Any:
@@ -121,6 +122,24 @@ def validate(cfg: Any) -> None:
     if unknown or not cfg.arms or not cfg.seeds:
         raise ValueError(f"config.arms={tuple(cfg.arms)} / config.seeds={tuple(cfg.seeds)}: arms must be a non-empty "
                          f"subset of {tuple(ARMS)} and seeds non-empty")
+    n, demo_cfg = int(cfg.eval_test_pairs), cfg.stage2.data
+    if n and (demo_cfg.source != "demo" or n < demo_cfg.demo.num_phenotypes):
+        raise ValueError(f"config.eval_test_pairs={n}: needs stage2.data.source='demo' and at least "
+                         f"stage2.data.demo.num_phenotypes={demo_cfg.demo.num_phenotypes} pairs (0 = off)")
+
+
+def _on_more_test_pairs(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir: str) -> dict[str, Any]:
+    """A finished run's figures on its demo regenerated with `eval_test_pairs` test pairs (cached in the run)."""
+    n, path = int(cfg.eval_test_pairs), os.path.join(workdir, arm, f"seed{seed}")
+    out = os.path.join(path, f"eval_test{n}.json")
+    result = _read_json(out)
+    if result is None:
+        t = time.time()
+        result = stage2.evaluate_on_more_test_pairs(arm_config(cfg, arm, seed, teachers, workdir), path, n,
+                                                    os.path.join(workdir, f"demo_test{n}", f"seed{seed}"))
+        artifacts.write_json(out, result)
+        print(f"ablation: {arm} seed {seed} evaluated on {n} test pairs ({time.time() - t:.0f}s)", flush=True)
+    return result
 
 
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
@@ -147,22 +166,32 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
             else:  # a reused run keeps the time it took when it ran
                 seconds[key] = earlier.get(key, 0.0)
                 reused.add(key)
-            runs[arm].append(result)
             print(f"ablation: {arm} seed {seed} done ({seconds[key]:.0f}s)", flush=True)
+            if cfg.eval_test_pairs:
+                result = _on_more_test_pairs(cfg, arm, seed, teachers, workdir)
+            runs[arm].append(result)
     summary = summarise(runs)
     table = markdown_table(summary)
     paired = paired_differences(runs) if "clip" in runs and len(runs) > 1 else {}
     total = round(time.time() - t0 + sum(seconds[k] for k in reused), 1)  # with the reused runs' own time
-    artifacts.write_json(os.path.join(workdir, "ablation.json"), {
+    # Figures on a larger test split go to their own files: the runs' own table stays as it was.
+    name = f"ablation_test{cfg.eval_test_pairs}" if cfg.eval_test_pairs else "ablation"
+    artifacts.write_json(os.path.join(workdir, f"{name}.json"), {
         "summary": summary, "paired_vs_clip": paired,
-        "runs": {a: [{k: r.get(k) for k, _ in COLUMNS} for r in rs] for a, rs in runs.items()},
-        "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total})
+        "runs": {a: [{k: r.get(k) for k, _ in COLUMNS + EXTRA} for r in rs] for a, rs in runs.items()},
+        "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total,
+        "eval_test_pairs": int(cfg.eval_test_pairs)})
     text = f"Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n{table}"
+    if cfg.eval_test_pairs:
+        first = next(iter(runs.values()))[0]
+        text = (f"Evaluated on the demo regenerated with {cfg.eval_test_pairs} test pairs per seed (same train "
+                f"split; {first.get('zs_unseen_images', 0):.0f} unseen-phenotype images of "
+                f"{first.get('zs_unseen_phenotypes', 0):.0f} unseen phenotypes in seed {cfg.seeds[0]}).\n\n{text}")
     if paired:
         text += ("\nEach arm minus `clip` on the same seed, mean ± sd in points (seeds where the arm is ahead / "
                  f"seeds):\n\n{markdown_table(paired, signed=True)}")
-    with open(os.path.join(workdir, "ablation.md"), "w") as f:
+    with open(os.path.join(workdir, f"{name}.md"), "w") as f:
         f.write(text)
     print(text, flush=True)
-    print(f"ablation done in {total:.0f}s; results in {workdir}/ablation.md", flush=True)
+    print(f"ablation done in {total:.0f}s; results in {workdir}/{name}.md", flush=True)
     return summary

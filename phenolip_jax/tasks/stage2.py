@@ -6,9 +6,11 @@ levels) and, when it had to make one, teacher/ (a stage-1 run).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
+import types
 from typing import Any
 
 import jax
@@ -154,6 +156,12 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
 
 def build_model(cfg: Any, bert_kwargs: dict, teacher_model: Any) -> tuple[two_tower.TwoTower, Any, dict, dict]:
     """(TwoTower, its objective, image fields, text fields) from the config: what the run trains and --aot compiles."""
+    model, image_fields, text_fields = two_tower_model(cfg, bert_kwargs)
+    return model, objectives.stage2_objective(model, teacher_model, cfg), image_fields, text_fields
+
+
+def two_tower_model(cfg: Any, bert_kwargs: dict) -> tuple[two_tower.TwoTower, dict, dict]:
+    """(TwoTower, image fields, text fields) from the config, without the objective (evaluation needs none)."""
     mc = cfg.model
     image_fields = dict(vit=dict(mc.image, attention=mc.attention, remat=mc.remat), head=mc.image_head,
                         embed_dim=mc.embed_dim, head_hidden_dim=mc.image_head_hidden, head_bias=False)
@@ -168,7 +176,7 @@ def build_model(cfg: Any, bert_kwargs: dict, teacher_model: Any) -> tuple[two_to
         logit_bias_init=mc.logit_bias_init if cfg.loss.kind == "sigmoid" else None,
         dtype=layers.canonical_dtype(mc.dtype),
     )
-    return model, objectives.stage2_objective(model, teacher_model, cfg), image_fields, text_fields
+    return model, image_fields, text_fields
 
 
 def batch_shapes(cfg: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -273,3 +281,32 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                        "zs_unseen_hier_top1") if key in final}), flush=True)
     print(f"stage 2 done in {time.time() - t0:.0f}s; results in {workdir}", flush=True)
     return final
+
+
+def _train_key(records: list) -> list[tuple]:
+    return [(r.image_id, r.caption, tuple(r.hpo_ids)) for r in records]
+
+
+def evaluate_on_more_test_pairs(cfg: Any, workdir: str, test_pairs: int, demo_dir: str) -> dict[str, float]:
+    """Evaluates a finished demo run (`workdir/params`) on its demo regenerated with `test_pairs` test pairs.
+
+    The generator draws each split from its own seeds, so the larger dataset (written to `demo_dir`) has the
+    run's train and val records; that is checked, so seen / unseen phenotypes are those the run trained on.
+    Returns the keys of eval.json, measured on the larger test split.
+    """
+    if cfg.data.source != "demo":
+        raise ValueError(f"config.data.source={cfg.data.source!r}: only a demo run can be re-evaluated on more "
+                         "test pairs (its generator makes them)")
+    onto = common.load_ontology_from_config(cfg.ontology)
+    _, _, tokenizer, text_fields = common.load_text_encoder(cfg.text, cfg.model.dtype, cfg.seed)
+    own, _ = load_records(cfg, onto, tokenizer)
+    bigger = copy.deepcopy(cfg)
+    bigger.data.demo_dir, bigger.data.demo.test_pairs = demo_dir, int(test_pairs)
+    splits, image_root = load_records(bigger, onto, tokenizer)
+    if _train_key(splits["train"]) != _train_key(own["train"]):
+        raise ValueError(f"{demo_dir}: the regenerated train split differs from the run's; cannot re-evaluate")
+    model, _, _ = two_tower_model(cfg, text_fields["bert"])
+    params = artifacts.load_params(os.path.join(workdir, "params"))
+    evaluate = make_evaluator(cfg, model, splits["test"], image_root, tokenizer, onto,
+                              {h for r in splits["train"] for h in r.hpo_ids})
+    return evaluate(types.SimpleNamespace(params=params))

@@ -34,6 +34,18 @@ def test_same_seed_same_bytes_other_seed_differs(dataset, tmp_path, onto):
     assert (other / "images/train/000000.png").read_bytes() != (dataset / "images/train/000000.png").read_bytes()
 
 
+def test_more_test_pairs_keep_train_val_and_the_first_test_pairs(dataset, tmp_path, onto):
+    # The ablation re-evaluates trained runs on a larger test split: the runs' train data must not move.
+    more = demo.generate_demo_dataset(tmp_path / "more", ontology=onto, **{**SMALL, "test_pairs": 400})
+    old, new = _records(dataset), _records(more)
+    assert [r for r in new if r["split"] != "test"] == [r for r in old if r["split"] != "test"]
+    assert [r for r in new if r["split"] == "test"][:200] == [r for r in old if r["split"] == "test"]
+    assert len([r for r in new if r["split"] == "test"]) == 400
+    for name in ("images/train/000000.png", "images/train/000399.png", "images/val/000039.png",
+                 "images/test/000199.png"):
+        assert (more / name).read_bytes() == (dataset / name).read_bytes(), name
+
+
 def test_splits_files_and_coverage(dataset):
     records = _records(dataset)
     by_split = {s: [r for r in records if r["split"] == s] for s in ("train", "val", "test")}

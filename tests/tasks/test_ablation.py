@@ -74,6 +74,33 @@ def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
         again = json.load(f)
     assert again["seconds"] == saved["seconds"] and min(again["seconds"].values()) > 0  # the runs' own times
     assert again["total_seconds"] >= sum(saved["seconds"].values()) - 0.1  # rounded to 0.1 s
+    # The finished runs re-evaluated on their demo regenerated with more test pairs (same train split).
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    cfg.eval_test_pairs = 64
+    cfg.arms = ("hier",)  # one arm keeps the test short; each arm takes the same path
+    ablation.run(cfg, work)
+    assert os.path.getmtime(os.path.join(work, "hier", "seed0", "metrics.jsonl")) == stamp  # nothing retrained
+    assert (tmp_path / "abl" / "ablation.md").read_text() == table  # the runs' own table is kept
+    with open(os.path.join(work, "ablation_test64.json")) as f:
+        more = json.load(f)
+    assert more["eval_test_pairs"] == 64
+    for arm in cfg.arms:
+        with open(os.path.join(work, arm, "seed0", "eval_test64.json")) as f:
+            bigger = json.load(f)
+        with open(os.path.join(work, arm, "seed0", "eval.json")) as f:
+            own = json.load(f)
+        assert bigger["num_images"] == 2 * own["num_images"] and bigger["zs_unseen_images"] > own["zs_unseen_images"]
+        assert more["runs"][arm][0]["zs_unseen_images"] == bigger["zs_unseen_images"]
+    assert "regenerated with 64 test pairs" in (tmp_path / "abl" / "ablation_test64.md").read_text()
+
+
+def test_more_test_pairs_need_the_demo_source(tmp_path):
+    from phenolip_jax.tasks import ablation
+
+    cfg = load_config("ablation", "quick")
+    cfg.eval_test_pairs = 10  # fewer than the demo's phenotypes: the generator could not cover them
+    with pytest.raises(ValueError, match=r"config.eval_test_pairs=10: needs"):
+        ablation.run(cfg, str(tmp_path))
 
 
 def test_bad_arm_is_named(tmp_path):
