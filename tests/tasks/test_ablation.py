@@ -92,6 +92,12 @@ def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
         assert bigger["num_images"] == 2 * own["num_images"] and bigger["zs_unseen_images"] > own["zs_unseen_images"]
         assert more["runs"][arm][0]["zs_unseen_images"] == bigger["zs_unseen_images"]
     assert "regenerated with 64 test pairs" in (tmp_path / "abl" / "ablation_test64.md").read_text()
+    # At the run's own test size the re-evaluation is the run's own evaluation, figure for figure.
+    from phenolip_jax.tasks import stage2
+    teachers = {"trained": os.path.join(work, "teacher")}
+    again = stage2.evaluate_on_more_test_pairs(ablation.arm_config(cfg, "hier", 0, teachers, work),
+                                               os.path.join(work, "hier", "seed0"), 32, str(tmp_path / "d32"))
+    assert again == pytest.approx(own)
 
 
 def test_more_test_pairs_need_the_demo_source(tmp_path):
