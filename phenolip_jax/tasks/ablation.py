@@ -142,18 +142,28 @@ def _on_more_test_pairs(cfg: Any, arm: str, seed: int, teachers: dict[str, str],
     return result
 
 
-def _write_tables(workdir: str, name: str, runs: dict[str, list[dict[str, float]]], cfg: Any,
-                  seconds: dict[str, float], total: float, note: str = "") -> dict[str, Any]:
-    """Writes <name>.json and <name>.md (mean ± sd per arm, paired differences against clip); returns the summary."""
+def _write_tables(workdir: str, runs: dict[str, list[dict[str, float]]], cfg: Any, seconds: dict[str, float],
+                  total: float, test_pairs: int = 0, reeval: float = 0.0) -> dict[str, Any]:
+    """Writes ablation[_test<N>].json and .md (mean ± sd per arm, paired differences against clip).
+
+    test_pairs=N > 0: the runs' figures on their demo regenerated with N test pairs. Returns the summary.
+    """
+    name = f"ablation_test{test_pairs}" if test_pairs else "ablation"
     summary = summarise(runs)
     paired = paired_differences(runs) if "clip" in runs and len(runs) > 1 else {}
     artifacts.write_json(os.path.join(workdir, f"{name}.json"), {
         "summary": summary, "paired_vs_clip": paired,
         "runs": {a: [{k: r.get(k) for k, _ in COLUMNS + EXTRA} for r in rs] for a, rs in runs.items()},
-        "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total,
-        "eval_test_pairs": int(cfg.eval_test_pairs) if name != "ablation" else 0})
-    text = (f"{note}Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n"
-            f"{markdown_table(summary)}")
+        "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total, "eval_test_pairs": test_pairs})
+    text = ""
+    if test_pairs:
+        first = next(iter(runs.values()))[0]
+        text = (f"Evaluated on the demo regenerated with {test_pairs} test pairs per seed (same train split; "
+                f"{first.get('zs_unseen_images', 0):.0f} unseen-phenotype images of "
+                f"{first.get('zs_unseen_phenotypes', 0):.0f} unseen phenotypes in seed {cfg.seeds[0]}; "
+                f"{reeval:.0f} s of re-evaluation this time).\n\n")
+    text += (f"Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n"
+             f"{markdown_table(summary)}")
     if paired:
         text += ("\nEach arm minus `clip` on the same seed, mean ± sd in points (seeds where the arm is ahead / "
                  f"seeds):\n\n{markdown_table(paired, signed=True)}")
@@ -197,15 +207,10 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                 reeval += time.time() - t
     # The training time, with the reused runs' own time; the re-evaluations are counted apart.
     total = round(time.time() - t0 - reeval + sum(seconds[k] for k in reused), 1)
-    summary = _write_tables(workdir, "ablation", runs, cfg, seconds, total)
+    summary = _write_tables(workdir, runs, cfg, seconds, total)
     names = ["ablation.md"]
     if cfg.eval_test_pairs:
-        n, first = int(cfg.eval_test_pairs), more[cfg.arms[0]][0]
-        note = (f"Evaluated on the demo regenerated with {n} test pairs per seed (same train split; "
-                f"{first.get('zs_unseen_images', 0):.0f} unseen-phenotype images of "
-                f"{first.get('zs_unseen_phenotypes', 0):.0f} unseen phenotypes in seed {cfg.seeds[0]}; "
-                f"{reeval:.0f} s of re-evaluation this time).\n\n")
-        _write_tables(workdir, f"ablation_test{n}", more, cfg, seconds, total, note)
-        names.append(f"ablation_test{n}.md")
-    print(f"ablation done in {total:.0f}s; results in {workdir}/{{{','.join(names)}}}", flush=True)
+        _write_tables(workdir, more, cfg, seconds, total, int(cfg.eval_test_pairs), reeval)
+        names.append(f"ablation_test{int(cfg.eval_test_pairs)}.md")
+    print(f"ablation done in {total:.0f}s; results in {', '.join(os.path.join(workdir, n) for n in names)}", flush=True)
     return summary
