@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         terms_per_batch=128,  # N distinct terms per batch (global)
         views_per_term=2,  # K text views per term; the name is always one of them (others kind-balanced)
         max_len=16,  # tokens per view: names, synonyms and 85-90% of relation views fit; definitions are cut
-                     # (16 instead of 32 halves the step and cost nothing measurable: docs/stages.md)
+                     # (16, not 32: twice the terms per step in ~the same time, no measurable cost; docs/stages.md)
         view_kinds=("synonym", "definition", "relation_child", "relation_parent"),  # besides the name
         # Relative chance of each kind for the non-name views (equal = kinds balanced; 0 = only when needed).
         # Synonyms 4x: the pairs that teach how else a phenotype is written (docs/stages.md, the levers).
