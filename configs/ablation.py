@@ -1,32 +1,38 @@
-"""Does the ontology help? Stage 2 on the embedded demo, five ways x several seeds, one table.
+"""Does the ontology help, and how should stage 2 use the hierarchy? Stage 2 on the embedded demo, several
+objectives x several seeds, one table.
 
 `python -m phenolip_jax.main --config=configs/ablation.py --workdir=workdirs/ablation`
 
-Arms (names in `arms`):
-  clip                  image-text contrastive only (kd_weight=0, hierarchy off)
-  kd                    + distillation from the trained stage-1 teacher
-  hier                  + hierarchical soft positives (no distillation)
-  phenolip              + both (the PhenoLIP recipe)
-  phenolip_raw_teacher  PhenoLIP with an untrained teacher: the raw pretrained encoder (mean-pooled, identity
-                        head), which asks whether stage 1 matters
+Arms (names in `arms`; `phenolip_jax/tasks/ablation.py:ARMS` says what each switches on):
+  clip                    image-text contrastive only
+  paper_kd                the paper's objective: + distillation from the trained stage-1 teacher
+  paper_kd_hier_share     paper_kd + hierarchical soft positives, the pair itself keeping >= own_share of its
+                          target row and column at any batch size (this project's addition)
+  paper_kd_hier_mask      paper_kd + KEP-style masking: same-phenotype pairs leave the softmax denominators
+  paper_kd_hier_uncapped  paper_kd + uncapped soft positives (the former default; drowns the pair at large batch)
+  clip_hier_share         clip + hierarchical soft positives (own share kept), no distillation
+  paper_kd_raw_teacher    paper_kd with an untrained teacher (the raw encoder): does stage 1 matter?
 Each (arm, seed) trains `stage2` with `seed` (the demo dataset, init and data order all follow the seed;
-arms of one seed share the dataset). Finished runs are reused, so an interrupted ablation resumes.
-Writes ablation.json (every run + mean/sd) and ablation.md (the table) in the workdir.
+arms of one seed share the dataset). Finished runs are reused only when their config.json is the arm's config
+(a mismatch is refused, naming the fields), so an interrupted ablation resumes and a changed one cannot
+report stale runs. Writes ablation.json (every run + mean/sd + paired differences against `clip` and
+`paper_kd`) and ablation.md (the tables) in the workdir.
 """
 import ml_collections
 
 from phenolip_jax import config_lib
 
-ARMS = ("clip", "kd", "hier", "phenolip", "phenolip_raw_teacher")
+ARMS = ("clip", "paper_kd", "paper_kd_hier_share", "paper_kd_hier_mask")  # the default set; see above for the rest
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Ablation config; `arg`: '' (full, ~1 h on an idle 2-core CPU) or 'quick' (one seed, 30 steps: a smoke run)."""
     c = ml_collections.ConfigDict()
     c.stage = "ablation"
-    c.arms = ARMS  # which arms to run (subset of the five above)
+    c.arms = ARMS  # which arms to run (any of those listed above)
     c.seeds = (0, 1, 2)  # one stage-2 run per arm and seed
     c.kd_weight = 0.3  # distillation weight of the arms that distil (stage 2's default)
+    c.own_share = 0.5  # the '_hier_share' arms: share of its target row the pair itself keeps
     # N > 0: also evaluate every finished run on its demo regenerated with N test pairs (same train split:
     # the generator draws each split from its own seeds), e.g. 6000 for ~880 unseen-phenotype images per seed
     # instead of ~88; writes <run>/eval_testN.json and ablation_testN.{json,md} (ablation.md is kept).

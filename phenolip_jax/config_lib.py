@@ -81,6 +81,9 @@ def optim_section(*, lr: float, warmup_steps: int, weight_decay: float = 0.2, b2
     ))
 
 
+HIERARCHY_MODES = ("soft", "mask")  # config.loss.hierarchy.mode (stage 2)
+
+
 def hierarchy_section(enabled: bool = True, max_hops: int = 2, hop_decay: float = 0.5,
                       organ_weight: float = 0.0) -> ml_collections.ConfigDict:
     """Ontology soft positives: same term 1, ancestor/descendant at h <= max_hops hops decay^h."""
@@ -90,6 +93,22 @@ def hierarchy_section(enabled: bool = True, max_hops: int = 2, hop_decay: float 
         hop_decay=hop_decay,  # weight of a relation at h hops = hop_decay ** h
         organ_weight=organ_weight,  # weight of pairs that only share an organ system
     ))
+
+
+def pair_hierarchy_section(enabled: bool, mode: str = "soft", own_share: float = 0.5, mask_min_score: float = 1.0,
+                           **kwargs: Any) -> ml_collections.ConfigDict:
+    """Stage 2's hierarchy: the relation scores above, used as soft positives or as false negatives to mask."""
+    section = hierarchy_section(enabled, **kwargs)
+    section.update(dict(
+        # 'soft': related pairs are soft positives beside the pair itself; 'mask' (KEP-style): the pair itself is
+        # the only positive, and pairs scoring >= mask_min_score leave the softmax denominators
+        mode=mode,
+        # 'soft': the pair itself keeps at least this share of its target row and column at any batch size
+        # (related pairs scaled down together); 0 = uncapped scores (the own share falls as the batch grows)
+        own_share=own_share,
+        mask_min_score=mask_min_score,  # 'mask': relation score from which a pair is masked (1 = same phenotype)
+    ))
+    return section
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int, aot: bool = False) -> None:
@@ -153,6 +172,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, aot: bool = False
     _validate_hierarchy(cfg.loss.hierarchy)
     kinds = {"stage1": ("infonce", "adasp"), "stage2": ("softmax", "sigmoid")}[cfg.stage]
     _one_of(cfg.loss.kind, kinds, "config.loss.kind")
+    if cfg.loss.hierarchy.enabled and cfg.loss.hierarchy.get("mode") == "mask" and cfg.loss.kind != "softmax":
+        raise ValueError("config.loss.hierarchy.mode='mask' removes pairs from softmax denominators: it needs "
+                         f"config.loss.kind='softmax' (got {cfg.loss.kind!r})")
     _one_of(cfg.optim.schedule, ("cosine", "constant"), "config.optim.schedule")
     if cfg.optim.warmup_steps < 0 or not math.isfinite(cfg.optim.lr) or cfg.optim.lr <= 0:
         raise ValueError(f"config.optim: lr={cfg.optim.lr}, warmup_steps={cfg.optim.warmup_steps} are invalid")
@@ -168,6 +190,13 @@ def _validate_hierarchy(h: Any) -> None:
                          "(a pair sharing only an organ system never outweighs the pair itself)")
     if not 0 <= int(h.max_hops) <= 64 or int(h.max_hops) != h.max_hops:
         raise ValueError(f"config.loss.hierarchy.max_hops={h.max_hops} must be an integer in [0, 64]")
+    if "mode" in h:
+        _one_of(h.mode, HIERARCHY_MODES, "config.loss.hierarchy.mode")
+        if not 0.0 <= float(h.own_share) <= 1.0:
+            raise ValueError(f"config.loss.hierarchy.own_share={h.own_share} must lie in [0, 1] (the share of its "
+                             "target row the pair itself keeps; 0 = uncapped)")
+        if not 0.0 < float(h.mask_min_score) <= 1.0:
+            raise ValueError(f"config.loss.hierarchy.mask_min_score={h.mask_min_score} must lie in (0, 1]")
 
 
 def _one_of(value: Any, allowed: tuple, field: str) -> None:

@@ -62,16 +62,17 @@ def save_run_config(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     return path
 
 
-def _safe(field: str) -> bool:
-    return any(field == s or (s.endswith(".") and field.startswith(s)) for s in SAFE_TO_CHANGE)
+def _safe(field: str, safe: tuple[str, ...]) -> bool:
+    return any(field == s or (s.endswith(".") and field.startswith(s)) for s in safe)
 
 
-def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(field, saved value, new value) for every leaf that differs and is not safe to change; sorted."""
+def config_changes(saved: dict[str, Any], new: dict[str, Any], safe: tuple[str, ...] = SAFE_TO_CHANGE
+                   ) -> list[tuple[str, Any, Any]]:
+    """(field, saved value, new value) for every leaf that differs and is not in `safe`; sorted."""
     old_flat, new_flat = flatten(saved), flatten(new)
     missing = "(absent)"
     return [(k, old_flat.get(k, missing), new_flat.get(k, missing)) for k in sorted(set(old_flat) | set(new_flat))
-            if old_flat.get(k, missing) != new_flat.get(k, missing) and not _safe(k)]
+            if old_flat.get(k, missing) != new_flat.get(k, missing) and not _safe(k, safe)]
 
 
 def has_checkpoint(workdir: str) -> bool:

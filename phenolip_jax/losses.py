@@ -75,17 +75,55 @@ def _soft_cross_entropy_rows(logits: Array, targets: Array, col_ok: Array, row_o
     return loss, acc, n
 
 
+def _share_coefficients(own: Array, sums: Array, own_share: float | Array) -> tuple[Array, Array]:
+    """(d, alpha) of rows with own-pair weight `own` and target mass `sums`: the row's distribution is
+    alpha * T off the pair itself and d on it, where d = max(own_share, own / sums) for rows whose own pair
+    has weight (the related pairs share the rest in proportion to T), else the plain own / sums."""
+    natural = own / jnp.where(sums > 0, sums, 1.0)
+    d = jnp.where(own > 0, jnp.maximum(jnp.asarray(own_share, jnp.float32), natural), natural)
+    related = sums - own
+    alpha = jnp.where(related > 0, (1.0 - d) / jnp.where(related > 0, related, 1.0), 0.0)
+    return d, alpha
+
+
+def own_share_targets(targets: Array, own_share: float | Array) -> Array:
+    """Row distributions of square targets [B, B] in which the pair itself (the diagonal) keeps at least
+    `own_share` of its row whatever the batch size; related pairs share the rest in proportion to their weight.
+    Rows without target mass stay zero. The columns' distributions are `own_share_targets(targets.T, ...)`."""
+    t = jnp.asarray(targets, jnp.float32)
+    own = jnp.diagonal(t)
+    d, alpha = _share_coefficients(own, t.sum(axis=1), own_share)
+    eye = jnp.eye(t.shape[0], dtype=bool)
+    return jnp.where(eye, d[:, None], t * alpha[:, None])
+
+
 def softmax_contrastive_with_metrics(
-    a: Array, b: Array, scale: Array | float, targets: Array | None = None, valid: Array | None = None
+    a: Array, b: Array, scale: Array | float, targets: Array | None = None, valid: Array | None = None,
+    exclude: Array | None = None, own_share: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
-    """Symmetric CLIP InfoNCE (soft targets allowed) plus per-direction losses, accuracies and counts."""
+    """Symmetric CLIP InfoNCE (soft targets allowed) plus per-direction losses, accuracies and counts.
+
+    exclude: bool [B_a, B_b], pairs taken out of both softmax denominators (known false negatives, KEP-style);
+    a pair with target weight is never excluded. own_share > 0 (square soft targets): the pair itself keeps at
+    least that share of its row's and its column's target distribution (`own_share_targets`).
+    """
     logits = jnp.asarray(scale, jnp.float32) * _similarity(a, b)
     n_a, n_b = logits.shape
     t = _square_targets(targets, n_a, n_b)
     ok_a = _valid_or_all(valid, n_a)
     ok_b = ok_a if valid is not None and n_a == n_b else jnp.ones((n_b,), bool)
-    loss_ab, acc_ab, n_ab = _soft_cross_entropy_rows(logits, t, ok_b, ok_a)
-    loss_ba, acc_ba, n_ba = _soft_cross_entropy_rows(logits.T, t.T, ok_a, ok_b)
+    cols_ab, cols_ba = ok_b, ok_a
+    if exclude is not None:
+        keep = ~(jax.lax.stop_gradient(jnp.asarray(exclude, bool)) & (t <= 0))
+        cols_ab, cols_ba = keep & ok_b[None, :], keep.T & ok_a[None, :]
+    t_ab, t_ba = t, t.T
+    if own_share and targets is not None:
+        if n_a != n_b:
+            raise ValueError(f"own_share needs a square batch (the pair itself on the diagonal), got {n_a} x {n_b}")
+        masked = t * ok_a[:, None] * ok_b[None, :]
+        t_ab, t_ba = own_share_targets(masked, own_share), own_share_targets(masked.T, own_share)
+    loss_ab, acc_ab, n_ab = _soft_cross_entropy_rows(logits, t_ab, cols_ab, ok_a)
+    loss_ba, acc_ba, n_ba = _soft_cross_entropy_rows(logits.T, t_ba, cols_ba, ok_b)
     loss = 0.5 * (loss_ab + loss_ba)
     metrics = dict(loss_a2b=loss_ab, loss_b2a=loss_ba, acc_a2b=acc_ab, acc_b2a=acc_ba,
                    n_rows_a2b=n_ab, n_rows_b2a=n_ba)
@@ -93,10 +131,11 @@ def softmax_contrastive_with_metrics(
 
 
 def softmax_contrastive(
-    a: Array, b: Array, scale: Array | float, targets: Array | None = None, valid: Array | None = None
+    a: Array, b: Array, scale: Array | float, targets: Array | None = None, valid: Array | None = None,
+    exclude: Array | None = None, own_share: float = 0.0,
 ) -> Array:
     """CLIP InfoNCE over the global batch, both directions averaged; soft [B, B] targets row/column-normalised."""
-    return softmax_contrastive_with_metrics(a, b, scale, targets, valid)[0]
+    return softmax_contrastive_with_metrics(a, b, scale, targets, valid, exclude, own_share)[0]
 
 
 def knowledge_distillation(
@@ -412,21 +451,25 @@ _chunked_core.defvjp(_chunked_core_fwd, _chunked_core_bwd)
 
 
 def _target_sums(fn, rows, cols, row_ok, col_ok, chunk):
-    """Row sums [B_a] and column sums [B_b padded] of the targets, one [B_a, chunk] block at a time."""
+    """Row sums [B_a], column sums [B_b padded] and the diagonal [B_a] of the targets, one block at a time."""
     xs = _blocks(dict(cols=cols, col_ok=col_ok), col_ok.shape[0] // chunk, chunk)
     xs["start"] = jnp.arange(col_ok.shape[0] // chunk) * chunk
+    row_ids = jnp.arange(row_ok.shape[0])
 
-    def step(rs, x):
+    def step(carry, x):
+        rs, diag = carry
         t = _soft_block(fn, rows, x["cols"], row_ok, x["col_ok"], x["start"], chunk)
-        return rs + t.sum(axis=1), t.sum(axis=0)
+        on_diag = row_ids[:, None] == x["start"] + jnp.arange(chunk)[None, :]
+        return (rs + t.sum(axis=1), diag + jnp.where(on_diag, t, 0.0).sum(axis=1)), t.sum(axis=0)
 
-    rs, cs = jax.lax.scan(step, jnp.zeros(row_ok.shape, jnp.float32), xs)
-    return rs, cs.reshape(-1)
+    zeros = jnp.zeros(row_ok.shape, jnp.float32)
+    (rs, diag), cs = jax.lax.scan(step, (zeros, zeros), xs)
+    return rs, cs.reshape(-1), diag
 
 
 def chunked_softmax_contrastive(
     a: Array, b: Array, scale: Array | float, targets: Array | BlockTargets | None = None,
-    valid: Array | None = None, chunk: int = 256,
+    valid: Array | None = None, chunk: int = 256, own_share: float = 0.0,
 ) -> Array:
     """softmax_contrastive's value and gradients without materialising the [B, B] logits.
 
@@ -434,7 +477,7 @@ def chunked_softmax_contrastive(
     (recomputed blocks, custom VJP), so activation memory is O(B_a * chunk + (B_a + B_b) * D) instead of
     O(B_a * B_b). Identity targets are never materialised. Soft targets are a dense [B_a, B_b] input (itself
     O(B^2), read block by block) or a `BlockTargets` rule, rebuilt per block (O(B_a * chunk) memory);
-    as in softmax_contrastive they receive no gradient.
+    as in softmax_contrastive they receive no gradient, and `own_share` works as there.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -461,11 +504,23 @@ def chunked_softmax_contrastive(
             targets = BlockTargets(_dense_block, (), dense.T)
         fn = targets.fn
         cols = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), mode="edge"), targets.cols)
-        rs, cs = _target_sums(fn, targets.rows, cols, row_ok, col_ok, chunk)
+        rs, cs, diag = _target_sums(fn, targets.rows, cols, row_ok, col_ok, chunk)
         has_r, has_c = rs > 0, cs > 0
         n_r, n_c = jnp.maximum(has_r.sum(), 1), jnp.maximum(has_c.sum(), 1)
-        row_w = jnp.where(has_r, 0.5 / (jnp.where(has_r, rs, 1.0) * n_r), 0.0)
-        col_w = jnp.where(has_c, 0.5 / (jnp.where(has_c, cs, 1.0) * n_c), 0.0)
+        if own_share:
+            if n_a != n_b:
+                raise ValueError(f"own_share needs a square batch (the pair itself on the diagonal), got {n_a} x {n_b}")
+            # Row i's distribution is alpha_i * T_i. off the pair and d_i on it (`own_share_targets`): the rule's
+            # weights scale by alpha, and the diagonal gets the difference d - alpha * T_ii as a weight of its own.
+            d_r, alpha_r = _share_coefficients(diag, rs, own_share)
+            d_c, alpha_c = _share_coefficients(jnp.pad(diag, (0, pad)), cs, own_share)
+            row_w = jnp.where(has_r, 0.5 * alpha_r / n_r, 0.0)
+            col_w = jnp.where(has_c, 0.5 * alpha_c / n_c, 0.0)
+            w_diag = (jnp.where(has_r, 0.5 * (d_r - alpha_r * diag) / n_r, 0.0)
+                      + jnp.where(has_c, 0.5 * (d_c - alpha_c * jnp.pad(diag, (0, pad))) / n_c, 0.0)[:n_a])
+        else:
+            row_w = jnp.where(has_r, 0.5 / (jnp.where(has_r, rs, 1.0) * n_r), 0.0)
+            col_w = jnp.where(has_c, 0.5 / (jnp.where(has_c, cs, 1.0) * n_c), 0.0)
         soft, soft_cols = (targets.rows, row_w), (cols, col_w)
         row_coef, col_coef = 0.5 * has_r / n_r, 0.5 * has_c / n_c
     aux: tuple[Any, ...] = (w_diag, jnp.asarray(row_coef, jnp.float32), jnp.asarray(col_coef, jnp.float32),

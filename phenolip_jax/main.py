@@ -112,6 +112,8 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     try:
         dispatch(cfg, workdir)
+    except ablation.StaleRunError as e:  # found before anything trains: one line, as for a config mistake
+        _fail(str(e))
     except KeyboardInterrupt:
         # Ctrl-C inside the train loop checkpoints and exits 0 (train/loop.py); this is Ctrl-C outside it.
         print("interrupted (Ctrl-C) outside the training steps: nothing to checkpoint", file=sys.stderr, flush=True)

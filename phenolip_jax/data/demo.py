@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 
 from phenolip_jax.ontology import Ontology, default_obo_path, file_sha256, load_ontology
 
-GENERATOR_VERSION = 2  # 2: held-out (unseen) phenotypes
+GENERATOR_VERSION = 3  # 2: held-out (unseen) phenotypes; 3: no held-out phenotype is a visual parent
 SOURCE = "phenolip-demo"
 # Organ systems (children of HP:0000118) used by the demo: ones a photograph could plausibly show, with few
 # shared descendants, so that each chosen phenotype has exactly one of them.
@@ -206,7 +206,7 @@ def build_phenotypes(onto: Ontology, num_phenotypes: int, seed: int) -> list[Dem
 
 
 def choose_unseen(phenos: Sequence[DemoPhenotype], fraction: float, seed: int) -> set[int]:
-    """Positions of held-out phenotypes: each has its visual parent (a seen phenotype) and never a held-out child.
+    """Positions of held-out phenotypes: each has a visual parent (a seen phenotype) and is no phenotype's visual parent.
 
     Only children can be held out, so every unseen phenotype has a parent (and usually siblings) that training
     sees, and its look is that parent's motif plus one change: what an ontology-aware model can exploit.
@@ -215,16 +215,16 @@ def choose_unseen(phenos: Sequence[DemoPhenotype], fraction: float, seed: int) -
         raise ValueError(f"unseen_fraction={fraction!r} must lie in [0, 1)")
     want = int(round(fraction * len(phenos)))
     rng = np.random.default_rng([seed, 0x0A5EE])
+    # A visual parent is never held out: its motif is what its seen children are drawn from, so training on them
+    # would show the held-out look (generator v2 checked only the parents of held-out terms, and leaked).
+    visual_parents = {p.visual_parent for p in phenos if p.visual_parent >= 0}
     unseen: set[int] = set()
-    parents_of_unseen: set[int] = set()
     for k in rng.permutation(len(phenos)):
         if len(unseen) >= want:
             break
-        parent = phenos[k].visual_parent
-        if parent < 0 or parent in unseen or int(k) in parents_of_unseen:
-            continue  # a root has no seen relative; a chain of held-out terms would hide the parent too
+        if phenos[k].visual_parent < 0 or int(k) in visual_parents:
+            continue  # a root has no seen relative; a parent's look would leak through its children
         unseen.add(int(k))
-        parents_of_unseen.add(parent)
     return unseen
 
 

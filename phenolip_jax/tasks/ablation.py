@@ -6,6 +6,7 @@ each run lives in <workdir>/<arm>/seed<N> and is reused when finished, so an int
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -13,17 +14,34 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax import artifacts
+from phenolip_jax import artifacts, config_tools
 from phenolip_jax.tasks import stage1, stage2
 
-# Arm -> (distil?, hierarchical positives?, teacher): what each row of the table switches on.
-ARMS: dict[str, tuple[bool, bool, str]] = {
-    "clip": (False, False, "trained"),
-    "kd": (True, False, "trained"),
-    "hier": (False, True, "trained"),
-    "phenolip": (True, True, "trained"),
-    "phenolip_raw_teacher": (True, True, "raw"),
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """What one row of the table switches on: distillation, the hierarchy (how), and which teacher."""
+
+    distil: bool
+    hierarchy: str = "off"  # 'off', 'share' (soft, own pair >= own_share), 'uncapped' (soft, own_share 0), 'mask'
+    teacher: str = "trained"  # 'trained' (stage 1) or 'raw' (the encoder as published)
+    about: str = ""
+
+
+ARMS: dict[str, Arm] = {
+    "clip": Arm(False, about="image-text contrastive only (CLIP)"),
+    "paper_kd": Arm(True, about="the paper's objective: contrastive + distillation from the stage-1 teacher"),
+    "paper_kd_hier_share": Arm(True, "share", about="paper_kd + hierarchical soft positives, the pair itself "
+                               "keeping >= own_share of its target row at any batch size"),
+    "paper_kd_hier_mask": Arm(True, "mask", about="paper_kd + KEP-style masking: same-phenotype pairs leave the "
+                              "denominators, the pair itself is the only positive"),
+    "paper_kd_hier_uncapped": Arm(True, "uncapped", about="paper_kd + uncapped soft positives (the former default: "
+                                  "the own pair's share falls as the batch grows)"),
+    "clip_hier_share": Arm(False, "share", about="clip + hierarchical soft positives (own share kept), no distillation"),
+    "paper_kd_raw_teacher": Arm(True, teacher="raw", about="paper_kd with an untrained teacher (does stage 1 matter?)"),
 }
+BASELINES = ("clip", "paper_kd")  # each other arm is compared with these, seed by seed
 COLUMNS = (("i2t_r@10", "I2T R@10"), ("t2i_r@10", "T2I R@10"), ("i2p_r@10", "I2P R@10"), ("p2i_r@10", "P2I R@10"),
            ("zs_seen_top1", "seen top-1"), ("zs_unseen_top1", "unseen top-1"), ("zs_unseen_r@10", "unseen R@10"),
            ("zs_unseen_hier_top1", "unseen hier. top-1 (all)"))
@@ -43,16 +61,43 @@ def raw_teacher_config(teacher: Any) -> Any:
 
 def arm_config(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir: str) -> Any:
     """The stage-2 config of one (arm, seed) run."""
-    distil, hierarchy, teacher = ARMS[arm]
+    spec = ARMS[arm]
     run = copy.deepcopy(cfg.stage2)
     run.seed = seed
-    run.loss.kd_weight = cfg.kd_weight if distil else 0.0
-    run.loss.hierarchy.enabled = hierarchy
-    run.teacher.workdir = teachers[teacher]
+    run.loss.kd_weight = cfg.kd_weight if spec.distil else 0.0
+    hierarchy = run.loss.hierarchy
+    hierarchy.enabled = spec.hierarchy != "off"
+    if spec.hierarchy in ("share", "uncapped"):
+        hierarchy.mode = "soft"
+        hierarchy.own_share = cfg.own_share if spec.hierarchy == "share" else 0.0
+    elif spec.hierarchy == "mask":
+        hierarchy.mode = "mask"
+    run.teacher.workdir = teachers[spec.teacher]
     if run.data.source == "demo" and not run.data.demo_dir:
         # One demo dataset per seed (the generator is seeded), shared by the arms: paired comparisons.
         run.data.demo_dir = os.path.join(workdir, "demo", f"seed{seed}")
     return run
+
+
+# Fields a finished run may differ in and still be reused: how it was logged and fed, not what it computed.
+_REUSE_SAFE = ("log_every", "data.workers", "data.prefetch", "mesh.", "eval.batch_size")
+
+
+class StaleRunError(ValueError):
+    """A finished run in the ablation's workdir was made with another config than its arm's."""
+
+
+def _check_reusable(path: str, run_cfg: Any) -> None:
+    """Refuses to reuse the finished run at `path` unless its saved config.json is the arm's config."""
+    saved = _read_json(os.path.join(path, config_tools.CONFIG_FILE))
+    if saved is None:
+        raise StaleRunError(f"{path} has results but no {config_tools.CONFIG_FILE} to check them against the arm's "
+                            "config: move it away (or use a new --workdir) to rerun it")
+    changes = config_tools.config_changes(saved, config_tools.config_as_json(run_cfg), safe=_REUSE_SAFE)
+    if changes:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:6])
+        raise StaleRunError(f"{path} was made with another config than this arm's ({len(changes)} fields: {listed}"
+                            f"{'; ...' if len(changes) > 6 else ''}): move it away (or use a new --workdir) to rerun it")
 
 
 def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -109,11 +154,30 @@ def _read_json(path: str) -> dict[str, Any] | None:
         return None
 
 
-def _teacher(cfg: Any, path: str) -> str:
-    """A finished stage-1 workdir at `path`, trained from `cfg` unless it is already there."""
+def _teacher(cfg: Any, path: str) -> None:
+    """Trains the stage-1 teacher `cfg` into `path` unless it is already there (checked by `check_workdir`)."""
     if not os.path.exists(os.path.join(path, "encoder")):
+        config_tools.save_run_config(cfg, path)
         stage1.run(cfg, path)
-    return path
+
+
+def _started(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in ("eval.json", "encoder", config_tools.CONFIG_FILE))
+
+
+def check_workdir(cfg: Any, workdir: str, teachers: dict[str, str]) -> None:
+    """Raises StaleRunError when a finished or interrupted run in `workdir` was made from another config."""
+    arms = set(cfg.arms)
+    own = {"trained": cfg.teacher, "raw": raw_teacher_config(cfg.teacher)}
+    for kind, teacher_cfg in own.items():
+        used = any(ARMS[a].teacher == kind for a in arms)
+        if used and not (kind == "trained" and cfg.teacher_workdir) and _started(teachers[kind]):
+            _check_reusable(teachers[kind], teacher_cfg)
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            path = os.path.join(workdir, arm, f"seed{seed}")
+            if _started(path):
+                _check_reusable(path, arm_config(cfg, arm, seed, teachers, workdir))
 
 
 def validate(cfg: Any) -> None:
@@ -150,9 +214,9 @@ def _write_tables(workdir: str, runs: dict[str, list[dict[str, float]]], cfg: An
     """
     name = f"ablation_test{test_pairs}" if test_pairs else "ablation"
     summary = summarise(runs)
-    paired = paired_differences(runs) if "clip" in runs and len(runs) > 1 else {}
+    paired = {base: paired_differences(runs, base) for base in BASELINES if base in runs and len(runs) > 1}
     artifacts.write_json(os.path.join(workdir, f"{name}.json"), {
-        "summary": summary, "paired_vs_clip": paired,
+        "summary": summary, "paired_vs": paired,
         "runs": {a: [{k: r.get(k) for k, _ in COLUMNS + EXTRA} for r in rs] for a, rs in runs.items()},
         "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total, "eval_test_pairs": test_pairs})
     text = ""
@@ -164,9 +228,9 @@ def _write_tables(workdir: str, runs: dict[str, list[dict[str, float]]], cfg: An
                 f"{reeval:.0f} s of re-evaluation this time).\n\n")
     text += (f"Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n"
              f"{markdown_table(summary)}")
-    if paired:
-        text += ("\nEach arm minus `clip` on the same seed, mean ± sd in points (seeds where the arm is ahead / "
-                 f"seeds):\n\n{markdown_table(paired, signed=True)}")
+    for base, diffs in paired.items():
+        text += (f"\nEach arm minus `{base}` on the same seed, mean ± sd in points (seeds where the arm is ahead / "
+                 f"seeds):\n\n{markdown_table(diffs, signed=True)}")
     with open(os.path.join(workdir, f"{name}.md"), "w") as f:
         f.write(text)
     print(text, flush=True)
@@ -177,11 +241,13 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Runs every (arm, seed), then writes ablation.json and ablation.md; returns the summary."""
     validate(cfg)
     t0 = time.time()
-    teachers = {}
-    if any(ARMS[a][2] == "trained" for a in cfg.arms):
-        teachers["trained"] = cfg.teacher_workdir or _teacher(cfg.teacher, os.path.join(workdir, "teacher"))
-    if any(ARMS[a][2] == "raw" for a in cfg.arms):
-        teachers["raw"] = _teacher(raw_teacher_config(cfg.teacher), os.path.join(workdir, "teacher_raw"))
+    teachers = {"trained": cfg.teacher_workdir or os.path.join(workdir, "teacher"),
+                "raw": os.path.join(workdir, "teacher_raw")}
+    check_workdir(cfg, workdir, teachers)  # before any training: a stale run is refused at once
+    if any(ARMS[a].teacher == "trained" for a in cfg.arms) and not cfg.teacher_workdir:
+        _teacher(cfg.teacher, teachers["trained"])
+    if any(ARMS[a].teacher == "raw" for a in cfg.arms):
+        _teacher(raw_teacher_config(cfg.teacher), teachers["raw"])
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in cfg.arms}
     more: dict[str, list[dict[str, float]]] = {arm: [] for arm in cfg.arms}  # on eval_test_pairs test pairs
     seconds: dict[str, float] = {}
@@ -192,9 +258,11 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         for arm in cfg.arms:
             path, key = os.path.join(workdir, arm, f"seed{seed}"), f"{arm}/seed{seed}"
             t = time.time()
+            run_cfg = arm_config(cfg, arm, seed, teachers, workdir)
             result = _read_json(os.path.join(path, "eval.json"))
             if result is None:
-                result = stage2.run(arm_config(cfg, arm, seed, teachers, workdir), path)
+                config_tools.save_run_config(run_cfg, path)
+                result = stage2.run(run_cfg, path)
                 seconds[key] = round(time.time() - t, 1)
             else:  # a reused run keeps the time it took when it ran
                 seconds[key] = earlier.get(key, 0.0)

@@ -43,9 +43,10 @@ def teacher_embedding(teacher_model: Any, teacher: Any, batch: dict) -> jax.Arra
 def pair_targets(batch: dict, hierarchy: Any, blockwise: bool = False) -> jax.Array | losses.BlockTargets | None:
     """Soft targets for image-caption pairs: the pair itself plus ontology-related pairs; None = identity.
 
+    Mode 'soft' only (mode 'mask' keeps identity targets: `pair_exclusions`); the loss applies `own_share`.
     blockwise=True gives the rule (`losses.BlockTargets`) for a chunked loss to build block by block.
     """
-    if not hierarchy.enabled:
+    if not hierarchy.enabled or hierarchy.get("mode", "soft") != "soft":
         return None
     fn = functools.partial(losses.hierarchical_pair_targets, hop_decay=hierarchy.hop_decay,
                            organ_weight=hierarchy.organ_weight)
@@ -54,6 +55,20 @@ def pair_targets(batch: dict, hierarchy: Any, blockwise: bool = False) -> jax.Ar
         return losses.BlockTargets(fn, tables, tables)
     ids = jnp.arange(batch["hpo"].shape[0])
     return fn(tables, tables, ids, ids)
+
+
+def own_share(hierarchy: Any) -> float:
+    """The share of its target row and column the pair itself keeps (0 = uncapped; only with soft targets)."""
+    return float(hierarchy.get("own_share", 0.0)) if hierarchy.enabled else 0.0
+
+
+def pair_exclusions(batch: dict, hierarchy: Any) -> jax.Array | None:
+    """Mode 'mask' (KEP-style): bool [B, B], other pairs scoring >= mask_min_score (false negatives); else None."""
+    if not hierarchy.enabled or hierarchy.get("mode", "soft") != "mask":
+        return None
+    scores = batch_relation_scores(batch, hierarchy)
+    ids = jnp.arange(scores.shape[0])
+    return (scores >= hierarchy.mask_min_score) & (ids[:, None] != ids[None, :])
 
 
 def stage1_objective(text_model: Any, cfg: Any) -> SplitObjective:
@@ -89,8 +104,11 @@ def contrastive_fn(chunk: int) -> Callable[..., jax.Array]:
     if chunk == 0:
         return losses.softmax_contrastive
 
-    def chunked(a: jax.Array, b: jax.Array, scale: jax.Array, targets: jax.Array | None = None) -> jax.Array:
-        return losses.chunked_softmax_contrastive(a, b, scale, targets, chunk=chunk)
+    def chunked(a: jax.Array, b: jax.Array, scale: jax.Array, targets: jax.Array | None = None,
+                exclude: jax.Array | None = None, own_share: float = 0.0) -> jax.Array:
+        if exclude is not None:
+            raise NotImplementedError("loss.hierarchy.mode='mask' with loss.chunk > 0")
+        return losses.chunked_softmax_contrastive(a, b, scale, targets, chunk=chunk, own_share=own_share)
 
     return chunked
 
@@ -129,8 +147,10 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any) -> SplitOb
         scale = jnp.exp(params["logit_scale"])
         # The chunked loss builds the hierarchical targets block by block: O(B * chunk) memory.
         targets = pair_targets(batch, lc.hierarchy, blockwise=chunk > 0 and lc.kind == "softmax")
+        exclude = pair_exclusions(batch, lc.hierarchy)
         if lc.kind == "softmax":
-            l_it = contrastive(v, t, scale, targets)
+            share = own_share(lc.hierarchy) if targets is not None else 0.0
+            l_it = contrastive(v, t, scale, targets, exclude=exclude, own_share=share)
         else:
             labels = None if targets is None else (targets > 0).astype(jnp.float32)
             l_it = losses.sigmoid_loss(v, t, scale, params["logit_bias"], labels)

@@ -231,3 +231,14 @@ def test_cli_prints_learnability(dataset, capsys):
     assert demo.main(args) == 0  # same parameters: no regeneration
     out = capsys.readouterr().out
     assert "demo dataset ready" in out and "organ_system accuracy" in out and "phenotype accuracy" in out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_unseen_phenotype_is_a_visual_parent(onto, seed):
+    # Generator v2 held out visual parents of seen phenotypes (5 of 22 in seed 1): their look leaked into training.
+    phenos = demo.build_phenotypes(onto, 150, seed)
+    unseen = demo.choose_unseen(phenos, demo.UNSEEN_FRACTION, seed)
+    assert len(unseen) == round(demo.UNSEEN_FRACTION * 150)
+    parents = {p.visual_parent for p in phenos}
+    assert not unseen & parents
+    assert all(phenos[k].visual_parent >= 0 for k in unseen)

@@ -21,6 +21,25 @@ def test_summarise_mean_and_sample_sd():
     assert "| clip | 60.0 ± 14.1 |" in table and "n/a" in table
 
 
+def test_arm_configs_say_what_they_switch_on():
+    from phenolip_jax.tasks import ablation
+
+    cfg = load_config("ablation")
+    teachers = {"trained": "T", "raw": "R"}
+    def arm(name):
+        return ablation.arm_config(cfg, name, 0, teachers, "W")
+
+    assert arm("clip").loss.kd_weight == 0 and not arm("clip").loss.hierarchy.enabled
+    paper = arm("paper_kd")
+    assert paper.loss.kd_weight == 0.3 and not paper.loss.hierarchy.enabled and paper.teacher.workdir == "T"
+    share, mask, uncapped = arm("paper_kd_hier_share"), arm("paper_kd_hier_mask"), arm("paper_kd_hier_uncapped")
+    assert (share.loss.hierarchy.mode, share.loss.hierarchy.own_share) == ("soft", 0.5)
+    assert mask.loss.hierarchy.mode == "mask" and mask.loss.hierarchy.enabled
+    assert (uncapped.loss.hierarchy.mode, uncapped.loss.hierarchy.own_share) == ("soft", 0.0)
+    assert arm("paper_kd_raw_teacher").teacher.workdir == "R"
+    assert set(cfg.arms) <= set(ablation.ARMS) and "paper_kd" in cfg.arms
+
+
 def test_paired_differences_against_clip_per_seed():
     from phenolip_jax.tasks import ablation
 
@@ -39,7 +58,7 @@ def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
     from phenolip_jax.tasks import ablation
 
     cfg = load_config("ablation", "quick")
-    cfg.arms = ("hier", "phenolip_raw_teacher")  # both teachers, distillation and hierarchy; 2 runs stay quick
+    cfg.arms = ("clip_hier_share", "paper_kd_raw_teacher")  # both teachers, distillation and hierarchy; 2 runs
     cfg.teacher = tiny_stage1(tiny_bert_dir)
     cfg.teacher.text.embed_dim = 32  # the raw teacher's identity head needs embed_dim >= width (32)
     cfg.teacher.total_steps = 2
@@ -61,28 +80,37 @@ def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
         saved = json.load(f)
     assert saved["summary"] == json.loads(json.dumps(summary)) and saved["seeds"] == [0]
     assert (tmp_path / "abl" / "ablation.md").read_text().count("\n| ") == 1 + len(cfg.arms)
-    with open(os.path.join(work, "hier", "seed0", "eval.json")) as f:
+    with open(os.path.join(work, "clip_hier_share", "seed0", "eval.json")) as f:
         assert json.load(f)["zs_unseen_images"] > 0  # the per-seed demo holds unseen phenotypes
     # The untrained teacher is the raw encoder: a 0-step stage 1 with an identity head.
     with open(os.path.join(work, "teacher_raw", "stage1_config.json")) as f:
         assert json.load(f)["text_tower"]["head"] == "linear"
     # Rerun: every finished run is reused (no new metrics written).
-    stamp = os.path.getmtime(os.path.join(work, "hier", "seed0", "metrics.jsonl"))
+    stamp = os.path.getmtime(os.path.join(work, "clip_hier_share", "seed0", "metrics.jsonl"))
     assert ablation.run(cfg, work) == summary
-    assert os.path.getmtime(os.path.join(work, "hier", "seed0", "metrics.jsonl")) == stamp
+    assert os.path.getmtime(os.path.join(work, "clip_hier_share", "seed0", "metrics.jsonl")) == stamp
     with open(os.path.join(work, "ablation.json")) as f:
         again = json.load(f)
     assert again["seconds"] == saved["seconds"] and min(again["seconds"].values()) > 0  # the runs' own times
     assert again["total_seconds"] >= sum(saved["seconds"].values()) - 0.1  # rounded to 0.1 s
+    # A finished run made from another config is refused, before anything trains, naming the field.
+    cfg.stage2.loss.hierarchy.hop_decay = 0.25
+    with pytest.raises(ablation.StaleRunError, match=r"loss\.hierarchy\.hop_decay: 0\.5 -> 0\.25"):
+        ablation.run(cfg, work)
+    cfg.stage2.loss.hierarchy.hop_decay = 0.5
+    cfg.teacher.total_steps = 3  # the teacher too
+    with pytest.raises(ablation.StaleRunError, match=r"teacher was made with another config.*total_steps: 2 -> 3"):
+        ablation.run(cfg, work)
+    cfg.teacher.total_steps = 2
     # The finished runs re-evaluated on their demo regenerated with more test pairs (same train split).
     def hier_row():
-        return [ln for ln in (tmp_path / "abl" / "ablation.md").read_text().splitlines() if ln.startswith("| hier")]
+        return [ln for ln in (tmp_path / "abl" / "ablation.md").read_text().splitlines() if ln.startswith("| clip_hier_share")]
 
     row = hier_row()
     cfg.eval_test_pairs = 64
-    cfg.arms = ("hier",)  # one arm keeps the test short; each arm takes the same path
+    cfg.arms = ("clip_hier_share",)  # one arm keeps the test short; each arm takes the same path
     ablation.run(cfg, work)
-    assert os.path.getmtime(os.path.join(work, "hier", "seed0", "metrics.jsonl")) == stamp  # nothing retrained
+    assert os.path.getmtime(os.path.join(work, "clip_hier_share", "seed0", "metrics.jsonl")) == stamp  # nothing retrained
     assert hier_row() == row  # the runs' own table is still written from their own evaluation
     with open(os.path.join(work, "ablation_test64.json")) as f:
         more = json.load(f)
@@ -98,8 +126,8 @@ def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
     # At the run's own test size the re-evaluation is the run's own evaluation, figure for figure.
     from phenolip_jax.tasks import stage2
     teachers = {"trained": os.path.join(work, "teacher")}
-    again = stage2.evaluate_on_more_test_pairs(ablation.arm_config(cfg, "hier", 0, teachers, work),
-                                               os.path.join(work, "hier", "seed0"), 32, str(tmp_path / "d32"))
+    again = stage2.evaluate_on_more_test_pairs(ablation.arm_config(cfg, "clip_hier_share", 0, teachers, work),
+                                               os.path.join(work, "clip_hier_share", "seed0"), 32, str(tmp_path / "d32"))
     assert again == pytest.approx(own)
 
 
