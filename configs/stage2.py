@@ -3,8 +3,9 @@
 Variants (`--config=configs/stage2.py:VARIANT`):
   (none)      embedded default: the generated demo dataset, a small ViT from scratch and the MiniLM text
               tower; the teacher is made by a short stage-1 run when `teacher.workdir` is empty.
-  biomedclip  paper-sized: ViT-B/16 (224 px) + PubMedBERT (context 256), KEP's optimiser settings;
-              set data.manifest / data.image_root (or data.source='arrayrecord' + data.packed_dir, or
+  biomedclip  paper-sized: ViT-B/16 (224 px) + PubMedBERT (context 256), initialised from BiomedCLIP, KEP's
+              optimiser settings; set init.checkpoint (a local BiomedCLIP open_clip dir: required),
+              data.manifest / data.image_root (or data.source='arrayrecord' + data.packed_dir, or
               'tfds' + data.tfds_dir; local paths or gs:// URLs), text.hf_dir, teacher.workdir.
 """
 import ml_collections
@@ -76,7 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         head_bias=False,
     ))
     c.init = ml_collections.ConfigDict(dict(
-        checkpoint="",  # optional: a phenolip_jax stage-2 workdir/checkpoint or an imported BiomedCLIP dir
+        checkpoint="",  # a phenolip_jax stage-2 workdir/checkpoint or a local BiomedCLIP (open_clip) dir
+        required=False,  # True: refuse to start without init.checkpoint (the paper starts from BiomedCLIP)
     ))
     c.teacher = ml_collections.ConfigDict(dict(
         workdir="",  # stage-1 workdir (its checkpoint is the frozen teacher); '' = make one (below)
@@ -117,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.image = dict(image_size=224, patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072,
                              pool="cls")
         c.model.dtype = "bfloat16"
+        c.init.required = True  # the paper's stage 2 starts from BiomedCLIP: set init.checkpoint to its local dir
         c.text.hf_dir = ""  # must be set to a local PubMedBERT directory
         c.text.arch = "pubmedbert"  # sizes for --aot when hf_dir is empty
         c.teacher.stage1_variant = "pubmedbert"  # the KEP teacher: stage 1 on PubMedBERT

@@ -5,12 +5,12 @@
 #   launch/single_gpu.sh                                   # the embedded demo (generated data, small models)
 #   STAGE1_VARIANT=pubmedbert VARIANT=biomedclip WORKDIR=runs/paper \
 #     STAGE1_ARGS="--config.text.hf_dir=/data/pubmedbert" \
-#     STAGE2_ARGS="--config.text.hf_dir=/data/pubmedbert --config.data.manifest=/data/train.jsonl" \
+#     STAGE2_ARGS="--config.init.checkpoint=/data/biomedclip --config.text.hf_dir=/data/pubmedbert --config.data.manifest=/data/train.jsonl" \
 #     launch/single_gpu.sh
 #
 #   WORKDIR       output root; runs go to WORKDIR/stage1 and WORKDIR/stage2  [workdirs]
 #   VARIANT       config variant for stage 2 ('' = demo, or biomedclip)      []
-#   STAGE1_VARIANT config variant for stage 1 ('' = demo, or pubmedbert)    []
+#   STAGE1_VARIANT config variant for stage 1 ('' = demo, or pubmedbert)    [pubmedbert when VARIANT=biomedclip]
 #   STAGE1_ARGS / STAGE2_ARGS  extra main.py flags (--config.field=value)    []
 #   VENV          virtualenv to create/use                                   [<repo>/.venv]
 #   JAX_VERSION   jax[cuda12] version                                        [0.10.2]
@@ -21,6 +21,9 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORKDIR="${WORKDIR:-workdirs}"
 VARIANT="${VARIANT:-}"
 STAGE1_VARIANT="${STAGE1_VARIANT:-}"
+if [[ "${VARIANT}" == biomedclip && -z "${STAGE1_VARIANT}" ]]; then
+  STAGE1_VARIANT=pubmedbert  # the teacher is a BERT of the student's family (PubMedBERT), as in the paper
+fi
 STAGE1_ARGS="${STAGE1_ARGS:-}"
 STAGE2_ARGS="${STAGE2_ARGS:-}"
 VENV="${VENV:-${REPO_ROOT}/.venv}"

@@ -20,10 +20,12 @@
 #   SPOT               1 = create a spot slice               [0]
 #   WORKDIR            shared output root (mounted path)     [required]
 #   STAGES             which stages, in order                [stage1 stage2]
-#   STAGE1_CONFIG      config for stage 1                    [configs/stage1.py]
+#   STAGE1_CONFIG      config for stage 1 (the teacher: a BERT of the student's family) [configs/stage1.py:pubmedbert]
 #   STAGE2_CONFIG      config for stage 2                    [configs/stage2.py:biomedclip]
 #   STAGE1_ARGS        extra flags for stage 1, e.g. "--config.text.hf_dir=/data/pubmedbert"   []
-#   STAGE2_ARGS        extra flags for stage 2, e.g. "--config.data.manifest=/data/train.jsonl" []
+#   STAGE2_ARGS        extra flags for stage 2, e.g. "--config.init.checkpoint=/data/biomedclip
+#                      --config.text.hf_dir=/data/pubmedbert --config.data.manifest=/data/train.jsonl" []
+#                      (stage2.py:biomedclip refuses to start without init.checkpoint: a local BiomedCLIP dir)
 #   REMOTE_DIR         repo location on the workers          [~/phenolip_jax]
 #   JAX_VERSION        jax[tpu] version                      [0.10.2]
 #   SKIP_CREATE=1 / SKIP_INSTALL=1 to reuse a prepared slice; DELETE_AFTER=1 to delete it when done.
@@ -41,7 +43,7 @@ if [[ "${WORKDIR}" == gs://* ]]; then
   exit 2
 fi
 STAGES="${STAGES:-stage1 stage2}"
-STAGE1_CONFIG="${STAGE1_CONFIG:-configs/stage1.py}"
+STAGE1_CONFIG="${STAGE1_CONFIG:-configs/stage1.py:pubmedbert}"
 STAGE2_CONFIG="${STAGE2_CONFIG:-configs/stage2.py:biomedclip}"
 STAGE1_ARGS="${STAGE1_ARGS:-}"
 STAGE2_ARGS="${STAGE2_ARGS:-}"

@@ -81,6 +81,10 @@ def optim_section(*, lr: float, warmup_steps: int, weight_decay: float = 0.2, b2
     ))
 
 
+# How to get BiomedCLIP onto a machine that cannot reach the hub: said wherever a run needs it.
+BIOMEDCLIP_HOWTO = ("On a machine with internet: `huggingface-cli download "
+                    "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --local-dir DIR`, copy DIR here, "
+                    "then --config.init.checkpoint=DIR (docs/interop.md)")
 HIERARCHY_MODES = ("soft", "mask")  # config.loss.hierarchy.mode (stage 2)
 
 
@@ -222,6 +226,8 @@ def _validate_stage2(cfg: Any, aot: bool) -> None:
     _one_of(cfg.text.pool, ("cls", "mean"), "config.text.pool")
     if cfg.loss.chunk < 0:
         raise ValueError(f"config.loss.chunk={cfg.loss.chunk} must be >= 0 (0 = plain loss)")
+    if cfg.init.get("required") and not cfg.init.checkpoint and not aot:
+        raise ValueError(f"config.init.checkpoint is empty: this variant starts from BiomedCLIP. {BIOMEDCLIP_HOWTO}")
 
 
 def _subset_of(values: Any, allowed: tuple[str, ...], field: str) -> None:

@@ -20,7 +20,7 @@ from phenolip_jax import config_lib, config_tools, distributed
 from phenolip_jax.convert import export
 from phenolip_jax.evaluate import predict
 from phenolip_jax.evaluate import run as evaluate_run
-from phenolip_jax.tasks import ablation, aot, stage1, stage2
+from phenolip_jax.tasks import ablation, aot, common, stage1, stage2
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -60,6 +60,8 @@ def prepare(cfg, workdir: str) -> None:
         ablation.validate(cfg)
     else:
         config_lib.validate(cfg, jax.device_count())
+    if cfg.stage == "stage2" and (warning := common.teacher_family_warning(cfg)):
+        print(f"WARNING: {warning}", flush=True)
     if cfg.stage in TRAINING_STAGES:
         changes = config_tools.check_resume_config(cfg, workdir, allow_changes=_ALLOW_CHANGE.value)
         if changes:

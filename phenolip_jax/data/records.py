@@ -5,7 +5,7 @@ import collections
 import dataclasses
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 from phenolip_jax import ontology as onto_mod
 from phenolip_jax.data import images, paths
@@ -176,6 +176,7 @@ def validate_records(
     strict: bool = False,
     *,
     max_hpo: int | None = None,
+    max_hpo_splits: Collection[str] | None = None,
     check_images: bool = True,
     report: ValidationReport | None = None,
     allow_absolute: bool = False,
@@ -186,7 +187,8 @@ def validate_records(
     strict=True: raise `BadRecordError` on the first drop reason, or on a caption that would be
     truncated. Obsolete ids with a replacement and non-RGB images are fixed and kept either way.
     `check_images` decodes every image fully (the only way to catch truncated files). An image path
-    leaving image_root, or absolute without `allow_absolute`, is dropped as 'unsafe_path'.
+    leaving image_root, or absolute without `allow_absolute`, is dropped as 'unsafe_path'. `max_hpo` cuts the
+    ids of records in `max_hpo_splits` only (None = every split): held-out records keep all their phenotypes.
     """
     report = report if report is not None else ValidationReport()
     seen: set[tuple[str, str]] = set()
@@ -206,7 +208,8 @@ def validate_records(
         except UnsafePathError as e:
             _fail(report, strict, rec, "unsafe_path", str(e))
             continue
-        hpo = _resolve_hpo(rec, ontology, max_hpo, report, strict)
+        cut = max_hpo if max_hpo_splits is None or rec.split in max_hpo_splits else None
+        hpo = _resolve_hpo(rec, ontology, cut, report, strict)
         if hpo is None:
             continue
         if check_images and not _check_image(rec, path, report, strict):

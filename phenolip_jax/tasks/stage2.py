@@ -28,7 +28,7 @@ from phenolip_jax.models import layers, two_tower
 from phenolip_jax.tasks import common, stage1
 from phenolip_jax.tasks import teacher as teacher_lib
 from phenolip_jax.train import build as build_lib
-from phenolip_jax.train import loop, objectives
+from phenolip_jax.train import loop, objectives, optimizer
 from phenolip_jax.train import mesh as mesh_lib
 
 PIPELINE_KEYS = ("image_size", "mean", "std", "crop_scale", "max_len", "length_buckets", "length_group_window",
@@ -58,7 +58,7 @@ def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, Any], s
         manifest, image_root = cfg.data.manifest, cfg.data.image_root or paths.parent(cfg.data.manifest)
     manifests = [manifest] + ([cfg.data.test_csv] if cfg.data.test_csv else [])
     kept, report = read_and_validate(manifests, onto, image_root, strict=cfg.data.strict, tokenizer=tokenizer,
-                                     max_len=cfg.data.max_len, max_hpo=cfg.data.max_hpo,
+                                     max_len=cfg.data.max_len, max_hpo=cfg.data.max_hpo, max_hpo_splits=("train",),
                                      allow_absolute=cfg.data.allow_absolute_paths)
     print(f"data: {report.summary() if hasattr(report, 'summary') else report}", flush=True)
     splits: dict[str, list] = {}
@@ -255,6 +255,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     if cfg.init.checkpoint:
         params = load_init_checkpoint(cfg.init.checkpoint, params)
         print(f"initialised from {cfg.init.checkpoint}", flush=True)
+    else:  # only the text encoder came from pretrained weights: nothing else may be frozen
+        optimizer.check_frozen_are_pretrained(params, cfg.optim, pretrained=r"^text/encoder/")
     artifacts.write_json(os.path.join(workdir, artifacts.MODEL_CONFIG), {
         "image_config": image_fields, "text_config": text_fields, "dtype": cfg.model.dtype,
         "text_hf_dir": cfg.text.hf_dir, "max_len": cfg.data.max_len, "image_size": cfg.data.image_size,

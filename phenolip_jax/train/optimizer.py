@@ -42,6 +42,25 @@ def path_mask(params: Any, pattern: str, match: bool = True) -> Any:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
+def check_frozen_are_pretrained(params: Any, cfg: Any, pretrained: str) -> None:
+    """Refuses a freeze (config.optim) that would hold randomly initialised parameters fixed.
+
+    `pretrained`: a regex of the param paths that came from pretrained weights; a frozen leaf outside it is
+    random and would stay random for freeze_steps steps. The error names the towers.
+    """
+    if not (cfg.freeze_steps > 0 and cfg.freeze_pattern):
+        return
+    frozen = jax.tree_util.tree_leaves_with_path(path_mask(params, cfg.freeze_pattern))
+    loaded = re.compile(pretrained)
+    random = sorted({path_str(p) for p, hit in frozen if hit and not loaded.search(path_str(p))})
+    if random:
+        towers = sorted({p.split("/")[0] for p in random})
+        raise ValueError(
+            f"config.optim.freeze_pattern={cfg.freeze_pattern!r} would freeze {len(random)} randomly initialised "
+            f"parameters of the {' and '.join(towers)} tower(s) (e.g. {random[0]}) for freeze_steps="
+            f"{cfg.freeze_steps}: give config.init.checkpoint (BiomedCLIP) or set config.optim.freeze_steps=0")
+
+
 def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     """Linear warmup then cosine decay to `lr * end_factor` (or constant with schedule='constant')."""
     if cfg.schedule == "constant":

@@ -61,3 +61,20 @@ def test_single_gpu_script_fails_fast_without_a_gpu(tmp_path):
     assert out.returncode != 0
     assert "AssertionError" in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_paper_runs_distil_from_a_pubmedbert_teacher():
+    # The paper's knowledge encoder is a BERT of the student's family: a PubMedBERT stage 1 for stage2:biomedclip.
+    pod = (LAUNCH / "tpu_pod.sh").read_text()
+    assert 'STAGE1_CONFIG="${STAGE1_CONFIG:-configs/stage1.py:pubmedbert}"' in pod
+    assert 'STAGE2_CONFIG="${STAGE2_CONFIG:-configs/stage2.py:biomedclip}"' in pod
+    slurm = (LAUNCH / "slurm_gpu.sbatch").read_text()
+    assert 'CONFIG="${CONFIG:-configs/stage1.py:pubmedbert}"' in slurm
+    # single_gpu.sh: the stage-1 variant follows a biomedclip stage 2 unless given
+    script = (LAUNCH / "single_gpu.sh").read_text()
+    block = script[script.index('STAGE1_VARIANT="${STAGE1_VARIANT:-}"'):script.index('STAGE1_ARGS="${STAGE1_ARGS:-}"')]
+    out = subprocess.run(["bash", "-c", f'set -eu; VARIANT=biomedclip; {block}\necho "$STAGE1_VARIANT"'],
+                         capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]})
+    assert out.stdout.strip() == "pubmedbert"
+    for text in (pod, slurm, (LAUNCH / "README.md").read_text()):
+        assert "--config.init.checkpoint=" in text  # stage2.py:biomedclip starts from BiomedCLIP

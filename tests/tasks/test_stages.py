@@ -149,3 +149,17 @@ def test_export_then_init_from_open_clip(tiny_bert_dir, tiny_demo_dir, teacher_d
     loaded = stage2.load_init_checkpoint(str(tmp_path / "out" / "open_clip"), params)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_stage2_refuses_to_freeze_a_random_image_tower(tiny_bert_dir, tiny_demo_dir, teacher_dir, tmp_path):
+    # Without init.checkpoint the ViT is random: freezing it for freeze_steps would train heads on noise.
+    from phenolip_jax.tasks import stage2
+
+    cfg = tiny_stage2(tiny_bert_dir, tiny_demo_dir, teacher_dir)
+    cfg.optim.freeze_steps = 2
+    with pytest.raises(ValueError, match=r"would freeze \d+ randomly initialised parameters of the image tower"):
+        stage2.run(cfg, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+    cfg.optim.freeze_pattern = r"^text/encoder/"  # the pretrained text encoder may be frozen
+    cfg.total_steps = 2
+    stage2.run(cfg, str(tmp_path / "run2"))

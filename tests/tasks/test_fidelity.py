@@ -1,0 +1,74 @@
+"""Method fidelity at paper scale: BiomedCLIP init is required, nothing random is frozen, the teacher is of the
+student's family, and evaluation keeps every phenotype of a held-out record."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from phenolip_jax import config_lib
+from tests.tasks.conftest import load_config
+
+
+def test_biomedclip_variant_refuses_to_start_without_biomedclip(tmp_path):
+    cfg = load_config("stage2", "biomedclip")
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("")
+    cfg.data.manifest = str(manifest)
+    with pytest.raises(ValueError, match=r"config.init.checkpoint is empty: .*huggingface-cli download"):
+        config_lib.validate(cfg, 1)
+    config_lib.validate(cfg, 1, aot=True)  # compiling for a TPU loads no weights
+    cfg.init.checkpoint = str(tmp_path)
+    config_lib.validate(cfg, 1)
+
+
+def test_freezing_randomly_initialised_towers_is_refused():
+    from phenolip_jax.train import optimizer
+
+    params = {"image": {"encoder": {"w": np.zeros((2, 2))}, "head": {"w": np.zeros((2, 2))}},
+              "text": {"encoder": {"w": np.zeros((2, 2))}, "head": {"w": np.zeros((2, 2))}}}
+    optim = load_config("stage2", "biomedclip").optim  # freezes both towers' encoders for 4,000 steps
+    with pytest.raises(ValueError, match=r"randomly initialised parameters of the image tower.*image/encoder/w"):
+        optimizer.check_frozen_are_pretrained(params, optim, pretrained=r"^text/encoder/")
+    optimizer.check_frozen_are_pretrained(params, optim, pretrained=r"^(image|text)/encoder/")  # BiomedCLIP init
+    optim.freeze_steps = 0
+    optimizer.check_frozen_are_pretrained(params, optim, pretrained=r"^text/encoder/")
+
+
+def test_teacher_of_another_family_warns(tiny_bert_dir, tmp_path):
+    from phenolip_jax.tasks import common
+
+    cfg = load_config("stage2")
+    cfg.text.hf_dir = tiny_bert_dir  # 1 layer x 32
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    minilm = dict(vocab_size=30522, depth=6, width=384)
+    (teacher / "stage1_config.json").write_text(json.dumps({"text_tower": {"bert": minilm}}))
+    cfg.teacher.workdir = str(teacher)
+    warning = common.teacher_family_warning(cfg)
+    assert warning and "layers 6, width 384" in warning and "layers 1, width 32" in warning
+    (teacher / "stage1_config.json").write_text(json.dumps(
+        {"text_tower": {"bert": dict(vocab_size=30522, depth=1, width=32)}}))
+    assert common.teacher_family_warning(cfg) is None
+    cfg.teacher.workdir = ""  # stage 2 makes its teacher from the student's own encoder
+    assert common.teacher_family_warning(cfg) is None
+
+
+def test_evaluation_keeps_every_phenotype_of_a_held_out_record(tmp_path):
+    from phenolip_jax.ontology import load_ontology
+    from phenolip_jax.tasks import stage2
+
+    onto = load_ontology()
+    ids = [h for h in onto.ids[200:400]][:6]
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+    rows = [dict(image="a.png", caption="six findings", hpo_ids=ids, split="train"),
+            dict(image="b.png", caption="six findings too", hpo_ids=ids, split="test")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config("stage2")
+    cfg.data.source, cfg.data.manifest = "jsonl", str(tmp_path / "m.jsonl")
+    assert cfg.data.max_hpo == 4
+    splits, _ = stage2.load_records(cfg, onto, None)
+    assert len(splits["train"][0].hpo_ids) == 4  # the training tables hold max_hpo ids
+    assert list(splits["test"][0].hpo_ids) == ids  # the held-out record keeps all six
