@@ -46,6 +46,15 @@ COLUMNS = (("i2t_r@10", "I2T R@10"), ("t2i_r@10", "T2I R@10"), ("i2p_r@10", "I2P
            ("zs_seen_top1", "seen top-1"), ("zs_unseen_top1", "unseen top-1"), ("zs_unseen_r@10", "unseen R@10"),
            ("zs_unseen_hier_top1", "unseen hier. top-1 (all)"))
 EXTRA = (("zs_seen_images", ""), ("zs_unseen_images", ""), ("zs_unseen_phenotypes", ""))  # kept in the json
+# Reference rows under the table (model-free, the same for every arm of a seed): chance, and the image-free rule
+# "name a seen relative of the gold term", which the hierarchy-aware unseen score must beat to mean anything.
+REFERENCES = {
+    "(chance)": {"i2t_r@10": "chance_r@10", "t2i_r@10": "chance_r@10", "i2p_r@10": "i2p_chance_r@10",
+                 "p2i_r@10": "p2i_chance_r@10", "zs_seen_top1": "zs_seen_chance_top1",
+                 "zs_unseen_top1": "zs_unseen_chance_top1", "zs_unseen_r@10": "zs_unseen_chance_r@10",
+                 "zs_unseen_hier_top1": "zs_unseen_hier_chance_top1"},
+    "(seen-relative rule)": {"zs_unseen_hier_top1": "zs_unseen_parent_rule_hier_top1"},
+}
 
 
 def raw_teacher_config(teacher: Any) -> Any:
@@ -111,6 +120,14 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, di
                 out[arm][key] = dict(mean=float(values.mean()), sd=float(values.std(ddof=1)) if len(values) > 1
                                      else 0.0, n=len(values))
     return out
+
+
+def reference_rows(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """The REFERENCES rows over the seeds (from the first arm's runs: every arm of a seed shares its test data)."""
+    results = next(iter(runs.values()), [])
+    renamed = {name: [{col: r.get(key) for col, key in keys.items()} for r in results]
+               for name, keys in REFERENCES.items()}
+    return {name: figures for name, figures in summarise(renamed).items() if figures}
 
 
 def paired_differences(runs: dict[str, list[dict[str, float]]], baseline: str = "clip"
@@ -214,9 +231,10 @@ def _write_tables(workdir: str, runs: dict[str, list[dict[str, float]]], cfg: An
     """
     name = f"ablation_test{test_pairs}" if test_pairs else "ablation"
     summary = summarise(runs)
+    references = reference_rows(runs)
     paired = {base: paired_differences(runs, base) for base in BASELINES if base in runs and len(runs) > 1}
     artifacts.write_json(os.path.join(workdir, f"{name}.json"), {
-        "summary": summary, "paired_vs": paired,
+        "summary": summary, "references": references, "paired_vs": paired,
         "runs": {a: [{k: r.get(k) for k, _ in COLUMNS + EXTRA} for r in rs] for a, rs in runs.items()},
         "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total, "eval_test_pairs": test_pairs})
     text = ""
@@ -227,7 +245,7 @@ def _write_tables(workdir: str, runs: dict[str, list[dict[str, float]]], cfg: An
                 f"{first.get('zs_unseen_phenotypes', 0):.0f} unseen phenotypes in seed {cfg.seeds[0]}; "
                 f"{reeval:.0f} s of re-evaluation this time).\n\n")
     text += (f"Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n"
-             f"{markdown_table(summary)}")
+             f"{markdown_table({**summary, **references})}")
     for base, diffs in paired.items():
         text += (f"\nEach arm minus `{base}` on the same seed, mean ± sd in points (seeds where the arm is ahead / "
                  f"seeds):\n\n{markdown_table(diffs, signed=True)}")

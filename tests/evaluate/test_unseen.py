@@ -86,3 +86,35 @@ def test_related_phenotypes_is_parent_child(onto):
     ids = [onto.ids[child], onto.ids[parent], onto.ids[other]]
     rel = unseen.related_phenotypes(onto, ids, max_hops=1)
     assert rel[0, 1] and rel[1, 0] and not rel[0, 0] and not rel[0, 2] and not rel[2, 1]
+
+
+def test_unseen_scores_come_with_chance_and_the_seen_relative_rule():
+    # 4 phenotypes: 0 and 1 seen; 2 (unseen) is a child of 0; 3 (unseen) has no relative.
+    seen = np.array([True, True, False, False])
+    related = np.zeros((4, 4), bool)
+    related[0, 2] = related[2, 0] = True
+    pos = np.zeros((4, 4), bool)
+    pos[0, 0] = pos[1, 1] = pos[2, 2] = pos[3, 3] = True
+    sim = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [1.0, 0, 0.5, 0], [0, 0, 0, 1.0]])
+    got = unseen.unseen_zero_shot(sim, pos, seen, related, ks=(1,))
+    # The rule "name a seen relative" earns hierarchy-aware credit on image 2 (parent 0) but not on image 3.
+    assert got["zs_unseen_parent_rule_hier_top1"] == 0.5
+    assert got["zs_unseen_hier_top1"] == 1.0  # image 2's top-1 is its parent, image 3's its gold
+    assert got["zs_unseen_chance_r@1"] == 0.5  # 1 gold among 2 unseen candidates
+    assert got["zs_unseen_all_chance_top1"] == 0.25
+    assert got["zs_unseen_hier_chance_top1"] == pytest.approx((2 / 4 + 1 / 4) / 2)  # image 2: gold + parent
+    assert "zs_seen_parent_rule_hier_top1" not in got
+    lines = "\n".join(unseen.markdown(got))
+    assert "seen-relative rule" in lines and "(25.00)" in lines
+
+
+def test_ablation_table_shows_chance_and_the_rule_under_the_arms():
+    from phenolip_jax.tasks import ablation
+
+    runs = {"clip": [{"zs_unseen_hier_top1": 0.9, "zs_unseen_hier_chance_top1": 0.02,
+                      "zs_unseen_parent_rule_hier_top1": 1.0, "zs_seen_top1": 0.5, "zs_seen_chance_top1": 0.01}]}
+    refs = ablation.reference_rows(runs)
+    assert refs["(seen-relative rule)"]["zs_unseen_hier_top1"]["mean"] == 1.0
+    assert refs["(chance)"]["zs_seen_top1"]["mean"] == 0.01
+    table = ablation.markdown_table({**ablation.summarise(runs), **refs})
+    assert "| (seen-relative rule) |" in table and "100.0 ± 0.0" in table
