@@ -50,10 +50,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Relative chance of each kind for the non-name views (equal = kinds balanced; 0 = only when needed).
         # Synonyms 4x: the pairs that teach how else a phenotype is written (docs/stages.md, the levers).
         kind_weights=dict(synonym=4.0, definition=1.0, relation_child=1.0, relation_parent=1.0),
-        hard_negative_group=1,  # G > 1: each term brings G-1 siblings (else cousins) into its batch (hurt: docs)
+        hard_negative_group=1,  # G > 1: each term brings G-1 related terms into its batch (group_relation)
+        # what those G-1 terms are: 'siblings' (else cousins: hard negatives; hurt, docs/stages.md) or 'family'
+        # (is-a relatives within loss.hierarchy.max_hops: soft positives, so the hierarchy acts in every batch)
+        group_relation="siblings",
         heldout_fraction=0.1,  # terms with synonyms that lose one synonym to the evaluation split
         typed_heldout_fraction=0.2,  # share of terms with a layperson / abbreviation synonym that lose one to
                                      # its own query set (0 = no typed query sets)
+        val_query_fraction=0.25,  # share of each held-out query set kept apart as 'val_<set>': choose levers on
+                                  # these, report the others once
         max_ancestors=0,  # ancestor-table width per term (within loss.hierarchy.max_hops); 0 = sized from the ontology
         max_organs=4,  # organ-system table width per term
         workers=0,  # grain worker processes (0 = in-process)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from typing import Mapping, Sequence
 
 import grain
@@ -33,16 +34,53 @@ class TermViews:
     root: str
     sep: str
     held_out_typed: Mapping[str, tuple[tuple[str, int], ...]] = dataclasses.field(default_factory=dict)
+    # Validation queries, held out like the rest but kept apart: levers are chosen on these, 'val_<set>'.
+    validation: Mapping[str, tuple[tuple[str, int], ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def query_sets(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        """Every held-out query set: 'synonym' (any synonym) and one per held-out synonym type."""
-        return {"synonym": self.held_out, **self.held_out_typed}
+        """Every held-out query set: 'synonym' (any synonym), one per held-out synonym type, then 'val_*'."""
+        return {"synonym": self.held_out, **self.held_out_typed,
+                **{f"val_{name}": pairs for name, pairs in self.validation.items()}}
 
     @property
     def terms(self) -> np.ndarray:
         """The term indices that have views (the root and its descendants), sorted, int32."""
         return np.array(sorted(self.views), dtype=np.int32)
+
+
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def normalise(text: str) -> str:
+    """Case-folded words separated by one space: punctuation and spacing differences do not make a new text."""
+    return " ".join(_NON_WORD.sub(" ", text.casefold()).split())
+
+
+class _LeakRule:
+    """May a view be held out? Only if no other view of any term equals it after `normalise`, and it sits inside
+    no other view of its own term (as whole words): "Low blood pressure" inside Hypotension's definition would
+    be seen in training."""
+
+    def __init__(self, views: Mapping[int, Sequence[View]]):
+        self.counts = collections.Counter(normalise(text) for vs in views.values() for text, _ in vs)
+        self.views = views
+
+    def __call__(self, term: int, k: int) -> bool:
+        query = normalise(self.views[term][k][0])
+        if self.counts[query] != 1:
+            return False
+        inside = f" {query} "
+        return not any(inside in f" {normalise(text)} " for j, (text, _) in enumerate(self.views[term]) if j != k)
+
+
+def split_validation(pairs: Sequence[tuple[str, int]], fraction: float, rng: np.random.Generator
+                     ) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """(test, validation): a seeded `fraction` of the held-out pairs becomes the validation set."""
+    n_val = int(round(fraction * len(pairs)))
+    val_idx = set(rng.permutation(len(pairs))[:n_val].tolist())
+    test = tuple(p for i, p in enumerate(pairs) if i not in val_idx)
+    return test, tuple(p for i, p in enumerate(pairs) if i in val_idx)
 
 
 def _unique_synonyms(onto: Ontology, i: int) -> list[str]:
@@ -94,7 +132,7 @@ def typed_synonyms(onto: Ontology, obo_path: str | None = None) -> dict[str, dic
 
 
 def _hold_out_typed(views: dict[int, list[View]], typed: Mapping[int, Sequence[str]], fraction: float,
-                    counts: Mapping[str, int], rng: np.random.Generator) -> list[tuple[str, int]]:
+                    may_hold_out: _LeakRule, rng: np.random.Generator) -> list[tuple[str, int]]:
     """One synonym of the type for ~fraction of the terms that have one, under the no-leak rule."""
     candidates = sorted(i for i in typed if i in views)
     target = int(round(fraction * len(candidates)))
@@ -105,7 +143,7 @@ def _hold_out_typed(views: dict[int, list[View]], typed: Mapping[int, Sequence[s
         term = candidates[pos]
         wanted = set(typed[term])
         unique = [k for k, (text, kind) in enumerate(views[term])
-                  if kind == "synonym" and text in wanted and counts[text.casefold()] == 1]
+                  if kind == "synonym" and text in wanted and may_hold_out(term, k)]
         if unique:
             k = unique[int(rng.integers(len(unique)))]
             held.append((views[term].pop(k)[0], term))
@@ -114,18 +152,20 @@ def _hold_out_typed(views: dict[int, list[View]], typed: Mapping[int, Sequence[s
 
 def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_ROOT, sep: str = "[SEP]",
                      holdout_fraction: float = 0.1, seed: int = 0, typed_holdout_fraction: float = 0.0,
-                     typed: Mapping[str, Mapping[int, Sequence[str]]] | None = None) -> TermViews:
+                     typed: Mapping[str, Mapping[int, Sequence[str]]] | None = None,
+                     val_fraction: float = 0.0) -> TermViews:
     """Text views for every term under `root`, with one synonym held out for ~holdout_fraction of the terms.
 
     Candidates for holding out are the terms with >= 1 synonym of any scope (exact or other). Terms are
     visited in a seeded order until round(holdout_fraction * candidates) are held out; a term's held-out
-    synonym is drawn among those whose text, ignoring case, occurs in no other view of any term (a term
-    without such a synonym is skipped), so that no held-out text is ever seen in training.
+    synonym is drawn among those that pass the no-leak rule (`_LeakRule`: after normalising case, punctuation
+    and spacing it equals no other view of any term and sits inside no other view of its own term; a term
+    without such a synonym is skipped), so that no held-out text is seen in training.
 
     Then, per synonym type in `typed` (from `typed_synonyms`), one synonym of that type is held out for
     ~typed_holdout_fraction of the terms having one, by the same rule: separate query sets ('layperson',
-    'abbreviation') that test how people write rather than paraphrases of names. The first split is
-    drawn as before, so its figures stay comparable.
+    'abbreviation') that test how people write rather than paraphrases of names. Last, a seeded
+    `val_fraction` of each query set moves to its validation set ('val_<set>'), to choose levers on.
     """
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
@@ -135,7 +175,7 @@ def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_RO
         ontology = load_ontology()
     pool = ontology.subtree(root)
     views = _all_views(ontology, pool, sep)
-    counts = collections.Counter(text.casefold() for vs in views.values() for text, _ in vs)
+    may_hold_out = _LeakRule(views)
     candidates = [i for i in sorted(views) if any(kind == "synonym" for _, kind in views[i])]
     target = int(round(holdout_fraction * len(candidates)))
     rng = np.random.default_rng([seed, 0x5EED])
@@ -144,7 +184,7 @@ def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_RO
         if len(held_out) >= target:
             break
         term = candidates[pos]
-        unique = [k for k, (text, kind) in enumerate(views[term]) if kind == "synonym" and counts[text.casefold()] == 1]
+        unique = [k for k, (_, kind) in enumerate(views[term]) if kind == "synonym" and may_hold_out(term, k)]
         if unique:
             k = unique[int(rng.integers(len(unique)))]
             held_out.append((views[term].pop(k)[0], term))
@@ -154,9 +194,18 @@ def build_text_views(ontology: Ontology | None = None, *, root: str = DEFAULT_RO
             typed = typed_synonyms(ontology)
         for n, kind in enumerate(sorted(typed)):
             rng_kind = np.random.default_rng([seed, 0x7E1D, n])
-            held_typed[kind] = tuple(_hold_out_typed(views, typed[kind], typed_holdout_fraction, counts, rng_kind))
+            held_typed[kind] = tuple(_hold_out_typed(views, typed[kind], typed_holdout_fraction, may_hold_out,
+                                                     rng_kind))
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    validation = {}
+    if val_fraction > 0:
+        rng_val = np.random.default_rng([seed, 0x7A1])
+        held_out, validation["synonym"] = split_validation(held_out, val_fraction, rng_val)
+        for kind in sorted(held_typed):
+            held_typed[kind], validation[kind] = split_validation(held_typed[kind], val_fraction, rng_val)
     return TermViews(views={i: tuple(v) for i, v in views.items()}, held_out=tuple(held_out), root=root, sep=sep,
-                     held_out_typed=held_typed)
+                     held_out_typed=held_typed, validation=validation)
 
 
 def sample_views(term_views: Sequence[View], views_per_term: int, rng: np.random.Generator,
@@ -203,6 +252,27 @@ def related_groups(ontology: Ontology, terms: Sequence[int] | np.ndarray) -> dic
             near = {int(c) for p in parents for g in ontology.parents(p) for q in ontology.children(g)
                     for c in ontology.children(q)} & pool
             near.discard(t)
+        out[t] = np.array(sorted(near), np.int32)
+    return out
+
+
+def family_groups(ontology: Ontology, terms: Sequence[int] | np.ndarray, max_hops: int) -> dict[int, np.ndarray]:
+    """Term -> its is-a relatives within `terms`: ancestors and descendants within `max_hops` steps.
+
+    These are the pairs the hierarchical targets weigh (hop_decay ** hops); a random batch of 128 of the
+    18,387 terms holds only a few, so grouping them makes the hierarchy act in every batch.
+    """
+    pool = set(int(t) for t in terms)
+    out: dict[int, np.ndarray] = {}
+    for t in sorted(pool):
+        near: set[int] = set()
+        up, down = {t}, {t}
+        for _ in range(max_hops):
+            up = {int(p) for u in up for p in ontology.parents(u)}
+            down = {int(c) for d in down for c in ontology.children(d)}
+            near |= up | down
+        near &= pool
+        near.discard(t)
         out[t] = np.array(sorted(near), np.int32)
     return out
 

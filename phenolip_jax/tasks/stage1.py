@@ -60,7 +60,11 @@ def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
     terms = cfg.data.terms_per_batch // jax.process_count()
     pool = views.terms[jax.process_index()::jax.process_count()]
     group = cfg.data.hard_negative_group
-    related = tv.related_groups(onto, views.terms) if group > 1 else None
+    related = None
+    if group > 1:
+        relation = cfg.data.get("group_relation", "siblings")
+        related = (tv.family_groups(onto, views.terms, cfg.loss.hierarchy.max_hops) if relation == "family"
+                   else tv.related_groups(onto, views.terms))
     ds = tv.stage1_dataset(views, num_terms=terms, views_per_term=cfg.data.views_per_term, seed=cfg.seed,
                            term_pool=pool, kind_weights=dict(cfg.data.kind_weights), group=group, related=related)
     ds = ds.map(Stage1Features(tokenizer, cfg.data.max_len, anc, hops, organs)).to_iter_dataset()
@@ -200,6 +204,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
             or not any(weights.values())):
         raise ValueError(f"config.data.kind_weights={weights}: non-negative weights, not all 0, of the kinds "
                          f"{tv.VIEW_KINDS[1:]}")
+    if cfg.data.get("group_relation", "siblings") not in ("siblings", "family"):
+        raise ValueError(f"config.data.group_relation={cfg.data.group_relation!r}: use 'siblings' or 'family'")
     if cfg.data.hard_negative_group < 1 or cfg.data.terms_per_batch % cfg.data.hard_negative_group:
         raise ValueError(f"config.data.hard_negative_group={cfg.data.hard_negative_group} must be >= 1 and divide "
                          f"config.data.terms_per_batch={cfg.data.terms_per_batch}")
@@ -209,7 +215,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     typed = (tv.typed_synonyms(onto, cfg.ontology.obo_path or None) if cfg.data.typed_heldout_fraction > 0
              else None)
     views = tv.build_text_views(onto, root=cfg.ontology.root, holdout_fraction=cfg.data.heldout_fraction,
-                                seed=cfg.seed, typed_holdout_fraction=cfg.data.typed_heldout_fraction, typed=typed)
+                                seed=cfg.seed, typed_holdout_fraction=cfg.data.typed_heldout_fraction, typed=typed,
+                                val_fraction=cfg.data.get("val_query_fraction", 0.0))
     views = keep_view_kinds(views, tuple(cfg.data.view_kinds))
     sets = query_sets(views, cfg)
     _, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)

@@ -233,3 +233,43 @@ def test_hard_negative_groups_bring_siblings(onto, views):
         assert all(int(o) in set(related[seed].tolist()) for o in others if len(related[seed]))
     with pytest.raises(ValueError, match="divide"):
         tv.stage1_dataset(views, num_terms=n, views_per_term=k, seed=0, group=3, related=related)
+
+
+def test_held_out_queries_do_not_leak_after_normalising(typed_views):
+    # Held-out texts equal no training text after normalising case, punctuation and spacing, and sit inside no
+    # training view of their own term ("Low blood pressure" inside Hypotension's definition).
+    assert tv.normalise("Low-blood  pressure.") == "low blood pressure"
+    training = {tv.normalise(t) for vs in typed_views.views.values() for t, _ in vs}
+    leaks = []
+    for name, pairs in typed_views.query_sets.items():
+        for text, term in pairs:
+            query = tv.normalise(text)
+            inside = any(f" {query} " in f" {tv.normalise(v)} " for v, _ in typed_views.views[term])
+            if query in training or inside:
+                leaks.append((name, text))
+    assert not leaks, leaks[:5]
+
+
+def test_validation_queries_are_carved_from_each_set(onto, typed, typed_views):
+    split = tv.build_text_views(onto, seed=0, typed_holdout_fraction=0.2, typed=typed, val_fraction=0.25)
+    sets = split.query_sets
+    assert set(sets) == {"synonym", "layperson", "abbreviation", "val_synonym", "val_layperson", "val_abbreviation"}
+    for name, pairs in typed_views.query_sets.items():
+        test, val = sets[name], sets[f"val_{name}"]
+        assert sorted(test + val) == sorted(pairs)  # the same held-out queries, now in two disjoint parts
+        assert not set(test) & set(val)
+        assert abs(len(val) - 0.25 * len(pairs)) <= 1
+    assert split.views == typed_views.views  # training is unchanged
+    with pytest.raises(ValueError, match="val_fraction"):
+        tv.build_text_views(onto, val_fraction=1.0)
+
+
+def test_family_groups_are_is_a_relatives_within_max_hops(onto, views):
+    family = tv.family_groups(onto, views.terms, max_hops=2)
+    pool = set(views.terms.tolist())
+    for t in [int(t) for t in views.terms[:300]]:
+        parents = {int(p) for p in onto.parents(t)}
+        children = {int(c) for c in onto.children(t)}
+        grand = {int(g) for p in parents for g in onto.parents(p)} | {int(g) for c in children
+                                                                     for g in onto.children(c)}
+        assert set(family[t].tolist()) == (parents | children | grand) & pool - {t}
