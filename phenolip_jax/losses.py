@@ -362,27 +362,43 @@ def _block_weights(fn, soft, row_ok, x, chunk):
     return t * (row_w[:, None] + x["col_w"][None, :])
 
 
-def _scan_inputs(b, col_ok, col_coef, soft_cols, chunk):
+def _scan_inputs(b, col_ok, col_coef, soft_cols, ex_cols, chunk):
     n_blocks = b.shape[0] // chunk
     xs = dict(b=b, col_ok=col_ok, col_coef=col_coef)
     if soft_cols is not None:
         xs.update(cols=soft_cols[0], col_w=soft_cols[1])
+    if ex_cols is not None:
+        xs["ex_cols"] = ex_cols
     xs = _blocks(xs, n_blocks, chunk)
     xs["start"] = jnp.arange(n_blocks) * chunk
     return xs
 
 
-def _chunked_forward(chunk: int, fn, a, b, scale, aux):
-    w_diag, row_coef, col_coef, row_ok, col_ok, soft, soft_cols = aux
-    xs = _scan_inputs(b, col_ok, col_coef, soft_cols, chunk)
+def _candidates(ex_fn, ex_rows, row_ok, x, chunk):
+    """(row-direction, column-direction) bool [B_a, chunk] masks of the block's softmax candidates."""
+    keep_r, keep_c = x["col_ok"][None, :] > 0, row_ok[:, None] > 0
+    if ex_rows is not None:
+        row_ids = jnp.arange(row_ok.shape[0])
+        col_ids = x["start"] + jnp.arange(chunk)
+        # Excluded pairs leave both softmaxes; the pair itself never does (identity targets).
+        ex = ex_fn(ex_rows, x["ex_cols"], row_ids, col_ids) & (row_ids[:, None] != col_ids[None, :])
+        keep_r, keep_c = keep_r & ~ex, keep_c & ~ex
+    return keep_r, keep_c
+
+
+def _chunked_forward(chunk: int, fns, a, b, scale, aux):
+    fn, ex_fn = fns
+    w_diag, row_coef, col_coef, row_ok, col_ok, soft, soft_cols, (ex_rows, ex_cols) = aux
+    xs = _scan_inputs(b, col_ok, col_coef, soft_cols, ex_cols, chunk)
 
     def step(carry, x):
         m, s, wsum = carry
         _, logit = _block_logits(a, x["b"], scale)
-        masked_r = jnp.where(x["col_ok"][None, :] > 0, logit, _NEG)
+        keep_r, keep_c = _candidates(ex_fn, ex_rows, row_ok, x, chunk)
+        masked_r = jnp.where(keep_r, logit, _NEG)
         m_new = jnp.maximum(m, masked_r.max(axis=1))
         s = s * jnp.exp(m - m_new) + jnp.exp(masked_r - m_new[:, None]).sum(axis=1)
-        col_lse = jax.nn.logsumexp(jnp.where(row_ok[:, None] > 0, logit, _NEG), axis=0)
+        col_lse = jax.nn.logsumexp(jnp.where(keep_c, logit, _NEG), axis=0)
         w_blk = _block_weights(fn, soft, row_ok, x, chunk)
         if w_blk is not None:
             wsum = wsum + jnp.sum(w_blk * logit)
@@ -401,12 +417,12 @@ def _chunked_forward(chunk: int, fn, a, b, scale, aux):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _chunked_core(chunk: int, fn, a, b, scale, aux):
-    return _chunked_forward(chunk, fn, a, b, scale, aux)[0]
+def _chunked_core(chunk: int, fns, a, b, scale, aux):
+    return _chunked_forward(chunk, fns, a, b, scale, aux)[0]
 
 
-def _chunked_core_fwd(chunk, fn, a, b, scale, aux):
-    loss, (row_lse, col_lse) = _chunked_forward(chunk, fn, a, b, scale, aux)
+def _chunked_core_fwd(chunk, fns, a, b, scale, aux):
+    loss, (row_lse, col_lse) = _chunked_forward(chunk, fns, a, b, scale, aux)
     return loss, (a, b, scale, aux, row_lse, col_lse)
 
 
@@ -417,18 +433,20 @@ def _zero_cotangent(x):
     return np.zeros(x.shape, jax.dtypes.float0)
 
 
-def _chunked_core_bwd(chunk, fn, res, g):
+def _chunked_core_bwd(chunk, fns, res, g):
+    fn, ex_fn = fns
     a, b, scale, aux, row_lse, col_lse = res
-    w_diag, row_coef, col_coef, row_ok, col_ok, soft, soft_cols = aux
+    w_diag, row_coef, col_coef, row_ok, col_ok, soft, soft_cols, (ex_rows, ex_cols) = aux
     n_a = a.shape[0]
-    xs = _scan_inputs(b, col_ok, col_coef, soft_cols, chunk)
+    xs = _scan_inputs(b, col_ok, col_coef, soft_cols, ex_cols, chunk)
     xs["col_lse"] = col_lse.reshape(-1, chunk)
 
     def step(carry, x):
         da, dscale = carry
         sim, logit = _block_logits(a, x["b"], scale)
-        soft_r = jnp.exp(jnp.where(x["col_ok"][None, :] > 0, logit, _NEG) - row_lse[:, None])
-        soft_c = jnp.exp(jnp.where(row_ok[:, None] > 0, logit, _NEG) - x["col_lse"][None, :])
+        keep_r, keep_c = _candidates(ex_fn, ex_rows, row_ok, x, chunk)
+        soft_r = jnp.exp(jnp.where(keep_r, logit, _NEG) - row_lse[:, None])
+        soft_c = jnp.exp(jnp.where(keep_c, logit, _NEG) - x["col_lse"][None, :])
         grad = row_coef[:, None] * soft_r + x["col_coef"][None, :] * soft_c
         w_blk = _block_weights(fn, soft, row_ok, x, chunk)
         if w_blk is not None:
@@ -469,7 +487,7 @@ def _target_sums(fn, rows, cols, row_ok, col_ok, chunk):
 
 def chunked_softmax_contrastive(
     a: Array, b: Array, scale: Array | float, targets: Array | BlockTargets | None = None,
-    valid: Array | None = None, chunk: int = 256, own_share: float = 0.0,
+    valid: Array | None = None, chunk: int = 256, own_share: float = 0.0, exclude: BlockTargets | None = None,
 ) -> Array:
     """softmax_contrastive's value and gradients without materialising the [B, B] logits.
 
@@ -477,7 +495,9 @@ def chunked_softmax_contrastive(
     (recomputed blocks, custom VJP), so activation memory is O(B_a * chunk + (B_a + B_b) * D) instead of
     O(B_a * B_b). Identity targets are never materialised. Soft targets are a dense [B_a, B_b] input (itself
     O(B^2), read block by block) or a `BlockTargets` rule, rebuilt per block (O(B_a * chunk) memory);
-    as in softmax_contrastive they receive no gradient, and `own_share` works as there.
+    as in softmax_contrastive they receive no gradient, and `own_share` works as there. `exclude` (identity
+    targets only) is a rule like `BlockTargets` whose fn gives bool blocks: the pairs to leave out of both
+    softmax denominators, as softmax_contrastive's `exclude` matrix.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -523,6 +543,13 @@ def chunked_softmax_contrastive(
             col_w = jnp.where(has_c, 0.5 / (jnp.where(has_c, cs, 1.0) * n_c), 0.0)
         soft, soft_cols = (targets.rows, row_w), (cols, col_w)
         row_coef, col_coef = 0.5 * has_r / n_r, 0.5 * has_c / n_c
+    ex_fn, excluded = None, (None, None)
+    if exclude is not None:
+        if targets is not None:
+            raise ValueError("exclude goes with identity targets (the pair itself is the only positive)")
+        ex_fn = exclude.fn
+        excluded = (exclude.rows, jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1),
+                                                                   mode="edge"), exclude.cols))
     aux: tuple[Any, ...] = (w_diag, jnp.asarray(row_coef, jnp.float32), jnp.asarray(col_coef, jnp.float32),
-                            row_ok, col_ok, soft, soft_cols)
-    return _chunked_core(chunk, fn, a, b_p, jnp.asarray(scale, jnp.float32), aux)
+                            row_ok, col_ok, soft, soft_cols, excluded)
+    return _chunked_core(chunk, (fn, ex_fn), a, b_p, jnp.asarray(scale, jnp.float32), aux)

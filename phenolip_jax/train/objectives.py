@@ -62,13 +62,27 @@ def own_share(hierarchy: Any) -> float:
     return float(hierarchy.get("own_share", 0.0)) if hierarchy.enabled else 0.0
 
 
-def pair_exclusions(batch: dict, hierarchy: Any) -> jax.Array | None:
-    """Mode 'mask' (KEP-style): bool [B, B], other pairs scoring >= mask_min_score (false negatives); else None."""
+def excluded_pairs(rows: tuple, cols: tuple, row_ids: jax.Array, col_ids: jax.Array, hop_decay: float,
+                   organ_weight: float, min_score: float) -> jax.Array:
+    """bool [R, C]: other pairs whose relation score is >= min_score (false negatives to mask), never the pair."""
+    scores = losses.hierarchical_soft_targets(*rows, *cols, hop_decay=hop_decay, organ_weight=organ_weight)
+    return (scores >= min_score) & (row_ids[:, None] != col_ids[None, :])
+
+
+def pair_exclusions(batch: dict, hierarchy: Any, blockwise: bool = False) -> jax.Array | losses.BlockTargets | None:
+    """Mode 'mask' (KEP-style): the pairs to leave out of the softmax denominators; else None.
+
+    bool [B, B], or (blockwise=True) the rule for a chunked loss to build block by block.
+    """
     if not hierarchy.enabled or hierarchy.get("mode", "soft") != "mask":
         return None
-    scores = batch_relation_scores(batch, hierarchy)
-    ids = jnp.arange(scores.shape[0])
-    return (scores >= hierarchy.mask_min_score) & (ids[:, None] != ids[None, :])
+    fn = functools.partial(excluded_pairs, hop_decay=float(hierarchy.hop_decay),
+                           organ_weight=float(hierarchy.organ_weight), min_score=float(hierarchy.mask_min_score))
+    tables = hpo_tables(batch)
+    if blockwise:
+        return losses.BlockTargets(fn, tables, tables)
+    ids = jnp.arange(batch["hpo"].shape[0])
+    return fn(tables, tables, ids, ids)
 
 
 def stage1_objective(text_model: Any, cfg: Any) -> SplitObjective:
@@ -104,11 +118,10 @@ def contrastive_fn(chunk: int) -> Callable[..., jax.Array]:
     if chunk == 0:
         return losses.softmax_contrastive
 
-    def chunked(a: jax.Array, b: jax.Array, scale: jax.Array, targets: jax.Array | None = None,
-                exclude: jax.Array | None = None, own_share: float = 0.0) -> jax.Array:
-        if exclude is not None:
-            raise NotImplementedError("loss.hierarchy.mode='mask' with loss.chunk > 0")
-        return losses.chunked_softmax_contrastive(a, b, scale, targets, chunk=chunk, own_share=own_share)
+    def chunked(a: jax.Array, b: jax.Array, scale: jax.Array, targets: Any = None, exclude: Any = None,
+                own_share: float = 0.0) -> jax.Array:
+        return losses.chunked_softmax_contrastive(a, b, scale, targets, chunk=chunk, own_share=own_share,
+                                                  exclude=exclude)
 
     return chunked
 
@@ -146,8 +159,9 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any) -> SplitOb
         v, t = emb["image"], emb["text"]
         scale = jnp.exp(params["logit_scale"])
         # The chunked loss builds the hierarchical targets block by block: O(B * chunk) memory.
-        targets = pair_targets(batch, lc.hierarchy, blockwise=chunk > 0 and lc.kind == "softmax")
-        exclude = pair_exclusions(batch, lc.hierarchy)
+        blockwise = chunk > 0 and lc.kind == "softmax"
+        targets = pair_targets(batch, lc.hierarchy, blockwise=blockwise)
+        exclude = pair_exclusions(batch, lc.hierarchy, blockwise=blockwise)
         if lc.kind == "softmax":
             share = own_share(lc.hierarchy) if targets is not None else 0.0
             l_it = contrastive(v, t, scale, targets, exclude=exclude, own_share=share)

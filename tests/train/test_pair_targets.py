@@ -155,3 +155,27 @@ def test_hierarchy_mode_and_share_are_validated():
         h[field] = value
         with pytest.raises(ValueError, match=match):
             config_lib._validate_hierarchy(h)
+
+
+@pytest.mark.parametrize("chunk,padded", [(3, False), (8, True)])
+def test_chunked_mask_mode_equals_plain(chunk, padded):
+    rng = np.random.default_rng(chunk + 1)
+    batch = _batch([(int(t), 100 + int(t) % 2) for t in rng.integers(0, 4, 20)])
+    h = _hierarchy(mode="mask")
+    dense = objectives.pair_exclusions(batch, h)
+    rule = objectives.pair_exclusions(batch, h, blockwise=True)
+    assert np.asarray(dense).any() and isinstance(rule, losses.BlockTargets)
+    valid = np.array([1] * 17 + [0] * 3, bool) if padded else None
+    a = rng.normal(size=(20, 8)).astype(np.float32)
+    b = rng.normal(size=(20, 8)).astype(np.float32)
+    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    plain = jax.value_and_grad(lambda a, b, s: losses.softmax_contrastive(a, b, s, None, valid, exclude=dense),
+                               argnums=(0, 1, 2))
+    chunked = jax.jit(jax.value_and_grad(
+        lambda a, b, s: losses.chunked_softmax_contrastive(a, b, s, None, valid, chunk=chunk, exclude=rule),
+        argnums=(0, 1, 2)))
+    (v0, g0), (v1, g1) = plain(a, b, 7.0), chunked(a, b, 7.0)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    for x, y in zip(g0, g1):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+    assert not np.isclose(v0, losses.softmax_contrastive(a, b, 7.0, None, valid))
