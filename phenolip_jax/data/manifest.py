@@ -90,7 +90,7 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = False,
                 out.append(Record(
                     image=str(obj["image"]), caption=str(obj.get("caption") or ""),
                     hpo_ids=parse_hpo_matches(hpo) if isinstance(hpo, str) else tuple(map(str, hpo)),
-                    split=str(obj.get("split") or "train"), source=str(obj.get("source") or ""),
+                    split=str(obj.get("split") or ""), source=str(obj.get("source") or ""),
                     image_id=str(obj.get("image_id") or ""), origin=path, line=lineno))
             except (ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: absurdly nested JSON
                 _malformed(report, strict, where, f"{type(e).__name__}: {str(e)[:200]}")

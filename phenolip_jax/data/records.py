@@ -25,9 +25,19 @@ DROP_REASONS = (
     "obsolete_hpo",  # obsolete id without a replacement term
     "duplicate",  # same image + caption as an earlier record
     "long_caption",  # only under strict=True; by default long captions are truncated
+    "unknown_split",  # a split name that is none of SPLITS (nor an alias): training and evaluation read neither
 )
 # Notes that keep the record (counted, logged, never raised on except 'truncated' under strict).
-KEEP_REASONS = ("truncated", "remapped", "converted", "hpo_truncated")
+KEEP_REASONS = ("truncated", "remapped", "converted", "hpo_truncated", "no_split")
+SPLITS = ("train", "val", "test")
+# Other spellings of the splits, matched ignoring case: 'Train', 'VALIDATION' and 'dev' are what they say.
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val", "testing": "test", "training": "train"}
+
+
+def normalise_split(name: str) -> str | None:
+    """The split a manifest's name means ('Train' -> 'train', 'validation' -> 'val'), or None when unknown."""
+    key = name.strip().casefold()
+    return key if key in SPLITS else SPLIT_ALIASES.get(key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +205,15 @@ def validate_records(
     kept: list[Record] = []
     for rec in records:
         report.total += 1
+        if not rec.split:  # a record that names no split trains, and says so
+            report.add("no_split", rec.where, "no 'split': counted as train")
+            rec = dataclasses.replace(rec, split="train")
+        split = normalise_split(rec.split)
+        if split is None:
+            _fail(report, strict, rec, "unknown_split", f"{rec.split!r} is none of {', '.join(SPLITS)}")
+            continue
+        if split != rec.split:
+            rec = dataclasses.replace(rec, split=split)
         caption = rec.caption.strip() if isinstance(rec.caption, str) else ""
         if not caption:
             _fail(report, strict, rec, "empty_caption", "")

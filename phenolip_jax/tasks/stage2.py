@@ -65,8 +65,15 @@ def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, Any], s
     for r in kept:
         splits.setdefault(r.split, []).append(r)
     if "train" not in splits:
-        raise ValueError(f"no usable train records in {manifest}")
+        hint = (" A PhenoBench CSV is a test set (every row is split 'test'): train from a manifest and pass the "
+                "CSV as config.data.test_csv." if manifest.endswith(".csv") else "")
+        raise ValueError(f"no usable train records in {manifest} (splits found: {split_counts(splits)}).{hint}")
     return splits, image_root
+
+
+def split_counts(splits: dict[str, Any]) -> str:
+    """'train: 3000, test: 600' (or 'none') for messages that name the splits a dataset has."""
+    return ", ".join(f"{name}: {len(records)}" for name, records in splits.items()) or "none"
 
 
 def teacher_params(cfg: Any, workdir: str) -> tuple[Any, dict, dict]:
@@ -235,7 +242,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     splits, image_root = load_records(cfg, onto, tokenizer)
     test = splits.get("test") or splits.get("val")
     if not test:
-        raise ValueError("no 'test' or 'val' split to evaluate on")
+        raise ValueError(f"no 'test' or 'val' split to evaluate on (splits found: {split_counts(splits)}): give "
+                         "some records \"split\": \"test\" (held out by patient: docs/data.md)")
     teacher = None
     teacher_model = None
     teacher_view = None

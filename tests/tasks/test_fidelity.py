@@ -72,3 +72,27 @@ def test_evaluation_keeps_every_phenotype_of_a_held_out_record(tmp_path):
     splits, _ = stage2.load_records(cfg, onto, None)
     assert len(splits["train"][0].hpo_ids) == 4  # the training tables hold max_hpo ids
     assert list(splits["test"][0].hpo_ids) == ids  # the held-out record keeps all six
+
+
+def test_split_names_are_normalised_unknown_ones_counted_and_missing_ones_said(tmp_path):
+    from phenolip_jax.data.manifest import read_and_validate
+    from phenolip_jax.ontology import load_ontology
+    from phenolip_jax.tasks import stage2
+
+    onto = load_ontology()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    rows = [dict(image="a.png", caption="one", split="Train"), dict(image="a.png", caption="two", split="VALIDATION"),
+            dict(image="a.png", caption="three", split="holdout"), dict(image="a.png", caption="four")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept, report = read_and_validate([str(tmp_path / "m.jsonl")], onto, str(tmp_path))
+    assert [r.split for r in kept] == ["train", "val", "train"]  # 'Train' trains; a missing split trains
+    assert report.counts["unknown_split"] == 1 and report.counts["no_split"] == 1
+    assert report.total == report.kept + report.dropped == 4
+    assert "holdout" in report.examples["unknown_split"][0]
+    cfg = load_config("stage2")
+    cfg.data.source, cfg.data.manifest = "jsonl", str(tmp_path / "m.jsonl")
+    rows = [dict(image="a.png", caption="x", split="test")]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg.data.manifest = str(tmp_path / "t.jsonl")
+    with pytest.raises(ValueError, match=r"no usable train records .*splits found: test: 1"):
+        stage2.load_records(cfg, onto, None)
