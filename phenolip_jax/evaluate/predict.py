@@ -159,6 +159,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     if not model.has_images:
         raise ValueError(f"config.checkpoint={cfg.checkpoint!r} is a stage-1 text encoder: predict needs a model "
                          "with an image tower (a stage-2 workdir or an open_clip directory)")
+    inference.use_ontology(model, cfg.ontology)
     ids = select_candidates(model.ontology, cfg.candidates, cfg.organ_system)
     print(f"predict: {len(paths)} images, {len(ids)} candidate phenotypes x {len(model.templates)} templates",
           flush=True)

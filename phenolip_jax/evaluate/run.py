@@ -206,8 +206,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     out_dir = cfg.output_dir or workdir
     os.makedirs(out_dir, exist_ok=True)
     model = inference.load(cfg.checkpoint, tokenizer_dir=cfg.tokenizer_dir or None, batch_size=cfg.batch_size)
-    if cfg.ontology.obo_path:
-        model.obo_path = cfg.ontology.obo_path
+    inference.use_ontology(model, cfg.ontology)
     onto = model.ontology
     name, pairs, cls = load_data(cfg, onto, model.image_size)
     print(f"eval: {model.kind} model from {model.path}; dataset {name} ({time.time() - t0:.0f}s)", flush=True)

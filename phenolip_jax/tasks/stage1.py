@@ -21,7 +21,7 @@ from phenolip_jax.evaluate import string_match
 from phenolip_jax.evaluate.concept_retrieval import concept_metrics_from_scores, concept_retrieval_metrics
 from phenolip_jax.inference import text_encoder
 from phenolip_jax.models import two_tower
-from phenolip_jax.ontology import organ_table, sized_ancestor_table
+from phenolip_jax.ontology import organ_table, release_info, sized_ancestor_table
 from phenolip_jax.tasks import common
 from phenolip_jax.train import build as build_lib
 from phenolip_jax.train import loop, objectives
@@ -257,7 +257,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     artifacts.write_json(os.path.join(workdir, "eval.json"), result)
     artifacts.write_json(os.path.join(workdir, artifacts.STAGE1_CONFIG),
                       {"text_tower": fields, "max_len": cfg.data.max_len, "hf_dir": cfg.text.hf_dir,
-                       "obo_path": cfg.ontology.obo_path, "root": cfg.ontology.root})
+                       "obo_path": cfg.ontology.obo_path, "root": cfg.ontology.root,
+                       "ontology": release_info(cfg.ontology.obo_path or None)})
     save_encoder(os.path.join(workdir, "encoder"), final_text)
     if cfg.export_table and jax.process_index() == 0:
         np.savez(os.path.join(workdir, "phenotype_table.npz"), ids=np.array([onto.ids[i] for i in pool]),

@@ -25,6 +25,7 @@ from phenolip_jax.evaluate import retrieval
 from phenolip_jax.evaluate.unseen import related_phenotypes, unseen_report
 from phenolip_jax.inference import ensemble_prompts, text_encoder
 from phenolip_jax.models import layers, two_tower
+from phenolip_jax.ontology import release_info
 from phenolip_jax.tasks import common, stage1
 from phenolip_jax.tasks import teacher as teacher_lib
 from phenolip_jax.train import build as build_lib
@@ -268,7 +269,9 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     artifacts.write_json(os.path.join(workdir, artifacts.MODEL_CONFIG), {
         "image_config": image_fields, "text_config": text_fields, "dtype": cfg.model.dtype,
         "text_hf_dir": cfg.text.hf_dir, "max_len": cfg.data.max_len, "image_size": cfg.data.image_size,
-        "mean": list(cfg.data.mean), "std": list(cfg.data.std)})
+        "mean": list(cfg.data.mean), "std": list(cfg.data.std), "obo_path": cfg.ontology.obo_path,
+        # the HPO release the run's phenotypes mean: predict / eval / export refuse another unless told
+        "ontology": release_info(cfg.ontology.obo_path or None)})
     print(f"stage 2: {len(splits['train'])} train / {len(test)} test pairs ({time.time() - t0:.0f}s)", flush=True)
     evaluate = make_evaluator(cfg, model, test, image_root, tokenizer, onto,
                               {h for r in splits["train"] for h in r.hpo_ids})

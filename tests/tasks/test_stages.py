@@ -126,6 +126,23 @@ def test_init_checkpoint_must_fit_the_model(tiny_bert_dir, tiny_demo_dir, teache
     wider["image"]["head"]["proj"]["kernel"] = np.zeros((32, 24), np.float32)
     with pytest.raises(ValueError, match="does not fit config.model"):
         stage2.load_init_checkpoint(run, wider)
+    # The run remembers its HPO release; a model loaded from it refuses another one unless told.
+    from phenolip_jax import inference, ontology
+
+    meta = artifacts.read_json(os.path.join(run, artifacts.MODEL_CONFIG))
+    assert meta["ontology"] == ontology.release_info(None)
+    other = tmp_path / "hp-other.obo"
+    other.write_text(ontology.default_obo_path().read_text(encoding="utf-8").replace(
+        "data-version: hp/releases/2025-01-16", "data-version: hp/releases/2099-01-01", 1), encoding="utf-8")
+    model = inference.load(run)
+    assert model.ontology.source_sha256 == meta["ontology"]["sha256"]
+    model = inference.load(run)
+    inference.use_ontology(model, {"obo_path": str(other)})
+    with pytest.raises(ontology.OntologyReleaseError, match="2025-01-16"):
+        model.ontology
+    model = inference.load(run)
+    inference.use_ontology(model, {"obo_path": str(other), "allow_other_release": True})
+    assert model.ontology.source_sha256 != meta["ontology"]["sha256"]
 
 
 def test_export_then_init_from_open_clip(tiny_bert_dir, tiny_demo_dir, teacher_dir, tmp_path):
