@@ -51,8 +51,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         path="",  # image-folder root (kind 'folder') or .npz file (kind 'medmnist')
         class_map="",  # JSON {class: text or HPO id} (folder: folder names; medmnist: label indices)
         task="",  # medmnist task override ('' = inferred: multi-hot labels -> multi-label)
-        demo_dir="",  # '' = $PHENOLIP_CACHE_DIR/demo or ~/.cache/phenolip_jax/demo (kind 'demo')
-        demo=dict(num_phenotypes=150, train_pairs=3000, val_pairs=300, test_pairs=600),  # as configs/stage2.py
+        # kind 'demo': the demo the checkpoint's run trained on, read from its config.json (seed, sizes, folder);
+        # a field set here overrides the run's, and a run without config.json gets stage 2's defaults, seed 0
+        demo_dir="",  # '' = the run's data.demo_dir, else $PHENOLIP_CACHE_DIR/demo or ~/.cache/phenolip_jax/demo
+        demo=dict(num_phenotypes=0, train_pairs=0, val_pairs=0, test_pairs=0),  # 0 = the run's
+        demo_seed=-1,  # -1 = the run's seed
         demo_image_size=0,  # demo image size (0 = the model's input size; 64, stage 2's default, for text-only models)
         max_images=0,  # evaluate at most this many test images / pairs (0 = all), for quick looks
         strict=False,  # True: fail on the first bad manifest line instead of skipping and counting it

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax import inference
+from phenolip_jax import artifacts, inference
 from phenolip_jax.data import demo, sources
 from phenolip_jax.evaluate import datasets, evaluators, report, unseen
 
@@ -29,6 +29,31 @@ def read_candidates(path: str) -> list[str]:
     return [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
 
 
+# The demo's sizes when neither the eval config nor the run names them: configs/stage2.py's defaults.
+DEMO_DEFAULTS = dict(num_phenotypes=150, train_pairs=3000, val_pairs=300, test_pairs=600)
+
+
+def run_demo_settings(cfg: Any) -> tuple[int, dict[str, int], str]:
+    """(seed, demo sizes, demo folder) of the demo the checkpoint's run trained on (its config.json), each
+    overridden by the eval config's `data.demo_seed` (>= 0), `data.demo` (> 0) and `data.demo_dir` fields."""
+    run: dict[str, Any] = {}
+    try:
+        _, root, _ = inference.locate(cfg.checkpoint)
+        if os.path.exists(os.path.join(root, "config.json")):
+            run = artifacts.read_json(os.path.join(root, "config.json"))
+    except FileNotFoundError:
+        pass
+    trained_on_demo = run.get("stage") == "stage2" and run.get("data", {}).get("source") == "demo"
+    run_data = run["data"] if trained_on_demo else {}
+    d = cfg.data
+    seed = int(d.demo_seed) if d.demo_seed >= 0 else int(run.get("seed", 0)) if trained_on_demo else 0
+    sizes = {k: int(d.demo[k]) if d.demo[k] > 0 else int(run_data.get("demo", {}).get(k, v))
+             for k, v in DEMO_DEFAULTS.items()}
+    run_dir = run_data.get("demo_dir") or ""
+    folder = d.demo_dir or (run_dir if run_dir and os.path.isdir(run_dir) else "")
+    return seed, sizes, folder
+
+
 def load_data(cfg: Any, onto: Any, image_size: int | None) -> tuple[str, datasets.PairSet | None,
                                                                    datasets.ClassificationSet | None]:
     """(name, pairs or None, classification set or None) for config.data."""
@@ -36,8 +61,9 @@ def load_data(cfg: Any, onto: Any, image_size: int | None) -> tuple[str, dataset
     if d.kind in ("demo", "manifest"):
         if d.kind == "demo":
             size = d.demo_image_size or image_size or 64  # the generator's cache key includes the size
-            root = demo.generate_demo_dataset(d.demo_dir or None, image_size=size, ontology=onto,
-                                              **dict(d.demo))
+            seed, sizes, folder = run_demo_settings(cfg)
+            print(f"eval: the demo of seed {seed}, {sizes} ({folder or 'cache'})", flush=True)
+            root = demo.generate_demo_dataset(folder or None, image_size=size, ontology=onto, seed=seed, **sizes)
             manifest, image_root = os.path.join(str(root), "manifest.jsonl"), str(root)
         else:
             if not d.manifest:

@@ -96,3 +96,27 @@ def test_split_names_are_normalised_unknown_ones_counted_and_missing_ones_said(t
     cfg.data.manifest = str(tmp_path / "t.jsonl")
     with pytest.raises(ValueError, match=r"no usable train records .*splits found: test: 1"):
         stage2.load_records(cfg, onto, None)
+
+
+def test_eval_on_a_demo_run_reads_the_runs_demo(tmp_path):
+    # A seed-1 run was scored on the seed-0 demo (26 of 150 phenotypes shared) with no warning.
+    from phenolip_jax.evaluate import run as evaluate_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_config.json").write_text("{}")
+    demo_dir = tmp_path / "demo1"
+    demo_dir.mkdir()
+    (run / "config.json").write_text(json.dumps({"stage": "stage2", "seed": 1, "data": {
+        "source": "demo", "demo_dir": str(demo_dir),
+        "demo": dict(num_phenotypes=40, train_pairs=400, val_pairs=40, test_pairs=200)}}))
+    cfg = load_config("eval")
+    cfg.checkpoint = str(run)
+    seed, sizes, folder = evaluate_run.run_demo_settings(cfg)
+    assert (seed, sizes["num_phenotypes"], sizes["test_pairs"], folder) == (1, 40, 200, str(demo_dir))
+    cfg.data.demo_seed, cfg.data.demo.test_pairs = 2, 600  # explicit fields win
+    seed, sizes, _ = evaluate_run.run_demo_settings(cfg)
+    assert (seed, sizes["test_pairs"], sizes["train_pairs"]) == (2, 600, 400)
+    (run / "config.json").unlink()  # a run without its config: stage 2's defaults, seed 0 unless given
+    cfg.data.demo_seed = -1
+    assert evaluate_run.run_demo_settings(cfg)[0] == 0
