@@ -1,6 +1,6 @@
 """Export a stage-2 run to PyTorch formats (open_clip layout, Hugging Face BERT dir, flat safetensors).
 
-`python -m phenolip_jax.main --config=configs/export.py --config.checkpoint=WORKDIR --config.output=OUTDIR`
+`python -m phenolip_jax.main --config=configs/export.py --config.checkpoint=WORKDIR --workdir=OUTDIR`
 """
 import ml_collections
 
@@ -12,7 +12,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "export"
     c.checkpoint = ""  # stage-2 run directory (model_config.json + params/ or checkpoints/)
-    c.output = ""  # output directory (created)
+    c.output = ""  # output directory (created); '' = the --workdir given to main.py
     c.formats = ("open_clip", "hf_bert", "safetensors")  # any subset
     c.hf_model_name = ""  # text_cfg.hf_model_name / hf_tokenizer_name in open_clip_config.json ('' = '.': the
     # open_clip folder, which holds the BERT config.json and the tokenizer; a hub id such as

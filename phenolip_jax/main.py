@@ -75,6 +75,8 @@ def one_line_errors():
 
 def prepare(cfg, workdir: str) -> None:
     """Validation and the run's config memory: everything that can refuse a run, before any data is loaded."""
+    if cfg.stage == "export" and not cfg.output:
+        cfg.output = workdir  # as predict and eval write into the --workdir
     if cfg.stage == "predict":
         predict.validate(cfg)
     elif cfg.stage == "ablation":

@@ -70,3 +70,14 @@ def test_candidates_in_the_demo_format_and_unknown_ids(tmp_path):
         predict.select_candidates(onto, str(bad))
     with pytest.raises(ValueError, match=r"^config\.organ_system='eye'"):
         predict.select_candidates(onto, "", "eye")
+
+
+def test_export_writes_into_the_workdir_by_default(tmp_path):
+    # The README's export command passes --workdir only: config.output defaults to it, as predict and eval do.
+    from phenolip_jax import main
+    from phenolip_jax.config_lib import load_config
+
+    cfg = load_config("export")
+    cfg.checkpoint = str(tmp_path)
+    main.prepare(cfg, str(tmp_path / "export"))
+    assert cfg.output == str(tmp_path / "export")
