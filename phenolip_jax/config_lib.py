@@ -54,6 +54,8 @@ def run_section(cfg: ml_collections.ConfigDict, *, total_steps: int, log_every: 
     cfg.keep_checkpoints = 3  # newest checkpoints kept on disk
     cfg.max_logit_scale = 100.0  # exp(logit_scale) is clamped to this, as in CLIP
     cfg.max_nonfinite_steps = 20  # consecutive skipped non-finite steps before the run stops
+    cfg.eval_only = False  # a finished run (eval.json, last checkpoint at total_steps): True re-evaluates it; else
+    # the command says it is finished and exits
     cfg.mesh = ml_collections.ConfigDict(dict(
         data=-1,  # data-parallel axis size (-1: all devices not used by fsdp)
         fsdp=1,  # parameter/optimizer-state sharding axis size

@@ -24,7 +24,7 @@ CONFIG_FILE = "config.json"
 
 # Fields a resumed run may change: they decide how long and how verbosely it runs, where it evaluates, how it is
 # laid out on devices, not what it computes. Entries ending in '.' cover a whole section.
-SAFE_TO_CHANGE = ("total_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+SAFE_TO_CHANGE = ("total_steps", "eval_only", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                   "max_nonfinite_steps", "export_table", "mesh.", "sharding_rules", "data.workers", "data.prefetch",
                   "data.demo_dir", "eval.")
 
@@ -79,6 +79,15 @@ def has_checkpoint(workdir: str) -> bool:
     """True when `workdir/checkpoints` holds a saved step (so the run would resume)."""
     ckpt = os.path.join(workdir, "checkpoints")
     return os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))
+
+
+def finished_step(workdir: str, total_steps: int) -> int | None:
+    """The last checkpointed step of a finished run in `workdir` (results written, checkpoint at total_steps)."""
+    ckpt = os.path.join(workdir, "checkpoints")
+    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+    if steps and max(steps) >= total_steps and os.path.exists(os.path.join(workdir, "eval.json")):
+        return max(steps)
+    return None
 
 
 def check_resume_config(cfg: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool = False

@@ -96,6 +96,13 @@ def prepare(cfg, workdir: str) -> None:
 
 def dispatch(cfg, workdir: str) -> None:
     """Runs the stage the config names."""
+    if cfg.stage in TRAINING_STAGES and not cfg.eval_only:
+        step = config_tools.finished_step(workdir, cfg.total_steps)
+        if step is not None:
+            print(f"{workdir} is a finished run (step {step} of {cfg.total_steps}; results in "
+                  f"{os.path.join(workdir, 'eval.json')}): nothing to do. --config.eval_only=True evaluates it again; "
+                  "a larger --config.total_steps trains on", flush=True)
+            return
     if cfg.stage == "stage1":
         stage1.run(cfg, workdir)
     elif cfg.stage == "stage2":

@@ -89,7 +89,7 @@ def arm_config(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir:
 
 
 # Fields a finished run may differ in and still be reused: how it was logged and fed, not what it computed.
-_REUSE_SAFE = ("log_every", "data.workers", "data.prefetch", "mesh.", "eval.batch_size")
+_REUSE_SAFE = ("log_every", "eval_only", "data.workers", "data.prefetch", "mesh.", "eval.batch_size")
 
 
 class StaleRunError(ValueError):

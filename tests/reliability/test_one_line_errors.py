@@ -81,3 +81,19 @@ def test_export_writes_into_the_workdir_by_default(tmp_path):
     cfg.checkpoint = str(tmp_path)
     main.prepare(cfg, str(tmp_path / "export"))
     assert cfg.output == str(tmp_path / "export")
+
+
+def test_a_finished_run_says_so_and_exits(tmp_path, capsys):
+    from phenolip_jax import main
+    from phenolip_jax.config_lib import load_config
+
+    cfg = load_config("stage2")
+    work = tmp_path / "run"
+    (work / "checkpoints" / str(cfg.total_steps)).mkdir(parents=True)
+    (work / "eval.json").write_text("{}")
+    main.dispatch(cfg, str(work))  # returns at once: nothing is loaded, compiled or evaluated
+    assert "is a finished run (step 300 of 300" in capsys.readouterr().out
+    cfg.total_steps = 400  # trains on: not finished
+    from phenolip_jax import config_tools
+
+    assert config_tools.finished_step(str(work), 400) is None

@@ -16,8 +16,10 @@ READ_ONLY_WHEN = {
         "loss.temperature": "loss.learn_temperature=False or loss.kind='adasp'",
         "optim.freeze_pattern": "optim.freeze_steps > 0",
         "text.arch": "text.hf_dir='' (--aot: BERT sizes without weights)",
+        "eval_only": "main.py, on a finished run",
     },
     "stage2": {
+        "eval_only": "main.py, on a finished run",
         "stage": "main.py, to pick the stage",
         "data.tfds_name": "data.source='tfds'",
         "text.arch": "text.hf_dir='' (--aot: BERT sizes without weights)",
