@@ -44,6 +44,11 @@ class _Preemption:
 
     def __init__(self):
         self.requested = False
+        # The last step handed to the device (the loop runs ahead of the progress line, which shows the last
+        # step read back), and the last step checked for a stop: a stop finishes and checkpoints `started`, or
+        # the next step when `started` was already checked (the loop hands out one more before it looks again).
+        self.started = 0
+        self.checked = -1
         self._old: dict[int, Any] = {}
         self.multihost = jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
 
@@ -56,8 +61,9 @@ class _Preemption:
             os.kill(os.getpid(), signal.SIGINT)
             return
         name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else f"signal {signum}"
-        print(f"{name} received: finishing the current step, then checkpointing "
-              "(press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
+        last = self.started + 1 if self.checked >= self.started else self.started
+        print(f"{name} received: finishing step {last} (steps are started ahead of the progress line), then "
+              "checkpointing it (press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
         self.requested = True
 
     def __enter__(self):
@@ -82,7 +88,9 @@ class _Preemption:
 
             # Must be called with the current step on every host at every step (JAX's sync protocol).
             return bool(multihost_utils.reached_preemption_sync_point(step))
-        return self.requested
+        stop = self.requested
+        self.checked = step
+        return stop
 
 
 def resume_command() -> str:
@@ -206,6 +214,7 @@ def train(
     with _Preemption() as preempt:
         step = start
         while step < cfg.total_steps:
+            preempt.started = step + 1
             state, metrics = compiled(state, staged)  # dispatched: returns before the device is done
             step += 1
             position = data_iter.get_state()  # where a checkpoint at `step` resumes the data

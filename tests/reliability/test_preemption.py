@@ -81,8 +81,10 @@ def test_ctrl_c_checkpoints_prints_the_resume_command_and_exits_cleanly_then_res
     assert run.wait() == 0, run.output[-4000:]
     out = run.output
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-4000:]
-    assert "Ctrl-C (SIGINT) received: finishing the current step" in out
+    assert "Ctrl-C (SIGINT) received: finishing step " in out
     stopped = int(out.split("preempted: checkpoint at step ")[1].split()[0])
+    announced = int(out.split("received: finishing step ")[1].split()[0])
+    assert stopped == announced, "the step it said it would finish is the step it checkpointed"
     assert 3 <= stopped < TOTAL_STEPS, "the run finished before the signal: make it longer"
     assert f"rerun the same command to resume: python -m phenolip_jax.main --config={tiny_stage2_config}" in out
     assert max(losses_by_step(workdir)) == stopped  # the step it was in finished and was saved; none lost
