@@ -79,7 +79,9 @@ def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):
     with open(os.path.join(work, "ablation.json")) as f:
         saved = json.load(f)
     assert saved["summary"] == json.loads(json.dumps(summary)) and saved["seeds"] == [0]
-    assert (tmp_path / "abl" / "ablation.md").read_text().count("\n| ") == 1 + len(cfg.arms)
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert table.count("\n| ") == 1 + len(cfg.arms) + 2  # header, arms, then chance and the seen-relative rule
+    assert "\n| (chance) |" in table and "\n| (seen-relative rule) |" in table
     with open(os.path.join(work, "clip_hier_share", "seed0", "eval.json")) as f:
         assert json.load(f)["zs_unseen_images"] > 0  # the per-seed demo holds unseen phenotypes
     # The untrained teacher is the raw encoder: a 0-step stage 1 with an identity head.

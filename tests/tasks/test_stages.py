@@ -71,7 +71,8 @@ def test_stage1_outputs(teacher_dir):
         for key in ("acc@1", "acc@10", "mrr"):
             assert 0.0 <= ev[part][key] <= 1.0
     # Every query set side by side: string baselines, the raw encoder, before and after training.
-    assert set(ev["query_sets"]) == {"synonym", "layperson", "abbreviation"}
+    assert set(ev["query_sets"]) == {"synonym", "layperson", "abbreviation", "val_synonym", "val_layperson",
+                                     "val_abbreviation"}  # test sets, then the validation sets levers are chosen on
     for methods in ev["query_sets"].values():
         assert set(methods) == {"exact", "fuzzy", "raw", "before", "after"}
         assert all(0.0 <= m["hier@1"] <= 1.0 and m["num_queries"] > 0 for m in methods.values())

@@ -23,6 +23,24 @@ def _batch(terms, organs=None):
                 hpo_hops=jnp.asarray(hops), organs=jnp.full((n, 1), -1, jnp.int32))
 
 
+def _unit(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _plain_equals_chunked(a, b, valid, plain_kw, chunked_kw):
+    """The plain and the chunked loss agree in value and gradients (a, b, scale); returns the plain value."""
+    plain = jax.value_and_grad(lambda a, b, s: losses.softmax_contrastive(a, b, s, valid=valid, **plain_kw),
+                               argnums=(0, 1, 2))
+    chunked = jax.jit(jax.value_and_grad(
+        lambda a, b, s: losses.chunked_softmax_contrastive(a, b, s, valid=valid, **chunked_kw), argnums=(0, 1, 2)))
+    (v0, g0), (v1, g1) = plain(a, b, 7.0), chunked(a, b, 7.0)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    for x, y in zip(g0, g1):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+    return v0
+
+
 def _hierarchy(**kw):
     return config_lib.pair_hierarchy_section(True, **kw)
 
@@ -75,18 +93,9 @@ def test_chunked_own_share_equals_plain(chunk, padded):
     block = objectives.pair_targets(batch, h, blockwise=True)
     assert isinstance(block, losses.BlockTargets)
     valid = np.array([1] * 17 + [0] * 3, bool) if padded else None
-    a = rng.normal(size=(20, 8)).astype(np.float32)
-    b = rng.normal(size=(20, 8)).astype(np.float32)
-    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
-    plain = jax.value_and_grad(lambda a, b, s: losses.softmax_contrastive(a, b, s, dense, valid, own_share=0.5),
-                               argnums=(0, 1, 2))
-    chunked = jax.jit(jax.value_and_grad(
-        lambda a, b, s: losses.chunked_softmax_contrastive(a, b, s, block, valid, chunk=chunk, own_share=0.5),
-        argnums=(0, 1, 2)))
-    (v0, g0), (v1, g1) = plain(a, b, 7.0), chunked(a, b, 7.0)
-    np.testing.assert_allclose(v1, v0, rtol=1e-5)
-    for x, y in zip(g0, g1):
-        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+    a, b = _unit(rng, 20, 8), _unit(rng, 20, 8)
+    v0 = _plain_equals_chunked(a, b, valid, dict(targets=dense, own_share=0.5),
+                               dict(targets=block, chunk=chunk, own_share=0.5))
     # own_share changes the loss (the rows were drowned), and 0 is the uncapped loss
     assert not np.isclose(v0, losses.softmax_contrastive(a, b, 7.0, dense, valid))
     np.testing.assert_allclose(losses.chunked_softmax_contrastive(a, b, 7.0, block, valid, chunk=chunk),
@@ -166,16 +175,6 @@ def test_chunked_mask_mode_equals_plain(chunk, padded):
     rule = objectives.pair_exclusions(batch, h, blockwise=True)
     assert np.asarray(dense).any() and isinstance(rule, losses.BlockTargets)
     valid = np.array([1] * 17 + [0] * 3, bool) if padded else None
-    a = rng.normal(size=(20, 8)).astype(np.float32)
-    b = rng.normal(size=(20, 8)).astype(np.float32)
-    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
-    plain = jax.value_and_grad(lambda a, b, s: losses.softmax_contrastive(a, b, s, None, valid, exclude=dense),
-                               argnums=(0, 1, 2))
-    chunked = jax.jit(jax.value_and_grad(
-        lambda a, b, s: losses.chunked_softmax_contrastive(a, b, s, None, valid, chunk=chunk, exclude=rule),
-        argnums=(0, 1, 2)))
-    (v0, g0), (v1, g1) = plain(a, b, 7.0), chunked(a, b, 7.0)
-    np.testing.assert_allclose(v1, v0, rtol=1e-5)
-    for x, y in zip(g0, g1):
-        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+    a, b = _unit(rng, 20, 8), _unit(rng, 20, 8)
+    v0 = _plain_equals_chunked(a, b, valid, dict(exclude=dense), dict(chunk=chunk, exclude=rule))
     assert not np.isclose(v0, losses.softmax_contrastive(a, b, 7.0, None, valid))
