@@ -94,8 +94,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         struct_weight=0.0,  # phenotype-structure KL (student vs teacher similarity to phenotypes)
         struct_temperature=0.1,
         chunk=0,  # >0: softmax terms built in [B, chunk] logit blocks (same loss/grads, O(B*chunk) memory)
-        hierarchy=config_lib.pair_hierarchy_section(enabled=True, mode="soft", own_share=0.5, max_hops=2, hop_decay=0.5,
-                                                 organ_weight=0.0),
+        # 'mask' (KEP-style: same-phenotype pairs leave the denominators) matched the paper's objective on the
+        # demo ablation and 'soft' lost to it (docs/stages.md, "Does the ontology help?")
+        hierarchy=config_lib.pair_hierarchy_section(enabled=True, mode="mask", own_share=0.5, max_hops=2,
+                                                 hop_decay=0.5, organ_weight=0.0),
     ))
     c.optim = config_lib.optim_section(
         lr=5e-4, warmup_steps=30, weight_decay=0.2, freeze_steps=0, freeze_pattern=r"^(image|text)/encoder/"

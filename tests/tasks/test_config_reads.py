@@ -29,7 +29,7 @@ READ_ONLY_WHEN = {
         "optim.end_factor": "optim.schedule='cosine' (the tiny run is constant)",
         "optim.freeze_pattern": "optim.freeze_steps > 0",
         "init.required": "config_lib.validate (an empty init.checkpoint is refused before anything loads)",
-        "loss.hierarchy.mask_min_score": "loss.hierarchy.mode='mask'",
+        "loss.hierarchy.own_share": "loss.hierarchy.mode='soft'",
     },
 }
 # field -> (its only accepted value, a value validate must reject with an error naming the field).
