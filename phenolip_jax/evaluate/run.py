@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax import artifacts, inference
+from phenolip_jax import artifacts, config_tools, inference
 from phenolip_jax.data import demo, sources
 from phenolip_jax.evaluate import datasets, evaluators, report, unseen
 
@@ -41,8 +41,8 @@ def run_demo_settings(cfg: Any) -> tuple[int, dict[str, int], str]:
     run: dict[str, Any] = {}
     try:
         _, root, _ = inference.locate(cfg.checkpoint)
-        if os.path.exists(os.path.join(root, "config.json")):
-            run = artifacts.read_json(os.path.join(root, "config.json"))
+        if os.path.exists(os.path.join(root, config_tools.CONFIG_FILE)):
+            run = artifacts.read_json(os.path.join(root, config_tools.CONFIG_FILE))
     except FileNotFoundError:
         pass
     trained_on_demo = run.get("stage") == "stage2" and run.get("data", {}).get("source") == "demo"

@@ -13,7 +13,6 @@ from phenolip_jax.ontology.loader import (
     check_release,
     default_obo_path,
     load_ontology,
-    obo_version,
     release_info,
 )
 from phenolip_jax.ontology.relations import (
@@ -31,7 +30,7 @@ from phenolip_jax.ontology.relations import (
 __all__ = [
     "PHENOTYPIC_ABNORMALITY_ID", "ROOT_ID", "ObsoleteHPOIdError", "Ontology", "OntologyFormatError",
     "UnknownHPOIdError", "default_cache_dir", "file_sha256", "default_obo_path", "load_ontology",
-    "OntologyReleaseError", "check_release", "obo_version", "release_info",
+    "OntologyReleaseError", "check_release", "release_info",
     "Relation", "ancestor_table", "hop_weights", "hops_up", "organ_table", "relation_codes",
     "relation_scores", "set_relation_scores", "sized_ancestor_table",
 ]

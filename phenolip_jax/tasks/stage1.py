@@ -258,7 +258,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     artifacts.write_json(os.path.join(workdir, artifacts.STAGE1_CONFIG),
                       {"text_tower": fields, "max_len": cfg.data.max_len, "hf_dir": cfg.text.hf_dir,
                        "obo_path": cfg.ontology.obo_path, "root": cfg.ontology.root,
-                       "ontology": release_info(cfg.ontology.obo_path or None)})
+                       "ontology": release_info(onto, cfg.ontology.obo_path)})
     save_encoder(os.path.join(workdir, "encoder"), final_text)
     if cfg.export_table and jax.process_index() == 0:
         np.savez(os.path.join(workdir, "phenotype_table.npz"), ids=np.array([onto.ids[i] for i in pool]),

@@ -272,7 +272,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         "text_hf_dir": cfg.text.hf_dir, "max_len": cfg.data.max_len, "image_size": cfg.data.image_size,
         "mean": list(cfg.data.mean), "std": list(cfg.data.std), "obo_path": cfg.ontology.obo_path,
         # the HPO release the run's phenotypes mean: predict / eval / export refuse another unless told
-        "ontology": release_info(cfg.ontology.obo_path or None)})
+        "ontology": release_info(onto, cfg.ontology.obo_path)})
     print(f"stage 2: {len(splits['train'])} train / {len(test)} test pairs ({time.time() - t0:.0f}s)", flush=True)
     evaluate = make_evaluator(cfg, model, test, image_root, tokenizer, onto,
                               {h for r in splits["train"] for h in r.hpo_ids})

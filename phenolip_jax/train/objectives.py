@@ -50,6 +50,11 @@ def pair_targets(batch: dict, hierarchy: Any, blockwise: bool = False) -> jax.Ar
         return None
     fn = functools.partial(losses.hierarchical_pair_targets, hop_decay=hierarchy.hop_decay,
                            organ_weight=hierarchy.organ_weight)
+    return _pair_rule(fn, batch, blockwise)
+
+
+def _pair_rule(fn: Callable[..., jax.Array], batch: dict, blockwise: bool) -> jax.Array | losses.BlockTargets:
+    """A pair rule over the batch's HPO tables: as a `losses.BlockTargets` (blockwise) or evaluated [B, B]."""
     tables = hpo_tables(batch)
     if blockwise:
         return losses.BlockTargets(fn, tables, tables)
@@ -58,8 +63,9 @@ def pair_targets(batch: dict, hierarchy: Any, blockwise: bool = False) -> jax.Ar
 
 
 def own_share(hierarchy: Any) -> float:
-    """The share of its target row and column the pair itself keeps (0 = uncapped; only with soft targets)."""
-    return float(hierarchy.get("own_share", 0.0)) if hierarchy.enabled else 0.0
+    """The share of its target row and column the pair itself keeps (0 = uncapped; soft targets only)."""
+    soft = hierarchy.enabled and hierarchy.get("mode", "soft") == "soft"
+    return float(hierarchy.get("own_share", 0.0)) if soft else 0.0
 
 
 def excluded_pairs(rows: tuple, cols: tuple, row_ids: jax.Array, col_ids: jax.Array, hop_decay: float,
@@ -78,11 +84,7 @@ def pair_exclusions(batch: dict, hierarchy: Any, blockwise: bool = False) -> jax
         return None
     fn = functools.partial(excluded_pairs, hop_decay=float(hierarchy.hop_decay),
                            organ_weight=float(hierarchy.organ_weight), min_score=float(hierarchy.mask_min_score))
-    tables = hpo_tables(batch)
-    if blockwise:
-        return losses.BlockTargets(fn, tables, tables)
-    ids = jnp.arange(batch["hpo"].shape[0])
-    return fn(tables, tables, ids, ids)
+    return _pair_rule(fn, batch, blockwise)
 
 
 def stage1_objective(text_model: Any, cfg: Any) -> SplitObjective:
@@ -163,8 +165,7 @@ def stage2_objective(model: Any, teacher_model: Any | None, cfg: Any) -> SplitOb
         targets = pair_targets(batch, lc.hierarchy, blockwise=blockwise)
         exclude = pair_exclusions(batch, lc.hierarchy, blockwise=blockwise)
         if lc.kind == "softmax":
-            share = own_share(lc.hierarchy) if targets is not None else 0.0
-            l_it = contrastive(v, t, scale, targets, exclude=exclude, own_share=share)
+            l_it = contrastive(v, t, scale, targets, exclude=exclude, own_share=own_share(lc.hierarchy))
         else:
             labels = None if targets is None else (targets > 0).astype(jnp.float32)
             l_it = losses.sigmoid_loss(v, t, scale, params["logit_bias"], labels)

@@ -16,17 +16,17 @@ def other_release(tmp_path_factory):
 
 
 def test_release_info_names_version_and_sha():
-    info = ontology.release_info(None)
+    info = ontology.release_info(ontology.load_ontology())
     assert info["obo_path"] == "" and info["version"] == "hp/releases/2025-01-16"
-    assert info["sha256"] == ontology.load_ontology().source_sha256
+    assert info["sha256"] == ontology.file_sha256(ontology.default_obo_path())
 
 
 def test_another_release_is_refused_unless_allowed(other_release):
-    recorded = ontology.release_info(None)
+    recorded = ontology.release_info(ontology.load_ontology())
     new = ontology.load_ontology(other_release)
     with pytest.raises(ontology.OntologyReleaseError, match=r"run X was trained with HPO release hp/releases/2025-01-16"):
         ontology.check_release(new, recorded, "run X")
     ontology.check_release(new, recorded, "run X", allow_other=True)
     ontology.check_release(ontology.load_ontology(), recorded, "run X")  # the same release
     ontology.check_release(new, None, "an older run")  # nothing recorded: nothing to check
-    assert ontology.release_info(other_release)["version"] == "hp/releases/2099-01-01"
+    assert ontology.release_info(new, other_release)["version"] == "hp/releases/2099-01-01"

@@ -131,7 +131,7 @@ def test_init_checkpoint_must_fit_the_model(tiny_bert_dir, tiny_demo_dir, teache
     from phenolip_jax import inference, ontology
 
     meta = artifacts.read_json(os.path.join(run, artifacts.MODEL_CONFIG))
-    assert meta["ontology"] == ontology.release_info(None)
+    assert meta["ontology"] == ontology.release_info(ontology.load_ontology())
     other = tmp_path / "hp-other.obo"
     other.write_text(ontology.default_obo_path().read_text(encoding="utf-8").replace(
         "data-version: hp/releases/2025-01-16", "data-version: hp/releases/2099-01-01", 1), encoding="utf-8")
