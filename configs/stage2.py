@@ -11,7 +11,6 @@ Variants (`--config=configs/stage2.py:VARIANT`):
 import ml_collections
 
 from phenolip_jax import config_lib
-from phenolip_jax.inference import ZERO_SHOT_TEMPLATES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -107,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ks=(1, 5, 10, 50),
         # Phenotype prompt of image<->phenotype retrieval, as configs/eval.py's `templates` (same default):
         # each template is filled with the phenotype's name and the embeddings are ensembled; ("{}",) = bare names.
-        templates=ZERO_SHOT_TEMPLATES,
+        templates=config_lib.ZERO_SHOT_TEMPLATES,
     ))
 
     if arg == "biomedclip":

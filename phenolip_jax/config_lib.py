@@ -9,6 +9,14 @@ import ml_collections
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# BiomedCLIP-style zero-shot templates (open_clip ensembling: encode each, normalise, average, renormalise).
+ZERO_SHOT_TEMPLATES = (
+    "this is an image of {}",
+    "{} presented in image",
+    "an image of {}",
+    "a clinical photograph showing {}",
+    "{}",
+)
 
 
 # Allowed values of the enumerated fields, checked by `validate` (one place, named in its errors).
@@ -17,6 +25,10 @@ REMAT_POLICIES = ("none", "full", "save_dots")  # config.model.remat (stage 2) /
 EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "unseen", "linear_probe")  # config.evaluators (eval)
 EVAL_DATA_KINDS = ("demo", "manifest", "folder", "medmnist", "arrayrecord", "tfds")  # config.data.kind (eval)
 EXPORT_FORMATS = ("open_clip", "hf_bert", "safetensors")  # config.formats (export)
+PREDICT_FORMATS = ("csv", "jsonl")  # config.formats (predict)
+# config.arms (ablation): the arms tasks/ablation.py defines (tests check the two agree).
+ABLATION_ARMS = ("clip", "paper_kd", "paper_kd_hier_share", "paper_kd_hier_mask", "paper_kd_hier_uncapped",
+                 "clip_hier_share", "paper_kd_raw_teacher")
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -126,17 +138,21 @@ def pair_hierarchy_section(enabled: bool, mode: str = "soft", own_share: float =
     return section
 
 
+class UserError(ValueError):
+    """A mistake the user fixes, with a message saying how: main prints it in one line (exit 2), no traceback."""
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int, aot: bool = False) -> None:
     """Checks a config before anything is loaded or compiled; raises ValueError naming the field (one line).
 
     aot=True (an ahead-of-time compile) reads no data, so a stage-2 config need not name its manifest.
     """
-    if cfg.stage == "eval":
-        return _validate_eval(cfg)
-    if cfg.stage == "export":
-        return _validate_export(cfg)
+    light = {"eval": _validate_eval, "export": _validate_export, "predict": _validate_predict,
+             "ablation": _validate_ablation}
+    if cfg.stage in light:
+        return light[cfg.stage](cfg)
     if cfg.stage not in ("stage1", "stage2"):
-        raise ValueError(f"config.stage={cfg.stage!r}: use one of stage1, stage2, eval, export")
+        raise ValueError(f"config.stage={cfg.stage!r}: use one of stage1, stage2, {', '.join(light)}")
     for field in ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every"):
         if field not in cfg:
             raise ValueError(f"config.{field} is missing")
@@ -281,6 +297,36 @@ def _validate_export(cfg: Any) -> None:
             raise ValueError(f"config.{field} is empty")
     if not os.path.exists(cfg.checkpoint):
         raise ValueError(f"config.checkpoint={cfg.checkpoint!r} does not exist")
+
+
+def _validate_predict(cfg: Any) -> None:
+    if not cfg.checkpoint:
+        raise ValueError("config.checkpoint is empty: set --config.checkpoint=RUN (a stage-2 workdir or open_clip dir)")
+    if not os.path.exists(cfg.checkpoint):
+        raise ValueError(f"config.checkpoint={cfg.checkpoint!r} does not exist: give a stage-2 workdir (or a "
+                         "checkpoint folder inside one) or an open_clip directory")
+    if not cfg.images or not os.path.isdir(cfg.images):
+        raise ValueError(f"config.images={cfg.images!r} is not a folder: set --config.images=FOLDER of images")
+    if int(cfg.top_k) < 1 or int(cfg.batch_size) < 1:
+        raise ValueError(f"config.top_k={cfg.top_k}, config.batch_size={cfg.batch_size}: must be positive integers")
+    _subset_of(cfg.formats, PREDICT_FORMATS, "config.formats")
+    if not tuple(cfg.formats):
+        raise ValueError(f"config.formats=(): choose a non-empty subset of {PREDICT_FORMATS}")
+    if cfg.candidates not in ("", "all") and not os.path.isfile(cfg.candidates):
+        raise ValueError(f"config.candidates={cfg.candidates!r} is not a file: give a JSON list or a text file of "
+                         "HPO ids, 'all' for every term under HP:0000118, or '' for the default")
+
+
+def _validate_ablation(cfg: Any) -> None:
+    """The ablation's own fields (each arm's stage-2 config is validated when its run starts)."""
+    unknown = sorted(set(cfg.arms) - set(ABLATION_ARMS))
+    if unknown or not cfg.arms or not cfg.seeds:
+        raise ValueError(f"config.arms={tuple(cfg.arms)} / config.seeds={tuple(cfg.seeds)}: arms must be a non-empty "
+                         f"subset of {ABLATION_ARMS} and seeds non-empty")
+    n, demo_cfg = int(cfg.eval_test_pairs), cfg.stage2.data
+    if n and (demo_cfg.source != "demo" or n < demo_cfg.demo.num_phenotypes):
+        raise ValueError(f"config.eval_test_pairs={n}: needs stage2.data.source='demo' and at least "
+                         f"stage2.data.demo.num_phenotypes={demo_cfg.demo.num_phenotypes} pairs (0 = off)")
 
 
 def _batch_field(cfg: Any) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from phenolip_jax import artifacts
+from phenolip_jax import artifacts, config_lib
 from phenolip_jax.convert import open_clip as oc
 from phenolip_jax.data import images as img_lib
 from phenolip_jax.data import paths
@@ -30,14 +30,8 @@ from phenolip_jax.evaluate.metrics import zero_shot_classifier
 from phenolip_jax.models import layers, two_tower
 from phenolip_jax.ontology import check_release, load_ontology
 
-# BiomedCLIP-style zero-shot templates (open_clip ensembling: encode each, normalise, average, renormalise).
-ZERO_SHOT_TEMPLATES = (
-    "this is an image of {}",
-    "{} presented in image",
-    "an image of {}",
-    "a clinical photograph showing {}",
-    "{}",
-)
+# BiomedCLIP-style zero-shot templates; defined beside the configs that name them (importing them stays light).
+ZERO_SHOT_TEMPLATES = config_lib.ZERO_SHOT_TEMPLATES
 # The stage-1 knowledge encoder is trained on bare ontology text, so a phenotype is just its name.
 NAME_TEMPLATES = ("{}",)
 

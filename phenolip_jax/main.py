@@ -8,6 +8,7 @@ to resume with one that changes the run's meaning (`--allow_config_change` overr
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -16,14 +17,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-# Importing the stages touches no device: jax.distributed.initialize() in main() still comes first.
 from phenolip_jax import config_lib, config_tools, distributed
-from phenolip_jax.convert import export
-from phenolip_jax.evaluate import predict
-from phenolip_jax.evaluate import run as evaluate_run
-from phenolip_jax.data.records import BadRecordError
-from phenolip_jax.ontology import OntologyReleaseError
-from phenolip_jax.tasks import ablation, aot, common, stage1, stage2
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -39,6 +33,18 @@ _AOT = flags.DEFINE_string("aot", None, "Compile the train step for a TPU slice 
                            "this host, print its fit and roofline, run nothing; exit 1 if it does not fit.")
 
 TRAINING_STAGES = ("stage1", "stage2")
+# The module whose `run` each stage calls. They are imported only after the config has been validated: they pull
+# in flax, transformers, torch and sklearn (seconds a config mistake should not wait for). Importing them touches
+# no device, so jax.distributed.initialize() still comes first.
+STAGE_MODULES = {
+    "stage1": "phenolip_jax.tasks.stage1",
+    "stage2": "phenolip_jax.tasks.stage2",
+    "ablation": "phenolip_jax.tasks.ablation",
+    "eval": "phenolip_jax.evaluate.run",
+    "export": "phenolip_jax.convert.export",
+    "predict": "phenolip_jax.evaluate.predict",
+}
+AOT_MODULE = "phenolip_jax.tasks.aot"
 
 
 def _fail(message: str) -> None:
@@ -55,17 +61,13 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(config_tools.flag_error_line(e, argv))
 
 
-# Errors that are the user's to fix and say how in their message: one line, exit 2, no traceback. Any other
-# exception keeps its traceback (it is ours to fix).
-USER_ERRORS = (ablation.StaleRunError, OntologyReleaseError, BadRecordError)
-
-
 @contextlib.contextmanager
 def one_line_errors():
-    """Turns USER_ERRORS, and ValueError / FileNotFoundError naming a config field ('config.x...'), into one line."""
+    """Turns config_lib.UserError, and ValueError / FileNotFoundError naming a config field ('config.x...'), into
+    one line. Any other exception keeps its traceback (it is ours to fix)."""
     try:
         yield
-    except USER_ERRORS as e:
+    except config_lib.UserError as e:
         _fail(str(e))
     except (ValueError, FileNotFoundError) as e:
         if not str(e).startswith("config."):
@@ -77,14 +79,7 @@ def prepare(cfg, workdir: str) -> None:
     """Validation and the run's config memory: everything that can refuse a run, before any data is loaded."""
     if cfg.stage == "export" and not cfg.output:
         cfg.output = workdir  # as predict and eval write into the --workdir
-    if cfg.stage == "predict":
-        predict.validate(cfg)
-    elif cfg.stage == "ablation":
-        ablation.validate(cfg)
-    else:
-        config_lib.validate(cfg, jax.device_count())
-    if cfg.stage == "stage2" and (warning := common.teacher_family_warning(cfg)):
-        print(f"WARNING: {warning}", flush=True)
+    config_lib.validate(cfg, jax.device_count())
     if cfg.stage in TRAINING_STAGES:
         changes = config_tools.check_resume_config(cfg, workdir, allow_changes=_ALLOW_CHANGE.value)
         if changes:
@@ -103,18 +98,11 @@ def dispatch(cfg, workdir: str) -> None:
                   f"{os.path.join(workdir, 'eval.json')}): nothing to do. --config.eval_only=True evaluates it again; "
                   "a larger --config.total_steps trains on", flush=True)
             return
-    if cfg.stage == "stage1":
-        stage1.run(cfg, workdir)
-    elif cfg.stage == "stage2":
-        stage2.run(cfg, workdir)
-    elif cfg.stage == "ablation":
-        ablation.run(cfg, workdir)
-    elif cfg.stage == "eval":
-        evaluate_run.run(cfg, workdir)
-    elif cfg.stage == "export":
-        export.run(cfg)
-    elif cfg.stage == "predict":
-        predict.run(cfg, workdir)
+    module = importlib.import_module(STAGE_MODULES[cfg.stage])
+    if cfg.stage == "export":
+        module.run(cfg)
+    else:
+        module.run(cfg, workdir)
 
 
 def main(argv: list[str]) -> None:
@@ -136,7 +124,7 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_platforms", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         with one_line_errors():
-            raise SystemExit(aot.run(cfg, _AOT.value))
+            raise SystemExit(importlib.import_module(AOT_MODULE).run(cfg, _AOT.value))
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or os.path.join("workdirs", str(cfg.stage))
     try:

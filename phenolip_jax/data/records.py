@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Any, Collection, Iterable, Sequence
 
+from phenolip_jax import config_lib
 from phenolip_jax import ontology as onto_mod
 from phenolip_jax.data import images, paths
 from phenolip_jax.data.tokenize import count_tokens
@@ -64,7 +65,7 @@ class Record:
         return f"{self.origin or '<memory>'}:{self.line}"
 
 
-class BadRecordError(ValueError):
+class BadRecordError(config_lib.UserError):
     """A record that breaks the input policy; names file, line and reason."""
 
     def __init__(self, where: str, reason: str, detail: str = ""):

@@ -15,33 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax import inference
+from phenolip_jax import config_lib, inference
 from phenolip_jax.evaluate.run import read_candidates
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PHENOTYPIC_ABNORMALITY = "HP:0000118"
-FORMATS = ("csv", "jsonl")
 
 
 def validate(cfg: Any) -> None:
-    """Checks every field before anything loads; one line naming the field and what it allows."""
-    if not cfg.checkpoint:
-        raise ValueError("config.checkpoint is empty: set --config.checkpoint=RUN (a stage-2 workdir or open_clip dir)")
-    if not os.path.exists(cfg.checkpoint):
-        raise ValueError(f"config.checkpoint={cfg.checkpoint!r} does not exist: give a stage-2 workdir (or a "
-                         "checkpoint folder inside one) or an open_clip directory")
-    if not cfg.images or not os.path.isdir(cfg.images):
-        raise ValueError(f"config.images={cfg.images!r} is not a folder: set --config.images=FOLDER of images")
-    if int(cfg.top_k) < 1:
-        raise ValueError(f"config.top_k={cfg.top_k}: must be a positive integer")
-    if int(cfg.batch_size) < 1:
-        raise ValueError(f"config.batch_size={cfg.batch_size}: must be a positive integer")
-    formats = tuple(cfg.formats)
-    if not formats or set(formats) - set(FORMATS):
-        raise ValueError(f"config.formats={formats}: choose a non-empty subset of {FORMATS}")
-    if cfg.candidates and not os.path.isfile(cfg.candidates):
-        raise ValueError(f"config.candidates={cfg.candidates!r} is not a file: give a JSON list or a text file of "
-                         "HPO ids, or '' for every term under HP:0000118")
+    """Checks every field before anything loads; one line naming the field and what it allows (config_lib)."""
+    config_lib.validate(cfg, num_devices=1)
 
 
 def list_images(folder: str) -> list[str]:

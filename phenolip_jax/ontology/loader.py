@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from phenolip_jax import config_lib
 from phenolip_jax.ontology import cache, parse
 from phenolip_jax.ontology.build import build_ontology
 from phenolip_jax.ontology.hpo import Ontology
@@ -45,7 +46,7 @@ def load_ontology(
     return onto
 
 
-class OntologyReleaseError(ValueError):
+class OntologyReleaseError(config_lib.UserError):
     """An HPO release other than the one a run was trained with, where that one is required."""
 
 

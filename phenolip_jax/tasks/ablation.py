@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax import artifacts, config_tools
+from phenolip_jax import artifacts, config_lib, config_tools
 from phenolip_jax.tasks import stage1, stage2
 
 
@@ -92,7 +92,7 @@ def arm_config(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir:
 _REUSE_SAFE = ("log_every", "eval_only", "data.workers", "data.prefetch", "mesh.", "eval.batch_size")
 
 
-class StaleRunError(ValueError):
+class StaleRunError(config_lib.UserError):
     """A finished run in the ablation's workdir was made with another config than its arm's."""
 
 
@@ -198,15 +198,8 @@ def check_workdir(cfg: Any, workdir: str, teachers: dict[str, str]) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Checks the ablation's own fields (each arm's stage-2 config is validated when its run starts)."""
-    unknown = sorted(set(cfg.arms) - set(ARMS))
-    if unknown or not cfg.arms or not cfg.seeds:
-        raise ValueError(f"config.arms={tuple(cfg.arms)} / config.seeds={tuple(cfg.seeds)}: arms must be a non-empty "
-                         f"subset of {tuple(ARMS)} and seeds non-empty")
-    n, demo_cfg = int(cfg.eval_test_pairs), cfg.stage2.data
-    if n and (demo_cfg.source != "demo" or n < demo_cfg.demo.num_phenotypes):
-        raise ValueError(f"config.eval_test_pairs={n}: needs stage2.data.source='demo' and at least "
-                         f"stage2.data.demo.num_phenotypes={demo_cfg.demo.num_phenotypes} pairs (0 = off)")
+    """Checks the ablation's own fields (config_lib's checks; each arm's stage-2 config is checked when it starts)."""
+    config_lib.validate(cfg, num_devices=1)
 
 
 def _on_more_test_pairs(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir: str) -> dict[str, Any]:

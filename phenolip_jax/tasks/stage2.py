@@ -238,6 +238,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 2 from `cfg` into `workdir`; returns the final held-out evaluation."""
     config_lib.validate(cfg, jax.device_count())
     sources.validate_source(cfg.data)  # before the ontology and the text encoder load
+    if warning := common.teacher_family_warning(cfg):
+        print(f"WARNING: {warning}", flush=True)
     t0 = time.time()
     onto = common.load_ontology_from_config(cfg.ontology)
     _, text_params, tokenizer, text_fields = common.load_text_encoder(cfg.text, cfg.model.dtype, cfg.seed)
