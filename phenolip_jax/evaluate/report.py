@@ -12,6 +12,11 @@ import numpy as np
 from phenolip_jax.evaluate import unseen
 
 RETRIEVAL_DIRECTIONS = ("image_to_text", "text_to_image", "image_to_phenotype", "phenotype_to_image")
+# Chance levels sit near 0 and often coincide (directions sharing a candidate pool), so colour alone would leave
+# only the last-drawn one visible: each also gets its own dash pattern and hollow marker.
+CHANCE_STYLES = {"image_to_text": ((0, (4, 2)), "o"), "text_to_image": ((0, (1, 1.5)), "s"),
+                 "image_to_phenotype": ((0, (6, 2, 1, 2)), "^"), "phenotype_to_image": ((0, (2, 3)), "v")}
+DEMO_DATA = "synthetic demo data (not real images)"
 MULTI_SYSTEM_NOTE = ("An image whose gold phenotypes lie under several organ systems counts once in each of them, "
                      "so the per-system n add up to more than the number of images.")
 
@@ -44,10 +49,10 @@ def to_jsonable(x: Any) -> Any:
 
 
 def recall_figure(retrieval: dict[str, Any], title: str = "") -> Any:
-    """The R@K figure: one line per retrieval direction, its chance level dashed in the same colour (in the
-    legend too), every K labelled on the log axis."""
+    """The R@K figure: one line per retrieval direction, its chance level dashed in the same colour (own dash
+    pattern and marker), every K labelled on the log axis, the legend beside the axes."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     all_ks: set[int] = set()
     for direction in RETRIEVAL_DIRECTIONS:
         rec = retrieval.get(direction)
@@ -57,8 +62,9 @@ def recall_figure(retrieval: dict[str, Any], title: str = "") -> Any:
         all_ks.update(ks)
         label = direction.replace("_", " ")
         line, = ax.plot(ks, [rec[f"r@{k}"] for k in ks], marker="o", label=label)
-        ax.plot(ks, [rec[f"chance_r@{k}"] for k in ks], linestyle="--", color=line.get_color(), alpha=0.6,
-                label=f"{label} (chance)")
+        dashes, marker = CHANCE_STYLES[direction]
+        ax.plot(ks, [rec[f"chance_r@{k}"] for k in ks], linestyle=dashes, marker=marker, markersize=4,
+                markerfacecolor="none", color=line.get_color(), alpha=0.8, label=f"{label} (chance)")
     ax.set_xscale("log")
     ticks = sorted(all_ks)
     ax.set_xticks(ticks, [str(k) for k in ticks])  # a log axis labels only powers of ten by default
@@ -68,7 +74,8 @@ def recall_figure(retrieval: dict[str, Any], title: str = "") -> Any:
     ax.set_ylim(0, 1.02)
     ax.set_title(title or "Retrieval recall@K (dashed: chance)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    # Outside the axes: inside, any placement covers some curve, since recall spans the whole 0-1 range.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
@@ -77,7 +84,7 @@ def plot_recall_curves(retrieval: dict[str, Any], path: str, title: str = "") ->
     """Writes `recall_figure` to path (PNG)."""
     plt = _pyplot()
     fig = recall_figure(retrieval, title)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -96,16 +103,17 @@ def plot_organ_accuracy(per_group: dict[str, dict[str, float]], path: str, title
     plt = _pyplot()
     names = sorted(per_group, key=lambda g: per_group[g]["accuracy"])
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.7))
     ax.barh(y + 0.2, [per_group[g]["hierarchical"] for g in names], height=0.4, label="hierarchy-aware", alpha=0.6)
     ax.barh(y - 0.2, [per_group[g]["accuracy"] for g in names], height=0.4, label="exact")
     ax.set_yticks(y, [f"{g} (n={per_group[g]['n']})" for g in names], fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("top-1 accuracy (an image counts in each organ system of its phenotypes)")
+    # Two short lines: on one, the note ran past the figure's right edge beside long organ-system names.
+    ax.set_xlabel("top-1 accuracy\n(an image counts in each organ system of its phenotypes)", fontsize=9)
     ax.set_title(title or "Accuracy per organ system")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -140,7 +148,7 @@ def plot_phenotype_map(emb: np.ndarray, groups: Sequence[str], path: str, labels
     ax.set_title(title or "Phenotype embeddings (PCA), coloured by organ system")
     ax.legend(fontsize=6, loc="best", markerscale=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -149,11 +157,47 @@ def _fmt(v: Any) -> str:
     return f"{100 * v:.2f}" if isinstance(v, (float, np.floating)) and math.isfinite(v) else "n/a"
 
 
+def _data_kind(results: dict[str, Any]) -> str:
+    """config.data.kind of the run ('' when the results carry no config)."""
+    return str(((results.get("config") or {}).get("data") or {}).get("kind") or "")
+
+
+def title(results: dict[str, Any]) -> str:
+    """'<run> on <data>': the model's workdir (and checkpoint step) and the dataset, demo data called synthetic."""
+    model = os.path.basename(os.path.normpath(str(results.get("model") or ""))) or "model"
+    ckpt = str((results.get("config") or {}).get("checkpoint") or "")
+    step = os.path.basename(os.path.normpath(ckpt)) if ckpt else ""
+    run = f"{model} (checkpoint {step})" if step and step != model else model
+    kind = _data_kind(results)
+    # A demo's dataset name is the generator's cache folder (a hash), which says nothing to a reader.
+    data = DEMO_DATA if kind == "demo" else f"{results.get('dataset', '')} ({kind} data)" if kind else str(
+        results.get("dataset", ""))
+    return f"{run} on {data}"
+
+
+def _mean_sd(v: dict[str, Any], key: str) -> str:
+    """'mean ± sd (n=K)' over seeds; one seed has no spread, so 'mean (n=1)'."""
+    n = int(v.get("n_seeds", 1))
+    spread = f" ± {_fmt(v[f'{key}_std'])}" if n > 1 else ""
+    return f"{_fmt(v[f'{key}_mean'])}{spread} (n={n})"
+
+
+def _count(xs: Any) -> str:
+    """A per-seed example count: one number, or min-max when the seeds differ."""
+    xs = sorted({int(x) for x in (xs if isinstance(xs, (list, tuple)) else [xs])})
+    return str(xs[0]) if len(xs) == 1 else f"{xs[0]}-{xs[-1]}"
+
+
 def _markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
     """The report body: headline tables per evaluator, skipped evaluators, figure links."""
-    lines = [f"# Evaluation report: {results.get('dataset', '')}", "",
+    kind = _data_kind(results)
+    lines = [f"# Evaluation report: {title(results)}", "",
              f"- model: `{results.get('model', '')}` ({results.get('model_kind', '')})",
-             "- numbers are percentages; chance levels from a uniformly random ranking", ""]
+             f"- data: `{results.get('dataset', '')}` (config.data.kind {kind or 'unknown'})"]
+    if kind == "demo":
+        lines.append("- the demo's images and captions are generated (`phenolip_jax.data.demo`): these numbers check "
+                     "the pipeline and say nothing about clinical images")
+    lines += ["- numbers are percentages; chance levels from a uniformly random ranking", ""]
     r = results.get("retrieval")
     if r:
         ks = sorted(int(k[2:]) for k in r["image_to_text"] if k.startswith("r@"))
@@ -167,7 +211,10 @@ def _markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
         lines += ["", f"{r['n_images']} images, {r['n_captions']} captions, {r['n_phenotypes']} phenotypes.", ""]
     z = results.get("zero_shot")
     if z:
-        keys = [k for k in ("top1", "top5", "mean_per_class_recall", "chance_top1", "acc_medmnist", "auc") if k in z]
+        # acc_medmnist is MedMNIST's own accuracy (the evaluator always computes it); elsewhere it repeats top1.
+        wanted = ("top1", "top5", "mean_per_class_recall", "chance_top1") + (
+            ("acc_medmnist",) if kind == "medmnist" else ()) + ("auc",)
+        keys = [k for k in wanted if k in z]
         lines += ["## Zero-shot classification (template-ensembled prompts)", "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
                   "| " + " | ".join(_fmt(z[k]) for k in keys) + " |", "",
@@ -194,13 +241,16 @@ def _markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
         lines += unseen.markdown(results["unseen"])
     p = results.get("linear_probe")
     if p:
-        lines += ["## Linear probe (logistic regression, C chosen on validation, mean ± std over seeds)", "",
-                  "| labels | top-1 | mean per-class recall | seeds |", "|---|---|---|---|"]
+        lines += ["## Linear probe (logistic regression, C chosen on validation, refit on train + validation)", "",
+                  "Cells: mean ± sd over n seeds (population sd); a single fit (100% of the labels) shows n=1.", "",
+                  "| labels (examples per seed) | top-1 | mean per-class recall |", "|---|---|---|"]
         for frac, v in p.items():
             if isinstance(v, dict):
-                lines.append(f"| {frac} | {_fmt(v['top1_mean'])} ± {_fmt(v['top1_std'])} | "
-                             f"{_fmt(v['mean_per_class_recall_mean'])} ± {_fmt(v['mean_per_class_recall_std'])} | "
-                             f"{v['n_seeds']} |")
+                size = (f" ({_count(v['n_train'])} train + {_count(v['n_val'])} val examples)"
+                        if "n_train" in v and "n_val" in v else "")
+                lines.append(f"| {frac}{size} | {_mean_sd(v, 'top1')} | {_mean_sd(v, 'mean_per_class_recall')} |")
+        if all(k in p for k in ("n_train", "n_val", "n_test")):
+            lines.append(f"\nFull splits: {p['n_train']} train, {p['n_val']} val, {p['n_test']} test images.")
         lines.append("")
     if results.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()] + [""]
