@@ -2,7 +2,9 @@
 
 `python -m phenolip_jax.main --config=configs/predict.py --config.checkpoint=RUN --config.images=FOLDER --workdir=OUT`
 
-Candidates are every term under HP:0000118 (Phenotypic abnormality), or the ids listed in `candidates`;
+Candidates are every term under HP:0000118 (Phenotypic abnormality), or the ids listed in `candidates` (a run
+trained on the generated demo defaults to the demo's own phenotypes); candidate embeddings are cached in the run
+(RUN/phenotype_cache) so a second predict is fast;
 `organ_system` keeps only those under one organ system. Writes OUT/predictions.csv and OUT/predictions.jsonl.
 """
 import ml_collections
@@ -19,7 +21,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint = ""  # stage-2 workdir, a checkpoint folder inside one, or an open_clip directory (needs images)
     c.tokenizer_dir = ""  # '' = the tokenizer recorded in the run
     c.images = ""  # folder of images (searched recursively: png, jpg, jpeg, bmp, gif, tif, tiff, webp)
-    c.candidates = ""  # '' = all terms under HP:0000118; else a JSON list or text file of HPO ids (one per line)
+    # '' = a demo run's own phenotypes, else every term under HP:0000118; 'all' = every term under HP:0000118;
+    # else a JSON list or text file of HPO ids (one per line)
+    c.candidates = ""
     c.organ_system = ""  # '' = all; else one organ system (a child of HP:0000118), by id or name
     c.top_k = 10  # terms reported per image
     c.templates = ()  # prompt templates ensembled per phenotype ('{}' = the name); () = the model's own

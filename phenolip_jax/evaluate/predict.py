@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 import numpy as np
 
 from phenolip_jax import config_lib, inference
-from phenolip_jax.evaluate.run import read_candidates
+from phenolip_jax.data import demo
+from phenolip_jax.evaluate import phenotype_cache
+from phenolip_jax.evaluate.phenotype_cache import progress_bar
+from phenolip_jax.evaluate.run import DEMO_DEFAULTS, demo_run_config, read_candidates
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PHENOTYPIC_ABNORMALITY = "HP:0000118"
@@ -47,10 +51,13 @@ def organ_system_index(onto: Any, organ: str) -> int:
     raise ValueError(f"config.organ_system={organ!r} is not an organ system: use one of {allowed}")
 
 
-def select_candidates(onto: Any, candidates: str = "", organ_system: str = "") -> list[str]:
-    """Candidate HPO ids: every term under HP:0000118 or the listed ids (resolved, deduplicated), optionally
-    only those under one organ system."""
-    if candidates:
+def select_candidates(onto: Any, candidates: str = "", organ_system: str = "",
+                      default: Sequence[str] | None = None) -> list[str]:
+    """Candidate HPO ids: the listed ids (resolved, deduplicated), else `default` (when given and candidates is
+    ''), else every term under HP:0000118; optionally only those under one organ system."""
+    if default is not None and not candidates:
+        ids = list(default)
+    elif candidates and candidates != "all":
         ids = []
         for c in read_candidates(candidates):
             try:
@@ -70,14 +77,30 @@ def select_candidates(onto: Any, candidates: str = "", organ_system: str = "") -
     return ids
 
 
-def progress_bar(done: int, total: int, start: float, what: str = "images") -> None:
-    """One carriage-return progress line on stderr: bar, count, elapsed and ETA."""
-    frac = done / max(total, 1)
-    elapsed = time.time() - start
-    eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
-    bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
-    print(f"\r[{bar}] {done}/{total} {what} elapsed {elapsed:.0f}s eta {eta:.0f}s", end="\n" if done >= total else "",
-          file=sys.stderr, flush=True)
+def demo_candidates(onto: Any, checkpoint: str) -> list[str] | None:
+    """The phenotypes of the generated demo a stage-2 run trained on (its seed and size), else None.
+
+    A model trained on the demo has seen only these; ranking all 18K terms for its images means nothing.
+    """
+    run = demo_run_config(checkpoint)
+    if run is None:
+        return None
+    n = int(run["data"].get("demo", {}).get("num_phenotypes", DEMO_DEFAULTS["num_phenotypes"]))
+    terms, _ = demo.choose_phenotypes(onto, n, int(run.get("seed", 0)))
+    return [onto.ids[int(t)] for t in terms]
+
+
+def output_folder(cfg: Any, workdir: str) -> str:
+    """The output folder, made and checked writable before anything loads (a bad one fails at once)."""
+    out_dir = cfg.output_dir or workdir
+    field = "config.output_dir" if cfg.output_dir else "--workdir"
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise ValueError(f"config.output: {field}={out_dir!r} is not a writable folder ({err.strerror})") from None
+    return out_dir
 
 
 def encode_folder(model: Any, paths: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[str], list[str]]:
@@ -144,6 +167,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Predict top-k phenotypes for every image in cfg.images; writes the outputs and returns a summary."""
     validate(cfg)
     t0 = time.time()
+    out_dir = output_folder(cfg, workdir)
     paths = list_images(cfg.images)
     model = inference.load(cfg.checkpoint, tokenizer_dir=cfg.tokenizer_dir or None, batch_size=int(cfg.batch_size),
                            templates=tuple(cfg.templates) or None)
@@ -151,17 +175,24 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         raise ValueError(f"config.checkpoint={cfg.checkpoint!r} is a stage-1 text encoder: predict needs a model "
                          "with an image tower (a stage-2 workdir or an open_clip directory)")
     inference.use_ontology(model, cfg.ontology)
-    ids = select_candidates(model.ontology, cfg.candidates, cfg.organ_system)
+    demo_ids = None if cfg.candidates else demo_candidates(model.ontology, cfg.checkpoint)
+    if demo_ids is not None:
+        print(f"predict: {model.path} trained on the generated demo: candidates are its {len(demo_ids)} phenotypes "
+              "(--config.candidates=all ranks every term under HP:0000118)", flush=True)
+    ids = select_candidates(model.ontology, cfg.candidates, cfg.organ_system, default=demo_ids)
     print(f"predict: {len(paths)} images, {len(ids)} candidate phenotypes x {len(model.templates)} templates",
           flush=True)
-    phen = model.encode_phenotypes(ids)
+    # The run's own folder first (a later predict into any output finds it there), else the output folder.
+    cache_dirs = ([os.path.join(model.path, phenotype_cache.CACHE_DIRNAME)] if model.path else []) + [
+        os.path.join(out_dir, phenotype_cache.CACHE_DIRNAME)]
+    phen, cache = phenotype_cache.phenotype_embeddings(model, ids, cache_dirs)
     emb, kept, failed = encode_folder(model, paths, int(cfg.batch_size))
     predictions = top_k_rows(model.ontology, emb, phen, ids, int(cfg.top_k))
     rel = [os.path.relpath(p, cfg.images) for p in kept]
-    out_dir = cfg.output_dir or workdir
     written = write_outputs(out_dir, rel, predictions, tuple(cfg.formats))
     summary = dict(images=len(paths), predicted=len(kept), skipped=[os.path.relpath(p, cfg.images) for p in failed],
                    candidates=len(ids), top_k=min(int(cfg.top_k), len(ids)), outputs=written,
-                   seconds=round(time.time() - t0, 1))
+                   phenotype_cache=cache["cache"], phenotypes_cached=cache["cached"],
+                   phenotypes_encoded=cache["encoded"], seconds=round(time.time() - t0, 1))
     print(json.dumps(summary), flush=True)
     return summary

@@ -35,17 +35,23 @@ def read_candidates(path: str) -> list[str]:
 DEMO_DEFAULTS = dict(num_phenotypes=150, train_pairs=3000, val_pairs=300, test_pairs=600)
 
 
+def demo_run_config(checkpoint: str) -> dict[str, Any] | None:
+    """The saved config.json of the run behind `checkpoint` when it trained stage 2 on the generated demo, else
+    None (another source, a stage-1 run, an open_clip dir or no config saved)."""
+    try:
+        _, root, _ = inference.locate(checkpoint)
+    except FileNotFoundError:
+        return None
+    path = os.path.join(root, config_tools.CONFIG_FILE)
+    run = artifacts.read_json(path) if os.path.exists(path) else {}
+    return run if run.get("stage") == "stage2" and run.get("data", {}).get("source") == "demo" else None
+
+
 def run_demo_settings(cfg: Any) -> tuple[int, dict[str, int], str]:
     """(seed, demo sizes, demo folder) of the demo the checkpoint's run trained on (its config.json), each
     overridden by the eval config's `data.demo_seed` (>= 0), `data.demo` (> 0) and `data.demo_dir` fields."""
-    run: dict[str, Any] = {}
-    try:
-        _, root, _ = inference.locate(cfg.checkpoint)
-        if os.path.exists(os.path.join(root, config_tools.CONFIG_FILE)):
-            run = artifacts.read_json(os.path.join(root, config_tools.CONFIG_FILE))
-    except FileNotFoundError:
-        pass
-    trained_on_demo = run.get("stage") == "stage2" and run.get("data", {}).get("source") == "demo"
+    run = demo_run_config(cfg.checkpoint) or {}
+    trained_on_demo = bool(run)
     run_data = run["data"] if trained_on_demo else {}
     d = cfg.data
     seed = int(d.demo_seed) if d.demo_seed >= 0 else int(run.get("seed", 0)) if trained_on_demo else 0

@@ -94,3 +94,81 @@ def test_main_dispatches_predict_end_to_end(stage2_workdir, image_folder, tmp_pa
         rows = [json.loads(line) for line in f]
     assert len(rows) == 6
     assert all("Abnormality of the ear" in p["organ_systems"] for r in rows for p in r["predictions"])
+
+
+@pytest.fixture
+def own_run(stage2_workdir, tmp_path):
+    """A private copy of the tiny stage-2 run (its phenotype cache starts empty), saved as a demo run's config."""
+    from tests.evaluate.conftest import TINY_DEMO
+
+    run = tmp_path / "run"
+    shutil.copytree(stage2_workdir, run, ignore=shutil.ignore_patterns("phenotype_cache"))
+    (run / "config.json").write_text(json.dumps({"stage": "stage2", "seed": 0,
+                                                 "data": {"source": "demo", "demo": TINY_DEMO}}))
+    return str(run)
+
+
+def test_phenotype_embeddings_are_cached_in_the_run_and_reused(own_run, image_folder, tmp_path, capsys):
+    cand = tmp_path / "cands.txt"
+    cand.write_text("\n".join(CANDIDATES[:3]))
+    first = predict.run(_config(checkpoint=own_run, images=image_folder, candidates=str(cand), top_k=2),
+                        str(tmp_path / "a"))
+    assert first["phenotypes_encoded"] == 3 and first["phenotypes_cached"] == 0
+    assert first["phenotype_cache"].startswith(os.path.join(own_run, "phenotype_cache"))
+    assert "3/3 phenotypes" in capsys.readouterr().err  # progress while encoding
+    again = predict.run(_config(checkpoint=own_run, images=image_folder, candidates=str(cand), top_k=2),
+                        str(tmp_path / "b"))  # another output folder: the run's cache still serves it
+    assert again["phenotypes_encoded"] == 0 and again["phenotypes_cached"] == 3
+    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
+    cand.write_text("\n".join(CANDIDATES))  # a superset encodes only the new ids
+    more = predict.run(_config(checkpoint=own_run, images=image_folder, candidates=str(cand)), str(tmp_path / "c"))
+    assert more["phenotypes_encoded"] == 2 and more["phenotypes_cached"] == 3
+    other = predict.run(_config(checkpoint=own_run, images=image_folder, candidates=str(cand),
+                                templates=("a photo of {}",)), str(tmp_path / "d"))
+    assert other["phenotypes_encoded"] == 5 and other["phenotype_cache"] != more["phenotype_cache"]
+
+
+def test_cached_embeddings_equal_fresh_ones_and_a_broken_cache_is_rebuilt(own_run, tmp_path, capsys):
+    import numpy as np
+
+    from phenolip_jax import inference
+    from phenolip_jax.evaluate import phenotype_cache
+
+    model = inference.load(own_run)
+    ids = [c.replace("_", ":") for c in CANDIDATES]
+    dirs = [str(tmp_path / "cache")]
+    emb, info = phenotype_cache.phenotype_embeddings(model, ids, dirs)
+    np.testing.assert_allclose(emb, model.encode_phenotypes(ids), atol=1e-6)
+    back, info2 = phenotype_cache.phenotype_embeddings(model, ids[::-1], dirs)
+    assert info2["encoded"] == 0 and np.array_equal(back, emb[::-1])
+    with open(info["cache"], "wb") as f:
+        f.write(b"not a zip")
+    again, info3 = phenotype_cache.phenotype_embeddings(model, ids, dirs)
+    assert info3["encoded"] == 5 and "ignoring unreadable phenotype cache" in capsys.readouterr().err
+    np.testing.assert_allclose(again, emb, atol=1e-6)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # a folder that cannot be made: the next candidate folder takes the cache
+    _, info4 = phenotype_cache.phenotype_embeddings(model, ids, [str(blocked / "cache"), str(tmp_path / "out")])
+    assert info4["cache"].startswith(str(tmp_path / "out"))
+
+
+def test_demo_run_defaults_to_its_own_phenotypes(own_run, tiny_demo_dir, image_folder, tmp_path, capsys):
+    demo_ids = [p["hpo_id"] for p in json.loads(open(os.path.join(tiny_demo_dir, "phenotypes.json")).read())]
+    summary = predict.run(_config(checkpoint=own_run, images=image_folder, top_k=3), str(tmp_path / "out"))
+    assert summary["candidates"] == len(demo_ids) == 8
+    assert "trained on the generated demo: candidates are its 8 phenotypes" in capsys.readouterr().out
+    with open(tmp_path / "out" / "predictions.jsonl") as f:
+        assert {p["hpo_id"] for line in f for p in json.loads(line)["predictions"]} <= set(demo_ids)
+    everything = predict.run(_config(checkpoint=own_run, images=image_folder, candidates="all",
+                                     organ_system="HP:0000598"), str(tmp_path / "all"))
+    assert everything["candidates"] > 100
+
+
+def test_an_unwritable_output_fails_before_anything_loads(stage2_workdir, image_folder, tmp_path, monkeypatch):
+    from phenolip_jax import inference
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    monkeypatch.setattr(inference, "load", lambda *a, **k: pytest.fail("loaded the model before checking the output"))
+    with pytest.raises(ValueError, match="config.output: --workdir=.*is not a writable folder"):
+        predict.run(_config(checkpoint=stage2_workdir, images=image_folder), str(blocked / "out"))
