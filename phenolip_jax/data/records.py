@@ -30,6 +30,11 @@ DROP_REASONS = (
 )
 # Notes that keep the record (counted, logged, never raised on except 'truncated' under strict).
 KEEP_REASONS = ("truncated", "remapped", "converted", "hpo_truncated", "no_split")
+# What happened to a kept record, printed beside its count (a bare "truncated 254 (kept)" read as a fault).
+KEEP_MEANING = {"truncated": "caption longer than max_len tokens: its first max_len are used",
+                "remapped": "obsolete or alternative HPO id replaced by the current term",
+                "converted": "image not RGB: converted", "hpo_truncated": "more than max_hpo ids: the first kept",
+                "no_split": "no split given: counted as train"}
 SPLITS = ("train", "val", "test")
 # Other spellings of the splits, matched ignoring case: 'Train', 'VALIDATION' and 'dev' are what they say.
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val", "testing": "test", "training": "train"}
@@ -115,7 +120,7 @@ class ValidationReport:
         lines = [f"records: {self.total} read, {self.kept} kept, {self.dropped} dropped"]
         for reason in DROP_REASONS + KEEP_REASONS:
             if self.counts[reason]:
-                kind = "dropped" if reason in DROP_REASONS else "kept"
+                kind = "dropped" if reason in DROP_REASONS else f"kept: {KEEP_MEANING[reason]}"
                 lines.append(f"  {reason:<15} {self.counts[reason]:>7} ({kind})")
                 lines.extend(f"      e.g. {e}" for e in self.examples.get(reason, []))
         return "\n".join(lines)

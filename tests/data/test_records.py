@@ -249,3 +249,14 @@ def test_assign_ids_groups_images_and_captions():
     image_ids, caption_ids, keys, captions = assign_ids(records)
     assert image_ids == [0, 1, 0] and caption_ids == [0, 0, 1]
     assert keys == ["a", "b"] and captions == ["x", "y"]
+
+
+def test_report_says_what_happened_to_each_kept_record():
+    from phenolip_jax.data import records
+
+    report = records.ValidationReport()
+    for reason in records.KEEP_REASONS:
+        report.add(reason, "m.jsonl:1")
+    text = str(report)
+    assert "truncated" in text and "(kept: caption longer than max_len tokens: its first max_len are used)" in text
+    assert all(records.KEEP_MEANING[r] in text for r in records.KEEP_REASONS)
