@@ -9,7 +9,8 @@ permissions (safetensors alone would write 0600).
 OUTDIR/README.md    model card: files, training config and data, metrics, copy-paste loading snippets
 OUTDIR/open_clip/   open_clip_config.json + open_clip_model.safetensors (CustomTextCLIP keys: visual.trunk.*,
                     visual.head.*, text.transformer.*, text.proj.*, logit_scale[, logit_bias]) + the BERT
-                    config.json and tokenizer files; text_cfg.hf_model_name / hf_tokenizer_name are '.' (this folder)
+                    config.json and tokenizer files; text_cfg.hf_model_name / hf_tokenizer_name are '.' (this folder);
+                    phenolip_torch.py (convert/torch_modules.py: the model card's torch image snippet imports it)
 OUTDIR/hf_bert/     config.json + model.safetensors (BertModel.from_pretrained layout) + tokenizer files +
                     text_head.safetensors (the projection head, torch layout) + phenolip_text.json (pooling,
                     head, max_len); no pooler unless the run trained one: load with add_pooling_layer=False
@@ -272,6 +273,8 @@ def run(cfg: Any) -> dict[str, Any]:
                                    write_bin=bool(cfg.open_clip_bin), source_dir=source)
         summary["open_clip"] = dict(dir=str(oc_dir), tensors=written["tensors"],
                                     tokenizer_files=written["tokenizer_files"])
+        # The module the parity check uses travels with the weights: the card's image snippet needs only torch.
+        shutil.copyfile(Path(__file__).with_name("torch_modules.py"), oc_dir / model_card.TORCH_MODULE)
     scale = float(np.exp(params["logit_scale"])) if "logit_scale" in params else None
     text_meta = text_tower_meta(fields["text_config"], int(meta.get("max_len", 256)), scale)
     if "hf_bert" in formats:

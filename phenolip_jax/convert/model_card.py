@@ -2,7 +2,9 @@
 
 The transformers + torch snippet is generated for the exported model (its pooling and head), so it reproduces
 the JAX text embedding exactly: BERT -> pooling -> projection head (exact erf GELU for an MLP) -> L2 norm.
-tests/convert/test_export.py runs it in a fresh process on a copy of the export.
+The torch image snippet rebuilds the image tower from the PyTorch module shipped in `open_clip/` (a copy of
+convert/torch_modules.py) and preprocesses as phenolip_jax's eval transform does. tests/convert/test_export.py
+runs both in a fresh process, without phenolip_jax, on a copy of the export.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any
 
 TEXT_HEAD_FILE = "text_head.safetensors"
 TEXT_META_FILE = "phenolip_text.json"
+TORCH_MODULE = "phenolip_torch.py"  # convert/torch_modules.py, copied into the export's open_clip/ folder
+_VIT_SIZES = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
 
 _POOLING_CODE = {
     "cls": "pooled = hidden[:, 0]  # the [CLS] token's last hidden state",
@@ -86,6 +90,7 @@ def open_clip_snippet(hf_model_name: str) -> str:
 import pathlib
 
 import open_clip
+import PIL.Image
 import torch
 
 d = pathlib.Path("open_clip").resolve()  # this export's open_clip folder (from the export folder, or a full path)
@@ -99,7 +104,68 @@ tokenizer = open_clip.get_tokenizer(f"local-dir:{{d}}")
 model.eval()
 with torch.no_grad():
     text = model.encode_text(tokenizer(["Clinical photograph showing hypertelorism."]), normalize=True)
-    # image = model.encode_image(preprocess(PIL.Image.open("a.png")).unsqueeze(0), normalize=True)
+
+
+def embed_images(paths):
+    """[N, E] image embeddings, with open_clip's own preprocessing."""
+    with torch.no_grad():
+        images = torch.stack([preprocess(PIL.Image.open(p).convert("RGB")) for p in paths])
+        return model.encode_image(images, normalize=True)
+'''
+
+
+def torch_image_snippet(vit: Mapping[str, Any], embed_dim: int) -> str:
+    """Python that embeds images with torch alone: the shipped module, the open_clip weights, the eval transform."""
+    sizes = ", ".join(f"{k}={int(vit[k])}" for k in _VIT_SIZES)
+    return f'''import json
+import pathlib
+import sys
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+d = pathlib.Path("open_clip").resolve()  # this export's open_clip folder (from the export folder, or a full path)
+sys.path.insert(0, str(d))
+import phenolip_torch  # noqa: E402  (the folder's PyTorch module: torch.nn only, open_clip's key names)
+
+config = json.loads((d / "open_clip_config.json").read_text())
+vision, mean, std = config["model_cfg"]["vision_cfg"], config["preprocess_cfg"]["mean"], config["preprocess_cfg"]["std"]
+size = vision["image_size"]
+trunk = phenolip_torch.TimmViT(size, {sizes}, global_pool=vision["timm_pool"] or "token")
+visual = phenolip_torch.TimmTower(trunk, config["model_cfg"]["embed_dim"], vision["timm_proj"], vision["timm_proj_bias"])
+state = load_file(str(d / "open_clip_model.safetensors"))
+visual.load_state_dict({{k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}})
+visual.eval()
+
+
+def preprocess(path):
+    """phenolip_jax's eval transform: shorter side to `size` (bicubic), centre crop, (x / 255 - mean) / std."""
+    img = PIL.ImageOps.exif_transpose(PIL.Image.open(path))
+    if img.mode in ("RGBA", "LA", "PA", "P"):  # transparency on white, as phenolip_jax does
+        rgba = img.convert("RGBA")
+        img = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    img = img.convert("RGB")  # 8-bit images; phenolip_jax scales 16-bit grey (65535 -> 255) where Pillow clips
+    s = size / min(img.size)
+    w, h = max(size, round(img.width * s)), max(size, round(img.height * s))
+    img = img.resize((w, h), PIL.Image.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    x = np.asarray(img, np.float32)[top:top + size, left:left + size] * np.float32(1 / 255)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(x).permute(2, 0, 1)  # HWC -> CHW
+
+
+def embed_images(paths):
+    """[N, {embed_dim}] L2-normalised PhenoLIP image embeddings."""
+    with torch.no_grad():
+        return F.normalize(visual(torch.stack([preprocess(p) for p in paths])), dim=-1)
+
+
+emb = embed_images(["image.png"])  # your images' paths
+print(emb.shape, emb[0, :4])
 '''
 
 
@@ -118,7 +184,8 @@ def model_card(meta: Mapping[str, Any], summary: Mapping[str, Any], text_meta: M
              "## Files", "", "| path | content |", "|---|---|"]
     if "open_clip" in summary:
         lines.append("| `open_clip/` | `open_clip_config.json`, `open_clip_model.safetensors` (CustomTextCLIP keys), "
-                     "the BERT `config.json` and tokenizer files |")
+                     f"the BERT `config.json` and tokenizer files, `{TORCH_MODULE}` (the PyTorch module of the "
+                     "image snippet) |")
     if "hf_bert" in summary:
         lines.append(f"| `hf_bert/` | Hugging Face `BertModel` (`config.json`, `model.safetensors`), tokenizer files, "
                      f"`{TEXT_HEAD_FILE}` (text projection head, torch layout), `{TEXT_META_FILE}` |")
@@ -143,6 +210,19 @@ def model_card(meta: Mapping[str, Any], summary: Mapping[str, Any], text_meta: M
                   "```python", transformers_snippet(text_meta).rstrip(), "```", ""]
     if "open_clip" in summary:
         lines += ["### open_clip", "", "```python", open_clip_snippet(hf_model_name or ".").rstrip(), "```", ""]
+        vit = meta["image_config"]["vit"]
+        lines += ["## The PhenoLIP image embedding", "",
+                  f"ViT ({vit.get('pool', 'cls')} pooling, timm layout) -> projection head "
+                  f"`{meta['image_config'].get('head', 'linear')}` -> L2 normalisation, in the space of the text "
+                  "embedding. Images are read as phenolip_jax's evaluation reads them: the shorter side resized to "
+                  "`image_size` (bicubic), the centre crop, then `(x / 255 - mean) / std` with the `preprocess_cfg` "
+                  "of `open_clip/open_clip_config.json`.", "",
+                  "### torch", "",
+                  f"No open_clip needed: `open_clip/{TORCH_MODULE}` is the PyTorch module (torch.nn, open_clip's "
+                  "parameter names) that the export's parity check runs; it rebuilds the image tower and loads the "
+                  "`visual.*` weights of `open_clip_model.safetensors`. Needs torch, numpy, Pillow and safetensors.",
+                  "", "```python", torch_image_snippet(vit, int(meta["image_config"].get("embed_dim", 512))).rstrip(),
+                  "```", ""]
     lines += ["## Training", "", "Model (`model_config.json` of the run):", ""]
     lines += _json_block({k: v for k, v in meta.items() if k != "text_hf_dir"})
     if run_config:

@@ -1,6 +1,9 @@
 """The export task: a tiny stage-2 run directory -> open_clip / HF BERT / flat safetensors, with parity."""
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +61,29 @@ def exported(tmp_path_factory):
     _write_run(root / "run", fields, params, _text_hf_dir())
     summary = export.run(_config(checkpoint=str(root / "run"), output=str(root / "out")))
     return root / "out", fields, params, summary
+
+
+# phenolip_jax is installed in this venv (editable), so `python -I` alone still imports it: this prelude makes
+# the snippet's process fail on any import of it, as on a machine that has only the export.
+NO_PHENOLIP_JAX = """import sys
+
+
+class _NoPhenolipJax:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "phenolip_jax":
+            raise ImportError(f"{name}: model card snippets run without phenolip_jax")
+
+
+sys.meta_path.insert(0, _NoPhenolipJax())
+"""
+
+
+def _run_snippet(code: str, cwd) -> subprocess.CompletedProcess:
+    """Runs code in a fresh `python -I` process in cwd, offline, with phenolip_jax unimportable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-I", "-c", NO_PHENOLIP_JAX + code], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def _snippet(readme: str, heading: str) -> str:
@@ -167,18 +193,18 @@ def test_model_card_documents_the_run(exported):
     out, fields, _, _ = exported
     readme = (out / "README.md").read_text()
     for heading in ("## Files", "## The PhenoLIP text embedding", "### transformers + torch", "### open_clip",
-                    "## Training", "## Metrics"):
+                    "## The PhenoLIP image embedding", "### torch", "## Training", "## Metrics"):
         assert heading in readme, heading
+    for heading in ("### transformers + torch", "### open_clip", "### torch"):
+        code = _snippet(readme, heading)
+        if "PIL." in code:  # a snippet that uses Pillow imports it
+            assert "import PIL" in code, heading
     assert "add_pooling_layer=False" in readme and "exact (erf) GELU" in readme
     assert json.dumps(fields["text_config"]["bert"]["vocab_size"]) in readme  # the model config is shown
     compile(_snippet(readme, "### open_clip"), "open_clip_snippet", "exec")  # open_clip cannot be imported here
 
 
 def test_transformers_snippet_reproduces_jax_in_a_fresh_process(exported, tmp_path):
-    import shutil
-    import subprocess
-    import sys
-
     from phenolip_jax import inference
 
     out = exported[0]
@@ -187,11 +213,7 @@ def test_transformers_snippet_reproduces_jax_in_a_fresh_process(exported, tmp_pa
     texts = ["Clinical photograph showing hypertelorism.", "Seizure", "a b c", "short stature of the limbs"]
     code = _snippet((copy / "README.md").read_text(), "### transformers + torch")
     code += f"\nimport numpy as np\nnp.save('emb.npy', embed({texts!r}).numpy())\n"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    # -I: no PYTHONPATH, no user site, no cwd on sys.path: phenolip_jax is not importable from the snippet.
-    proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=copy, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = _run_snippet(code, copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pooler" not in proc.stderr.lower(), proc.stderr[-3000:]  # nothing reported missing
     got = np.load(copy / "emb.npy")
@@ -220,3 +242,29 @@ def test_snippet_follows_mean_pooling_and_a_linear_head(tmp_path, monkeypatch):
     got = namespace["embed"](texts).numpy()
     want = inference.load(str(tmp_path / "run")).encode_texts(texts)
     assert float(np.abs(got - want).max()) < 1e-5
+
+
+# ------------------------------------------- a torch-only image snippet (issue 23, item B)
+def test_torch_image_snippet_reproduces_jax_in_a_fresh_process(exported, tmp_path):
+    from PIL import Image
+
+    from phenolip_jax import inference
+
+    out = exported[0]
+    copy = tmp_path / "moved_export"
+    shutil.copytree(out, copy)  # another folder: only what the export holds
+    rng = np.random.default_rng(0)
+    # Non-square, larger and smaller than the model's 32 px: the shorter-side resize and the centre crop both act.
+    Image.fromarray(rng.integers(0, 256, (45, 70, 3), np.uint8)).save(copy / "image.png")
+    Image.fromarray(rng.integers(0, 256, (29, 20, 3), np.uint8)).save(copy / "small.png")
+    code = _snippet((copy / "README.md").read_text(), "### torch")
+    assert "import PIL.Image" in code and "import phenolip_torch" in code and "import open_clip" not in code
+    code += "\nnp.save('emb.npy', embed_images(['image.png', 'small.png']).numpy())\n"
+    proc = _run_snippet(code, copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(copy / "emb.npy")
+    want = inference.load(str(out.parent / "run")).encode_images([str(copy / "image.png"), str(copy / "small.png")])
+    assert got.shape == want.shape == (2, 32)
+    diff = float(np.abs(got - want).max())
+    print(f"torch image snippet vs JAX image embeddings: max abs diff {diff:.2e}")
+    assert diff < 1e-4
