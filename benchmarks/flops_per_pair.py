@@ -1,6 +1,7 @@
 """XLA FLOPs per pair of the `biomedclip` stage-2 train step at context 256: before and after the throughput items.
 
-Run: python benchmarks/flops_per_pair.py [--batch 8] [--global-batch 256] [--lengths hpo|demo] [--windows 8 32]
+Run: python benchmarks/flops_per_pair.py [--batch 8] [--global-batch 256] [--lengths hpo|demo|roco|medpix]
+         [--captions PATH] [--windows 8 32]
 
 Every step is the run's own (`tasks.stage2` model and objective, `train.build` optimizer), lowered for one CPU
 device from abstract shapes (nothing runs, no weights) and read with XLA's HLO `cost_analysis()`:
@@ -16,7 +17,10 @@ device from abstract shapes (nothing runs, no weights) and read with XLA's HLO `
 `--bucket_gflops` / `--full_gflops` take per-pair figures already measured (benchmarks/RESULTS.md) instead of
 lowering the steps (minutes each on a small CPU): only the bucket mixes are then computed.
 Caption lengths are token counts with the embedded MiniLM tokenizer (bert-base-uncased WordPiece: PubMedBERT's
-in-domain vocabulary splits medical words less, so these lengths are, if anything, long).
+in-domain vocabulary splits medical words less, so these lengths are, if anything, long). Real captions: `roco`
+reads a ROCO `captions.txt` (`ID<TAB>caption`), `medpix` MedPix 2.0's `Descriptions.json` (each image's
+`Description.Caption`), from `--captions` (neither is shipped: fetch the datasets). Every variant also prints
+its FLOP roofline on one v5p chip: peak bf16 FLOP/s (train/aot.CHIPS) / FLOPs per pair.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from phenolip_jax.data.pipeline import bucket_of, caption_lengths
 from phenolip_jax.tasks import common, stage2
 from phenolip_jax.train import build as build_lib
 from phenolip_jax.train import mesh as mesh_lib
+from phenolip_jax.train.aot import CHIPS
 from phenolip_jax.train.step import make_train_step
 
 
@@ -57,10 +62,30 @@ def demo_captions() -> list[str]:
         return [json.loads(line)["caption"] for line in f if line.strip()]
 
 
-def token_lengths(which: str, max_len: int) -> np.ndarray:
+def file_captions(which: str, path: str) -> list[str]:
+    """Captions of a ROCO captions.txt (ID<TAB>caption per line) or MedPix 2.0 Descriptions.json."""
+    if not path or not os.path.isfile(path):
+        raise SystemExit(f"--lengths {which} needs --captions=PATH (a ROCO captions.txt or MedPix 2.0 "
+                         f"Descriptions.json), got {path!r}")
+    if which == "roco":
+        with open(path, encoding="utf-8") as f:
+            return [ln.split("\t", 1)[1].strip() for ln in f if "\t" in ln and ln.split("\t", 1)[1].strip()]
+    with open(path, encoding="utf-8") as f:
+        items = json.load(f)
+    return [str(d["Description"]["Caption"]).strip() for d in items
+            if (d.get("Description") or {}).get("Caption")]
+
+
+def token_lengths(which: str, max_len: int, captions: str = "") -> np.ndarray:
     """Token counts (capped at max_len) of the chosen caption set."""
     tok = artifacts.load_tokenizer(config_lib.default_minilm_dir())
-    return caption_lengths(hpo_definitions() if which == "hpo" else demo_captions(), tok, max_len)
+    texts = {"hpo": hpo_definitions, "demo": demo_captions}.get(which, lambda: file_captions(which, captions))()
+    return caption_lengths(texts, tok, max_len)
+
+
+def v5p_pairs_per_s(flops_per_pair: float) -> float:
+    """The FLOP roofline: pairs per second one v5p chip computes at its peak bf16 rate."""
+    return CHIPS["v5p"].peak_flops / flops_per_pair
 
 
 ANCESTORS = 17  # data.max_ancestors=0 sizes the table from the ontology: 17 wide at the config's 2 hops
@@ -106,7 +131,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8, help="pairs per lowered step (FLOPs are divided by it)")
     p.add_argument("--global-batch", type=int, default=256, help="G: captions whose longest sets the bucket")
-    p.add_argument("--lengths", choices=("hpo", "demo"), default="hpo")
+    p.add_argument("--lengths", choices=("hpo", "demo", "roco", "medpix"), default="hpo")
+    p.add_argument("--captions", default="", help="the captions file of --lengths roco / medpix")
     p.add_argument("--max_len", type=int, default=256, help="context the padding fraction is measured at")
     p.add_argument("--lengths_only", action="store_true", help="print the caption-length statistics and stop")
     # biomedclip leaves data.length_buckets off, so the set measured is named here
@@ -123,23 +149,25 @@ def main() -> None:
     n, length, buckets = args.batch, cfg.data.max_len, tuple(args.buckets)
     print(f"jax {jax.__version__} on {jax.default_backend()}; biomedclip stage 2, context {length}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    shown = token_lengths(args.lengths, args.max_len)
+    shown = token_lengths(args.lengths, args.max_len, args.captions)
     print(f"caption lengths ({args.lengths}, {len(shown)} captions, capped at {args.max_len}): mean {shown.mean():.1f}, "
           f"p50 {np.percentile(shown, 50):.0f}, p90 {np.percentile(shown, 90):.0f}, "
           f"p99 {np.percentile(shown, 99):.0f}, max {shown.max()}; padding at {args.max_len}: "
           f"{1 - shown.mean() / args.max_len:.1%}")
     if args.lengths_only:
         return
-    lengths = token_lengths(args.lengths, length)
+    lengths = token_lengths(args.lengths, length, args.captions)
     measured = [float(x) * 1e9 for x in args.bucket_gflops.split(",") if x.strip()]
     if measured and (len(measured) != len(buckets) + 1 or not args.full_gflops):
         p.error(f"--bucket_gflops needs {len(buckets) + 1} figures ({buckets + (length,)}) and --full_gflops")
     full = args.full_gflops * 1e9 if measured else step_flops(cfg, n, length, cached=False) / n
-    print(f"full step at {length}:            {full / 1e9:8.2f} GFLOP/pair" + (" (given)" if measured else ""))
+    print(f"full step at {length}:            {full / 1e9:8.2f} GFLOP/pair" + (" (given)" if measured else "")
+          + f"; v5p roofline {v5p_pairs_per_s(full):.0f} pairs/s/chip")
     per_bucket = dict(zip(buckets + (length,), measured)) if measured else \
         {b: step_flops(cfg, n, b, cached=True) / n for b in buckets + (length,)}
     cache = per_bucket[length]
-    print(f"with teacher cache:             {cache / 1e9:8.2f} GFLOP/pair ({cache / full:.3f} of full)")
+    print(f"with teacher cache:             {cache / 1e9:8.2f} GFLOP/pair ({cache / full:.3f} of full); "
+          f"v5p roofline {v5p_pairs_per_s(cache):.0f} pairs/s/chip")
     for b, f in per_bucket.items():
         print(f"  bucket {b:>3}:                   {f / 1e9:8.2f} GFLOP/pair")
 
@@ -148,7 +176,8 @@ def main() -> None:
         tokens = sum(q * b for b, q in prob.items())
         mix = ", ".join(f"{b}: {q:.1%}" for b, q in prob.items())
         print(f"with buckets, {label}: {expected / 1e9:8.2f} GFLOP/pair ({expected / full:.3f} of full); "
-              f"bucket mix {mix}; padding {1 - lengths.mean() / tokens:.1%}")
+              f"bucket mix {mix}; padding {1 - lengths.mean() / tokens:.1%}; "
+              f"v5p roofline {v5p_pairs_per_s(expected):.0f} pairs/s/chip")
 
     cdf = {b: float(np.mean(lengths <= b)) for b in buckets + (length,)}
     for g in sorted({1, args.global_batch}):
