@@ -23,7 +23,7 @@ import numpy as np
 from phenolip_jax import artifacts, config_lib
 from phenolip_jax.convert import open_clip as oc
 from phenolip_jax.data import images as img_lib
-from phenolip_jax.data import paths
+from phenolip_jax.data import containers
 from phenolip_jax.data.manifest import parse_hpo_matches
 from phenolip_jax.data.tokenize import tokenize_captions
 from phenolip_jax.evaluate.metrics import zero_shot_classifier
@@ -93,7 +93,7 @@ def prepare_images(images: Any, size: int, mean: Sequence[float], std: Sequence[
     out = np.zeros((len(images), size, size, 3), np.float32)
     for i, im in enumerate(images):
         if isinstance(im, (str, os.PathLike)):
-            rgb = img_lib.decode_rgb(paths.read_bytes(im))[0]
+            rgb = img_lib.decode_rgb(containers.read_image_bytes(im))[0]
         elif isinstance(im, (bytes, bytearray)):  # packed shards hold encoded images
             rgb = img_lib.decode_rgb(bytes(im))[0]
         else:

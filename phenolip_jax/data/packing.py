@@ -2,6 +2,8 @@
 
     python -m phenolip_jax.data.packing --manifest=data/manifest.jsonl --image_root=data \
         --output=packed/ --num_shards=8 [--tokenizer=DIR --max_len=256] [--strict] [--max_side=512]
+    python -m phenolip_jax.data.packing --input='shards/pmc-{000..009}.tar' --format=webdataset \
+        --output=packed/ --num_shards=8          (formats: jsonl webdataset parquet csv roco medpix; data/formats/)
 
 Writes, per split, `{split}-{i:05d}-of-{N:05d}.array_record` (contiguous chunks of the validated
 manifest, in manifest order) and `packing.json` (format version, per split: the count, shard names, the
@@ -23,8 +25,8 @@ from typing import Any, Sequence
 import grain
 from PIL import Image
 
-from phenolip_jax import artifacts
-from phenolip_jax.data import paths
+from phenolip_jax import artifacts, config_lib
+from phenolip_jax.data import containers, formats, paths
 from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
 from phenolip_jax.ontology import load_ontology
@@ -90,8 +92,9 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
             writer = ArrayRecordWriter(os.path.join(output, name), "group_size:1")
             for j in range(bounds[s], bounds[s + 1]):
                 r = recs[j]
-                data = shrink_image(paths.read_bytes(resolve_image_path(r.image, image_root, allow_absolute=True)),
-                                    max_side)  # validated
+                # validated; a container reference is read from inside its tar shard / Parquet file
+                data = shrink_image(containers.read_image_bytes(
+                    resolve_image_path(r.image, image_root, allow_absolute=True)), max_side)
                 meta = {"caption": r.caption, "hpo_ids": list(r.hpo_ids), "image_id": image_ids[j],
                         "caption_id": caption_ids[j], "image_key": r.image_id, "split": r.split,
                         "source": r.source, "origin": r.origin, "line": r.line}
@@ -151,34 +154,77 @@ def pack_manifest(manifest: str, output: str, ontology, *, image_root: str | Non
     image_root = image_root or paths.parent(manifest)
     kept, report = read_and_validate([manifest], ontology, image_root, strict=strict, tokenizer=tokenizer,
                                      max_len=max_len, max_hpo=max_hpo, allow_absolute=allow_absolute)
+    return _write(kept, report, image_root, output, num_shards, max_side, progress,
+                  {"manifest": paths.absolute(manifest)})
+
+
+def pack_input(input: str, fmt: str, output: str, ontology, *, options: formats.ReadOptions = formats.ReadOptions(),
+               num_shards: int = 1, tokenizer=None, max_len: int = 256, max_hpo: int | None = None,
+               max_side: int = 0, strict: bool = False, allow_absolute: bool = False,
+               progress: bool = True) -> dict[str, Any]:
+    """Read any format of data/formats (`--input`, `--format`), validate and pack it; writes, returns packing.json."""
+    kept, report, root = formats.read_and_validate_input(
+        input, fmt, ontology, options, strict=strict, progress=progress, tokenizer=tokenizer, max_len=max_len,
+        max_hpo=max_hpo, allow_absolute=allow_absolute)
+    return _write(kept, report, root, output, num_shards, max_side, progress, {"input": input, "format": fmt})
+
+
+def _write(kept: Sequence[Record], report, image_root, output: str, num_shards: int, max_side: int, progress: bool,
+           what: dict[str, str]) -> dict[str, Any]:
     print(report, file=sys.stderr)
     summary = pack_records(kept, image_root, output, num_shards, max_side=max_side, progress=progress)
-    info = {"format_version": FORMAT_VERSION, "manifest": paths.absolute(manifest),
-            "splits": summary, "validation": report.as_dict()}
+    containers.close_all()
+    info = {"format_version": FORMAT_VERSION, **what, "splits": summary, "validation": report.as_dict()}
     paths.write_text(os.path.join(output, "packing.json"), json.dumps(info, indent=1))
     print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {output}", file=sys.stderr)
     return info
 
 
+def check_input_flags(manifest: str | None, input: str | None, fmt: str | None) -> None:
+    """Exactly one of --manifest / --input; --input needs --format (a UserError naming the flags otherwise)."""
+    if bool(manifest) == bool(input):
+        raise config_lib.UserError("give exactly one of --manifest (a JSONL manifest, as before) and --input "
+                                   f"(any --format: {', '.join(formats.FORMATS)})"
+                                   + ("; both were given" if manifest else ""))
+    if manifest and fmt not in (None, "jsonl"):
+        raise config_lib.UserError(f"--format={fmt} goes with --input: --manifest reads JSONL (or PhenoBench CSV)")
+    if input and not fmt:
+        raise config_lib.UserError(f"--input needs --format (one of {', '.join(formats.FORMATS)})")
+
+
 def main(argv: Sequence[str]) -> None:
-    """absl entry point: read, validate, pack, write packing.json, print the report."""
+    """absl entry point: read, validate, pack, write packing.json, print the report (bad flags: one line, exit 2)."""
     from absl import flags
 
     del argv
     f = flags.FLAGS
-    tokenizer = None
-    if f.tokenizer:
-        tokenizer = artifacts.load_tokenizer(f.tokenizer)
-    pack_manifest(f.manifest, f.output, load_ontology(), image_root=f.image_root, num_shards=f.num_shards,
-                  tokenizer=tokenizer, max_len=f.max_len, max_hpo=f.max_hpo, max_side=f.max_side, strict=f.strict,
-                  allow_absolute=f.allow_absolute_paths)
+    try:
+        check_input_flags(f.manifest, f.input, f.format)
+        tokenizer = artifacts.load_tokenizer(f.tokenizer) if f.tokenizer else None
+        common = dict(num_shards=f.num_shards, tokenizer=tokenizer, max_len=f.max_len, max_hpo=f.max_hpo,
+                      max_side=f.max_side, strict=f.strict, allow_absolute=f.allow_absolute_paths)
+        if f.manifest:
+            pack_manifest(f.manifest, f.output, load_ontology(), image_root=f.image_root, **common)
+            return
+        options = formats.ReadOptions(
+            image_root=f.image_root, csv_img_key=f.csv_img_key, csv_caption_key=f.csv_caption_key,
+            csv_separator=f.csv_separator, parquet_image_column=f.parquet_image_column,
+            parquet_caption_column=f.parquet_caption_column)
+        pack_input(f.input, f.format, f.output, load_ontology(), options=options, **common)
+    except config_lib.UserError as e:  # a mistake in the flags or the input's layout: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("manifest", None, "JSONL manifest or PhenoBench testdata.csv", required=True)
-    flags.DEFINE_string("image_root", None, "folder image paths are relative to (default: manifest's)")
+    defaults = formats.ReadOptions()
+    flags.DEFINE_string("manifest", None, "JSONL manifest or PhenoBench testdata.csv (or use --input)")
+    flags.DEFINE_string("input", None, "data in any --format: a path, glob or brace range (shard-{000..009}.tar), "
+                        "local or gs://")
+    flags.DEFINE_enum("format", None, list(formats.FORMATS), "the format of --input (data/formats/)")
+    flags.DEFINE_string("image_root", None, "folder image paths are relative to (default: the manifest's / CSV's)")
     flags.DEFINE_string("output", None, "output folder", required=True)
     flags.DEFINE_integer("num_shards", 1, "ArrayRecord shards per split")
     flags.DEFINE_string("tokenizer", None, "tokenizer dir, to count captions longer than max_len")
@@ -188,6 +234,13 @@ def _define_flags() -> None:
     flags.DEFINE_bool("strict", False, "raise on the first bad record instead of skipping it")
     flags.DEFINE_bool("allow_absolute_paths", False, "accept absolute image paths in the manifest "
                       "(relative ones must stay inside --image_root)")
+    flags.DEFINE_string("csv_img_key", defaults.csv_img_key, "csv: the image path column (open_clip's default)")
+    flags.DEFINE_string("csv_caption_key", defaults.csv_caption_key, "csv: the caption column (open_clip's default)")
+    flags.DEFINE_string("csv_separator", defaults.csv_separator, "csv: the separator (open_clip's default: tab; "
+                        "'\\t' also means tab)")
+    flags.DEFINE_string("parquet_image_column", defaults.parquet_image_column,
+                        "parquet: the image column (bytes, a path, or a struct {bytes, path})")
+    flags.DEFINE_string("parquet_caption_column", defaults.parquet_caption_column, "parquet: the caption column")
 
 
 if __name__ == "__main__":

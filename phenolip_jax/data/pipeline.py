@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from phenolip_jax.data import images, paths
+from phenolip_jax.data import containers, images
 from phenolip_jax.data.length_groups import LengthGroupedMapDataset
 from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
 from phenolip_jax.data.tokenize import Tokenize
@@ -131,7 +131,7 @@ class RecordSource(grain.sources.RandomAccessDataSource):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         # Absolute paths reach here only through validate_records' allow_absolute: the gate is there.
-        data = paths.read_bytes(resolve_image_path(rec.image, self.image_root, allow_absolute=True))
+        data = containers.read_image_bytes(resolve_image_path(rec.image, self.image_root, allow_absolute=True))
         return {"image": data, "caption": rec.caption, "hpo_ids": rec.hpo_ids,
                 "image_id": self.image_ids[index], "caption_id": self.caption_ids[index]}
 

@@ -9,7 +9,7 @@ from typing import Any, Collection, Iterable, Sequence
 
 from phenolip_jax import config_lib
 from phenolip_jax import ontology as onto_mod
-from phenolip_jax.data import images, paths
+from phenolip_jax.data import containers, images, paths
 from phenolip_jax.data.tokenize import count_tokens
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,13 @@ DROP_REASONS = (
     "unknown_split",  # a split name that is none of SPLITS (nor an alias): training and evaluation read neither
 )
 # Notes that keep the record (counted, logged, never raised on except 'truncated' under strict).
-KEEP_REASONS = ("truncated", "remapped", "converted", "hpo_truncated", "no_split")
+KEEP_REASONS = ("truncated", "remapped", "converted", "hpo_truncated", "no_split", "no_hpo")
 # What happened to a kept record, printed beside its count (a bare "truncated 254 (kept)" read as a fault).
 KEEP_MEANING = {"truncated": "caption longer than max_len tokens: its first max_len are used",
                 "remapped": "obsolete or alternative HPO id replaced by the current term",
                 "converted": "image not RGB: converted", "hpo_truncated": "more than max_hpo ids: the first kept",
-                "no_split": "no split given: counted as train"}
+                "no_split": "no split given: counted as train",
+                "no_hpo": "no HPO ids: kept (a linker can fill them in)"}
 SPLITS = ("train", "val", "test")
 # Other spellings of the splits, matched ignoring case: 'Train', 'VALIDATION' and 'dev' are what they say.
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val", "testing": "test", "training": "train"}
@@ -50,7 +51,8 @@ def normalise_split(name: str) -> str | None:
 class Record:
     """One image-caption pair with its HPO ids and where it came from."""
 
-    image: str  # path as written in the manifest, relative to image_root unless absolute
+    image: str  # path as written in the manifest (relative to image_root unless absolute), or a container
+    # reference 'tar+<path>#...' / 'parquet+<path>#...' (data/containers.py) whose <path> follows the same rules
     caption: str
     hpo_ids: tuple[str, ...] = ()
     split: str = "train"
@@ -137,7 +139,11 @@ def resolve_image_path(image: str, image_root: str | os.PathLike | None, allow_a
     followed (`../x.png`, or a link pointing out, raise UnsafePathError); under a bucket URL root (no
     symlinks there) the normalised path must stay under the root. An absolute path or URL raises unless
     `allow_absolute` (`config.data.allow_absolute_paths`). Without an image_root the path is used as is.
+    A container reference (data/containers.py) keeps its place in the container; its file obeys these rules.
     """
+    if containers.is_reference(image):
+        inner = resolve_image_path(containers.container_path(image), image_root, allow_absolute)
+        return containers.with_container(image, inner)
     if image_root is None:
         return image
     if paths.is_absolute(image):
@@ -201,7 +207,8 @@ def validate_records(
 
     Default: skip bad records, count them per reason, log the first few with file and line.
     strict=True: raise `BadRecordError` on the first drop reason, or on a caption that would be
-    truncated. Obsolete ids with a replacement and non-RGB images are fixed and kept either way.
+    truncated. Obsolete ids with a replacement and non-RGB images are fixed and kept either way; records
+    without HPO ids are kept and counted as 'no_hpo'.
     `check_images` decodes every image fully (the only way to catch truncated files). An image path
     leaving image_root, or absolute without `allow_absolute`, is dropped as 'unsafe_path'. `max_hpo` cuts the
     ids of records in `max_hpo_splits` only (None = every split): held-out records keep all their phenotypes.
@@ -245,6 +252,8 @@ def validate_records(
                 if strict:
                     raise BadRecordError(rec.where, "long_caption", f"{n} tokens > max_len={max_len}")
                 report.add("truncated", rec.where, f"{n} tokens > max_len={max_len}")
+        if not hpo:  # kept: a caption without ids still trains the contrastive loss
+            report.add("no_hpo", rec.where)
         seen.add(key)
         kept.append(dataclasses.replace(rec, caption=caption, hpo_ids=hpo))
     report.kept += len(kept)
@@ -252,12 +261,15 @@ def validate_records(
 
 
 def _check_image(rec: Record, path: str, report: ValidationReport, strict: bool) -> bool:
-    if not paths.is_file(path):
+    if not containers.exists(path):  # the file, or the container a reference points into
         _fail(report, strict, rec, "missing_image", path)
         return False
     try:
-        _, converted_from = images.decode_rgb(paths.read_bytes(path))
-    except images.ImageDecodeError as e:
+        _, converted_from = images.decode_rgb(containers.read_image_bytes(path))
+    except containers.MissingImageError as e:  # a null Parquet cell
+        _fail(report, strict, rec, "missing_image", str(e))
+        return False
+    except (images.ImageDecodeError, containers.ContainerReadError) as e:
         _fail(report, strict, rec, "corrupt_image", f"{path}: {e}")
         return False
     if converted_from is not None:

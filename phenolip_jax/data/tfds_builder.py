@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from phenolip_jax.data import images, paths
+from phenolip_jax.data import containers, images, paths
 from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.data.packing import hpo_summary
 from phenolip_jax.data.records import assign_ids, resolve_image_path
@@ -90,7 +90,7 @@ class PhenoKGFolder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, recs, root):
         image_ids, caption_ids, _, _ = assign_ids(recs)
         for i, r in enumerate(recs):
-            rgb, _ = images.decode_rgb(paths.read_bytes(resolve_image_path(r.image, root, allow_absolute=True)))
+            rgb, _ = images.decode_rgb(containers.read_image_bytes(resolve_image_path(r.image, root, allow_absolute=True)))
             yield i, {"image": png_bytes(rgb), "caption": r.caption, "hpo_ids": list(r.hpo_ids),
                       "image_key": r.image_id, "image_id": image_ids[i], "caption_id": caption_ids[i]}
 

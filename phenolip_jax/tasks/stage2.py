@@ -134,6 +134,9 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
     batches = list(pipeline.make_eval_batches(pcfg, records, tokenizer, onto, image_root=image_root,
                                               process_index=0, process_count=1))
     pheno_ids = sorted({h for r in records for h in r.hpo_ids})
+    if not pheno_ids:
+        print("stage 2: the held-out split has no HPO ids: evaluating image-text retrieval only (link the captions "
+              "to HPO for the phenotype figures)", flush=True)
     names = [onto.names[onto.index(h)] for h in pheno_ids]
     seen, related = np.array([h in train_hpo for h in pheno_ids]), related_phenotypes(onto, pheno_ids)
     enc_img = jax.jit(lambda p, x: model.apply({"params": p}, images.model_input(x, cfg.data),
@@ -151,14 +154,17 @@ def make_evaluator(cfg: Any, model: two_tower.TwoTower, records: list, image_roo
             cap_ids.append(np.asarray(b["caption_id"])[keep])  # equal exactly when the caption texts are
         enc_names = text_encoder(lambda i, m: enc_txt(params, i, m), tokenizer, cfg.data.max_len, cfg.eval.batch_size)
         img, ids = np.concatenate(imgs), np.concatenate(img_ids)
-        phen = ensemble_prompts(enc_names, names, tuple(cfg.eval.templates))
+        # Held-out captions with no HPO ids (ROCO, MedPix before linking) score image-text retrieval only.
+        phen = ensemble_prompts(enc_names, names, tuple(cfg.eval.templates)) if pheno_ids else None
         result = retrieval.retrieval_metrics(
             img, np.concatenate(txts), ids.tolist(), np.concatenate(cap_ids).tolist(), [r.hpo_ids for r in records],
             phen, pheno_ids, ks=tuple(cfg.eval.ks))
-        pos = {h: i for i, h in enumerate(pheno_ids)}
-        row_phen = [[pos[h] for h in r.hpo_ids] for r in records]
-        return {**retrieval.eval_json(result, tuple(cfg.eval.ks)),
-                **unseen_report(img, ids, phen, row_phen, seen, related)}
+        out = retrieval.eval_json(result, tuple(cfg.eval.ks))
+        if pheno_ids:
+            pos = {h: i for i, h in enumerate(pheno_ids)}
+            row_phen = [[pos[h] for h in r.hpo_ids] for r in records]
+            out.update(unseen_report(img, ids, phen, row_phen, seen, related))
+        return out
 
     return evaluate
 

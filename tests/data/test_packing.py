@@ -83,7 +83,7 @@ def test_packing_cli_validates_and_reports(folder):
     assert proc.returncode == 0, proc.stderr
     assert "packed 8/8 records" in proc.stderr and "missing_image" in proc.stderr
     info = json.loads((out / "packing.json").read_text())
-    assert info["validation"]["counts"] == {"missing_image": 1, "converted": 1}
+    assert info["validation"]["counts"] == {"missing_image": 1, "converted": 1, "no_hpo": 5}
     assert info["splits"]["train"]["num_examples"] == 5 and len(info["splits"]["train"]["shards"]) == 3
     assert len(PackedSource(out, "test")) == 3
 
