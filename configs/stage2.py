@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         prefetch=2,
         strict=False,  # True: fail on the first bad record instead of skipping and counting it
         allow_absolute_paths=False,  # accept absolute image paths (relative ones must stay inside image_root)
+        dicom_window="",  # DICOM files: '' = each file's own window; a preset (lung, mediastinum, soft_tissue, bone,
+        # brain, liver, stroke) or 'CENTER,WIDTH' in rescaled units (Hounsfield for CT) for every file
+        dicom_frame=-1,  # multi-frame DICOM: the frame shown (-1 = the middle one)
     ))
     c.model = ml_collections.ConfigDict(dict(
         image=dict(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="cls"),

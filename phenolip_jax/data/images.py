@@ -8,6 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from phenolip_jax.data import dicom
+
 try:  # libjpeg-turbo straight into numpy: 1.5-1.8x Pillow's JPEG decode (benchmarks/jpeg_decode.py)
     import simplejpeg
 except ImportError:  # optional: Pillow decodes everything
@@ -17,6 +19,8 @@ except ImportError:  # optional: Pillow decodes everything
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# File names read as images where a folder is listed (predict, the eval command's folder kind).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -59,7 +63,13 @@ def to_rgb(img: Image.Image) -> tuple[np.ndarray, str | None]:
 
 
 def decode_rgb(data: bytes) -> tuple[np.ndarray, str | None]:
-    """Encoded bytes -> (uint8 [H,W,3], converted-from mode or None); raises ImageDecodeError."""
+    """Encoded bytes -> (uint8 [H,W,3], converted-from mode or None); raises ImageDecodeError. DICOM files are
+    rescaled, windowed and inverted as data/dicom.py says (converted from 'DICOM')."""
+    if dicom.is_dicom(data):
+        try:
+            return dicom.decode_dicom(data), "DICOM"
+        except dicom.DicomError as e:
+            raise ImageDecodeError(str(e)) from e
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # force a full decode so truncated files fail here, not later

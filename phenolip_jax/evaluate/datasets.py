@@ -10,12 +10,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from phenolip_jax.data import paths
+from phenolip_jax.data.images import IMAGE_EXTENSIONS
 from phenolip_jax.data.manifest import read_and_validate, read_manifest
 from phenolip_jax.data.records import resolve_image_path
 from phenolip_jax.data.tfds_builder import png_bytes
 
 _HPO_ID = re.compile(r"^HP:\d{7}$")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 MULTI_LABEL = "multi-label, binary-class"  # MedMNIST's task names
 BINARY = "binary-class"
 MULTI_CLASS = "multi-class"

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from phenolip_jax import config_lib, inference
-from phenolip_jax.data import demo
+from phenolip_jax.data import demo, dicom
+from phenolip_jax.data.images import IMAGE_EXTENSIONS
 from phenolip_jax.evaluate import phenotype_cache
 from phenolip_jax.evaluate.phenotype_cache import progress_bar
 from phenolip_jax.evaluate.run import DEMO_DEFAULTS, demo_run_config, read_candidates
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PHENOTYPIC_ABNORMALITY = "HP:0000118"
 
 
@@ -166,6 +166,7 @@ def write_outputs(out_dir: str, images: Sequence[str], predictions: Sequence[Seq
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Predict top-k phenotypes for every image in cfg.images; writes the outputs and returns a summary."""
     validate(cfg)
+    dicom.configure_from(cfg, "config")
     t0 = time.time()
     out_dir = output_folder(cfg, workdir)
     paths = list_images(cfg.images)

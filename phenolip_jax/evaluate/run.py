@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from phenolip_jax import artifacts, config_tools, inference
-from phenolip_jax.data import demo, sources
+from phenolip_jax.data import demo, dicom, sources
 from phenolip_jax.evaluate import datasets, evaluators, report, unseen
 
 _HEADLINE = (("retrieval", "image_to_text", "r@10"), ("retrieval", "text_to_image", "r@10"),
@@ -236,6 +236,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     if not cfg.checkpoint:
         raise ValueError("config.checkpoint is empty: pass --config.checkpoint=WORKDIR (stage-1 / stage-2 workdir, "
                          "a checkpoint folder inside one, or an open_clip directory)")
+    dicom.configure_from(cfg.data, "config.data")
     t0 = time.time()
     out_dir = cfg.output_dir or workdir
     os.makedirs(out_dir, exist_ok=True)

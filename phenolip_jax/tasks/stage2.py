@@ -19,7 +19,7 @@ import numpy as np
 
 from phenolip_jax import artifacts, config_lib
 from phenolip_jax.convert import export, open_clip
-from phenolip_jax.data import demo, images, paths, pipeline, sources
+from phenolip_jax.data import demo, dicom, images, paths, pipeline, sources
 from phenolip_jax.data.manifest import read_and_validate
 from phenolip_jax.evaluate import retrieval
 from phenolip_jax.evaluate.unseen import related_phenotypes, unseen_report
@@ -244,6 +244,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 2 from `cfg` into `workdir`; returns the final held-out evaluation."""
     config_lib.validate(cfg, jax.device_count())
     sources.validate_source(cfg.data)  # before the ontology and the text encoder load
+    dicom.configure_from(cfg.data, "config.data")
     if warning := common.teacher_family_warning(cfg):
         print(f"WARNING: {warning}", flush=True)
     t0 = time.time()

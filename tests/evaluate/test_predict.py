@@ -172,3 +172,21 @@ def test_an_unwritable_output_fails_before_anything_loads(stage2_workdir, image_
     monkeypatch.setattr(inference, "load", lambda *a, **k: pytest.fail("loaded the model before checking the output"))
     with pytest.raises(ValueError, match="config.output: --workdir=.*is not a writable folder"):
         predict.run(_config(checkpoint=stage2_workdir, images=image_folder), str(blocked / "out"))
+
+
+def test_predict_reads_dicom_files(stage2_workdir, image_folder, tmp_path):
+    import numpy as np
+
+    from tests.data.test_dicom import STORED, dicom_bytes
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "ct.dcm").write_bytes(dicom_bytes(np.tile(STORED, (4, 4))))
+    shutil.copy(os.path.join(image_folder, "img0.png"), folder / "photo.png")
+    cand = tmp_path / "cands.txt"
+    cand.write_text("\n".join(CANDIDATES[:3]))
+    summary = predict.run(_config(checkpoint=stage2_workdir, images=str(folder), candidates=str(cand), top_k=2,
+                                  dicom_window="lung"), str(tmp_path / "out"))
+    assert summary["predicted"] == 2 and summary["skipped"] == []
+    with pytest.raises(ValueError, match="config.dicom_window='lungs'"):
+        predict.run(_config(checkpoint=stage2_workdir, images=str(folder), dicom_window="lungs"), str(tmp_path / "o2"))
