@@ -148,7 +148,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, aot: bool = False
     aot=True (an ahead-of-time compile) reads no data, so a stage-2 config need not name its manifest.
     """
     light = {"eval": _validate_eval, "export": _validate_export, "predict": _validate_predict,
-             "ablation": _validate_ablation}
+             "ablation": _validate_ablation, "link": _validate_link}
     if cfg.stage in light:
         return light[cfg.stage](cfg)
     if cfg.stage not in ("stage1", "stage2"):
@@ -315,6 +315,38 @@ def _validate_predict(cfg: Any) -> None:
     if cfg.candidates not in ("", "all") and not os.path.isfile(cfg.candidates):
         raise ValueError(f"config.candidates={cfg.candidates!r} is not a file: give a JSON list or a text file of "
                          "HPO ids, 'all' for every term under HP:0000118, or '' for the default")
+
+
+def _validate_link(cfg: Any) -> None:
+    """The link command's fields (the organ system is checked against the ontology when it loads)."""
+    if not cfg.input:
+        raise ValueError("config.input is empty: set --config.input=FILE (a JSONL manifest, ROCO's captions.txt "
+                         "or one caption per line)")
+    if "://" not in cfg.input and not os.path.isfile(cfg.input):
+        raise ValueError(f"config.input={cfg.input!r} is not a file")
+    _one_of(cfg.input_format, ("auto", "jsonl", "tsv", "text"), "config.input_format")
+    if cfg.method:
+        _one_of(cfg.method, ("lexical", "encoder", "hybrid"), "config.method")
+    if cfg.method in ("encoder", "hybrid") and not cfg.encoder:
+        raise ValueError(f"config.encoder is empty: config.method={cfg.method!r} needs a stage-1 workdir "
+                         "(--config.encoder=RUN)")
+    if cfg.encoder and not os.path.exists(cfg.encoder):
+        raise ValueError(f"config.encoder={cfg.encoder!r} does not exist: give a stage-1 workdir")
+    if not math.isfinite(float(cfg.threshold)) or not -1.0 <= float(cfg.threshold) <= 1.0:
+        raise ValueError(f"config.threshold={cfg.threshold} must be a cosine in [-1, 1]")
+    for field in ("max_span_words", "negation_window", "batch_size", "chunk"):
+        if int(cfg[field]) < 1:
+            raise ValueError(f"config.{field}={cfg[field]} must be >= 1")
+    if int(cfg.progress_every) < 0:
+        raise ValueError(f"config.progress_every={cfg.progress_every} must be >= 0 (0 = no progress lines)")
+    _one_of(cfg.existing, ("merge", "replace"), "config.existing")
+    _one_of(cfg.span_filter, ("none", "anatomy", "finding"), "config.span_filter")
+    _subset_of(cfg.lexical.scopes, ("EXACT", "RELATED", "NARROW", "BROAD"), "config.lexical.scopes")
+    if int(cfg.lexical.min_chars) < 1 or int(cfg.lexical.acronym_max_len) < 0:
+        raise ValueError(f"config.lexical.min_chars={cfg.lexical.min_chars} must be >= 1 and "
+                         f"config.lexical.acronym_max_len={cfg.lexical.acronym_max_len} >= 0")
+    if cfg.ontology.obo_path and not os.path.isfile(cfg.ontology.obo_path):
+        raise ValueError(f"config.ontology.obo_path={cfg.ontology.obo_path!r} is not a file")
 
 
 def _validate_ablation(cfg: Any) -> None:

@@ -43,6 +43,7 @@ STAGE_MODULES = {
     "eval": "phenolip_jax.evaluate.run",
     "export": "phenolip_jax.convert.export",
     "predict": "phenolip_jax.evaluate.predict",
+    "link": "phenolip_jax.link.run",
 }
 AOT_MODULE = "phenolip_jax.tasks.aot"
 

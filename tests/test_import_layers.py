@@ -17,7 +17,7 @@ FLOORS = (
     ("data",),
     ("models", "losses"),
     ("train",),
-    ("evaluate", "inference", "convert"),
+    ("evaluate", "inference", "convert", "link"),
     ("tasks",),
     ("main",),
 )
