@@ -8,7 +8,8 @@ Variants (`--config=configs/eval.py:VARIANT`):
   tfds        a dataset prepared by phenolip_jax.data.tfds_builder.PhenoKGFolder (set data.tfds_dir)
   folder      an image-folder classification set root/<class>/*.png (set data.path, data.class_map)
   medmnist    a MedMNIST .npz file (set data.path, data.class_map)
-Outputs go to output_dir ('' = --workdir): eval_results.json, report.md and PNG plots.
+Outputs go to output_dir ('' = --workdir): eval_results.json, report.md and PNG plots; with calibration.fit=True
+also reliability.png, and calibration.json in the checkpoint's run folder (which predict reads).
 """
 import ml_collections
 
@@ -75,6 +76,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         fractions=(0.01, 0.1, 1.0),  # share of the training labels used
         seeds=(0, 1, 2),  # subsampling seeds (a fraction of 1 runs once)
         cs=(0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0, 31.6, 100.0),  # inverse regularisation swept on val
+    ))
+    c.calibration = ml_collections.ConfigDict(dict(
+        # Zero-shot probabilities are softmax(logit_scale x cosine / T) over the data's phenotypes. With fit, T is
+        # fitted on `split` and ECE / NLL before and after are reported on data.split (docs/evaluation.md).
+        fit=False,  # True: fit T, write calibration.json into the run (predict reads it), report + reliability.png
+        split="val",  # the split the temperature is fitted on (never data.split, where it is measured)
     ))
     c.map_max_phenotypes = 2000  # phenotype-embedding PCA map: at most this many points
     return c

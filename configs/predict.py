@@ -5,7 +5,9 @@
 Candidates are every term under HP:0000118 (Phenotypic abnormality), or the ids listed in `candidates` (a run
 trained on the generated demo defaults to the demo's own phenotypes); candidate embeddings are cached in the run
 (RUN/phenotype_cache) so a second predict is fast;
-`organ_system` keeps only those under one organ system. Writes OUT/predictions.csv and OUT/predictions.jsonl.
+`organ_system` keeps only those under one organ system. Writes OUT/predictions.csv and OUT/predictions.jsonl; each
+prediction has its cosine `score` and its `probability` (calibrated when the run holds calibration.json or
+`temperature` is set).
 """
 import ml_collections
 
@@ -26,6 +28,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.candidates = ""
     c.organ_system = ""  # '' = all; else one organ system (a child of HP:0000118), by id or name
     c.top_k = 10  # terms reported per image
+    # Each prediction's `probability` is the softmax over the candidates of logit_scale x cosine / T. T depends on
+    # the size of the candidate set: fit it (eval, calibration.fit=True) over the candidates predicted over.
+    c.temperature = 0.0  # T; 0 = the run's calibration.json (from eval), else 1 (uncalibrated: summary says so)
+    c.min_probability = 0.0  # drop predictions below this probability (an image may keep none: abstains); 0 = off
     c.templates = ()  # prompt templates ensembled per phenotype ('{}' = the name); () = the model's own
     c.batch_size = 64  # images / prompts per encoder call (fixed shape: one compilation per tower)
     c.output_dir = ""  # '' = the --workdir given to main.py

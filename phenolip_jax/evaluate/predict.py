@@ -1,7 +1,8 @@
 """The predict stage: top-k HPO terms for each image of an unlabelled folder, written as CSV and JSONL.
 
 Scores are cosine similarities between an image embedding and each candidate phenotype's template-ensembled
-text embedding (`Model.encode_phenotypes`); ranks are over the candidates only.
+text embedding (`Model.encode_phenotypes`); ranks are over the candidates only. Probabilities are the softmax over
+the candidates of logit_scale x cosine / T, T from the run's calibration.json (evaluate/calibrate.py) or the config.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from phenolip_jax import config_lib, inference
 from phenolip_jax.data import demo, dicom
 from phenolip_jax.data.images import IMAGE_EXTENSIONS
-from phenolip_jax.evaluate import phenotype_cache
+from phenolip_jax.evaluate import calibration, phenotype_cache
 from phenolip_jax.evaluate.phenotype_cache import progress_bar
 from phenolip_jax.evaluate.run import DEMO_DEFAULTS, demo_run_config, read_candidates
 
@@ -29,6 +30,11 @@ PHENOTYPIC_ABNORMALITY = "HP:0000118"
 def validate(cfg: Any) -> None:
     """Checks every field before anything loads; one line naming the field and what it allows (config_lib)."""
     config_lib.validate(cfg, num_devices=1)
+    # Probability fields are checked here, as config_lib does not know them.
+    if not isinstance(cfg.temperature, (int, float)) or cfg.temperature < 0:
+        raise ValueError(f"config.temperature={cfg.temperature!r} must be >= 0 (0 = the run's calibration.json or 1)")
+    if not isinstance(cfg.min_probability, (int, float)) or not 0 <= cfg.min_probability <= 1:
+        raise ValueError(f"config.min_probability={cfg.min_probability!r} must lie in [0, 1] (0 = keep everything)")
 
 
 def list_images(folder: str) -> list[str]:
@@ -123,21 +129,60 @@ def encode_folder(model: Any, paths: Sequence[str], batch_size: int) -> tuple[np
     return emb, names, failed
 
 
-def top_k_rows(onto: Any, image_emb: np.ndarray, phen_emb: np.ndarray, ids: Sequence[str],
-               k: int) -> list[list[dict[str, Any]]]:
-    """Per image, its k best candidates: rank, hpo_id, name, score (cosine), organ systems (names)."""
+def top_probabilities(scores: np.ndarray, order: np.ndarray, logit_scale: float, temperature: float) -> np.ndarray:
+    """[M, k] probabilities of the ranked candidates: softmax over every candidate of logit_scale x cosine / T."""
+    out = np.zeros(order.shape, np.float64)
+    for lo in range(0, len(scores), 1024):  # a block at a time: float64 [M, 18K] for a large folder is gigabytes
+        p = calibration.softmax(logit_scale * scores[lo:lo + 1024], temperature)
+        out[lo:lo + 1024] = np.take_along_axis(p, order[lo:lo + 1024], axis=1)
+    return out
+
+
+def top_k_rows(onto: Any, image_emb: np.ndarray, phen_emb: np.ndarray, ids: Sequence[str], k: int,
+               logit_scale: float | None = None, temperature: float = 1.0,
+               min_probability: float = 0.0) -> list[list[dict[str, Any]]]:
+    """Per image, its k best candidates: rank, hpo_id, name, score (cosine), probability (with a logit_scale),
+    organ systems (names); those below min_probability are dropped (an image may keep none)."""
     scores = image_emb @ phen_emb.T
     k = min(k, len(ids))
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    probs = None if logit_scale is None else top_probabilities(scores, order, logit_scale, temperature)
     out = []
-    for row, top in zip(scores, order):
+    for i, (row, top) in enumerate(zip(scores, order)):
         preds = []
         for rank, j in enumerate(top, start=1):
+            p = None if probs is None else float(probs[i, rank - 1])
+            if p is not None and p < min_probability:
+                break  # ranked by cosine, so by probability too: the rest are lower
             idx = onto.index(ids[j])
-            preds.append(dict(rank=rank, hpo_id=ids[j], name=onto.names[idx], score=round(float(row[j]), 6),
-                              organ_systems=[onto.names[int(o)] for o in onto.organ_systems(idx)]))
+            pred = dict(rank=rank, hpo_id=ids[j], name=onto.names[idx], score=round(float(row[j]), 6))
+            if p is not None:
+                pred["probability"] = round(p, 6)
+            pred["organ_systems"] = [onto.names[int(o)] for o in onto.organ_systems(idx)]
+            preds.append(pred)
         out.append(preds)
     return out
+
+
+def temperature_for(cfg: Any, model: Any, n_candidates: int) -> tuple[float, str | None]:
+    """(T, where it came from: 'config.temperature', the calibration.json path, or None = uncalibrated, T = 1)."""
+    if cfg.temperature > 0:
+        return float(cfg.temperature), "config.temperature"
+    source = os.path.join(model.path, calibration.CALIBRATION_FILE)
+    try:
+        cal = calibration.load(model.path)
+    except (ValueError, TypeError) as err:  # a damaged or hand-edited file
+        raise ValueError(f"config.checkpoint={cfg.checkpoint!r}: {source} is unreadable ({err}); rerun eval with "
+                         "--config.calibration.fit=True, delete it, or give --config.temperature") from None
+    if cal is None:
+        return 1.0, None
+    if model.logit_scale is not None and not np.isclose(cal.logit_scale, model.logit_scale, rtol=1e-4):
+        print(f"predict: WARNING {source} was fitted with logit_scale {cal.logit_scale:.4g}, this checkpoint has "
+              f"{model.logit_scale:.4g}: rerun eval with --config.calibration.fit=True", flush=True)
+    if cal.candidates != n_candidates:
+        print(f"predict: note: T={cal.temperature:.4g} was fitted over {cal.candidates} candidates, these are "
+              f"{n_candidates}: a softmax over another candidate set is not calibrated by it", flush=True)
+    return float(cal.temperature), source
 
 
 def write_outputs(out_dir: str, images: Sequence[str], predictions: Sequence[Sequence[dict[str, Any]]],
@@ -149,10 +194,11 @@ def write_outputs(out_dir: str, images: Sequence[str], predictions: Sequence[Seq
         path = os.path.join(out_dir, "predictions.csv")
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["image", "rank", "hpo_id", "name", "score", "organ_systems"])
-            for image, preds in zip(images, predictions):
+            w.writerow(["image", "rank", "hpo_id", "name", "score", "probability", "organ_systems"])
+            for image, preds in zip(images, predictions):  # an image that abstains has no row
                 for p in preds:
-                    w.writerow([image, p["rank"], p["hpo_id"], p["name"], p["score"], "; ".join(p["organ_systems"])])
+                    w.writerow([image, p["rank"], p["hpo_id"], p["name"], p["score"], p.get("probability", ""),
+                                "; ".join(p["organ_systems"])])
         written.append(path)
     if "jsonl" in formats:
         path = os.path.join(out_dir, "predictions.jsonl")
@@ -188,12 +234,18 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
         os.path.join(out_dir, phenotype_cache.CACHE_DIRNAME)]
     phen, cache = phenotype_cache.phenotype_embeddings(model, ids, cache_dirs)
     emb, kept, failed = encode_folder(model, paths, int(cfg.batch_size))
-    predictions = top_k_rows(model.ontology, emb, phen, ids, int(cfg.top_k))
+    temperature, calibrated_by = temperature_for(cfg, model, len(ids))
+    predictions = top_k_rows(model.ontology, emb, phen, ids, int(cfg.top_k), model.logit_scale, temperature,
+                             float(cfg.min_probability))
     rel = [os.path.relpath(p, cfg.images) for p in kept]
     written = write_outputs(out_dir, rel, predictions, tuple(cfg.formats))
     summary = dict(images=len(paths), predicted=len(kept), skipped=[os.path.relpath(p, cfg.images) for p in failed],
                    candidates=len(ids), top_k=min(int(cfg.top_k), len(ids)), outputs=written,
                    phenotype_cache=cache["cache"], phenotypes_cached=cache["cached"],
-                   phenotypes_encoded=cache["encoded"], seconds=round(time.time() - t0, 1))
+                   phenotypes_encoded=cache["encoded"], calibrated=calibrated_by is not None,
+                   temperature=round(temperature, 6), calibration=calibrated_by,
+                   logit_scale=None if model.logit_scale is None else round(model.logit_scale, 6),
+                   min_probability=float(cfg.min_probability), abstained=sum(not p for p in predictions),
+                   seconds=round(time.time() - t0, 1))
     print(json.dumps(summary), flush=True)
     return summary

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax.evaluate import unseen
+from phenolip_jax.evaluate import calibration, unseen
 
 RETRIEVAL_DIRECTIONS = ("image_to_text", "text_to_image", "image_to_phenotype", "phenotype_to_image")
 # Chance levels sit near 0 and often coincide (directions sharing a candidate pool), so colour alone would leave
@@ -112,6 +112,32 @@ def plot_organ_accuracy(per_group: dict[str, dict[str, float]], path: str, title
     ax.set_xlabel("top-1 accuracy\n(an image counts in each organ system of its phenotypes)", fontsize=9)
     ax.set_title(title or "Accuracy per organ system")
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(section: dict[str, Any], path: str) -> str:
+    """Reliability diagram before / after temperature scaling: accuracy per confidence bin against the diagonal."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    for ax, key, t in zip(axes, ("before", "after"), (1.0, section["temperature"])):
+        rel = section[key]["reliability"]
+        edges = np.asarray(rel["edges"])
+        acc, conf = (np.nan_to_num(np.asarray(rel[k], np.float64)) for k in ("accuracy", "confidence"))
+        filled = np.asarray(rel["count"]) > 0
+        width = np.diff(edges)
+        ax.bar(edges[:-1][filled], acc[filled], width=width[filled], align="edge", edgecolor="black", alpha=0.75,
+               label="accuracy")
+        # The gap between a bin's accuracy and its mean confidence is what ECE averages.
+        ax.bar(edges[:-1][filled], conf[filled] - acc[filled], bottom=acc[filled], width=width[filled],
+               align="edge", facecolor="none", edgecolor="tab:red", hatch="//", label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-1 confidence")
+        ax.set_title(f"{key} (T = {t:.3g}): ECE {100 * section[key]['ece']:.2f}%")
+    axes[0].set_ylabel(f"top-1 accuracy ({section['test_split']} split, n={section['n_test']})")
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -252,10 +278,13 @@ def _markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
         if all(k in p for k in ("n_train", "n_val", "n_test")):
             lines.append(f"\nFull splits: {p['n_train']} train, {p['n_val']} val, {p['n_test']} test images.")
         lines.append("")
+    if results.get("calibration"):
+        lines += calibration.markdown(results["calibration"], figures.get("reliability"))
     if results.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()] + [""]
-    if figures:
-        lines += ["## Figures", ""] + [f"![{name}]({os.path.basename(p)})" for name, p in figures.items()] + [""]
+    listed = [f"![{name}]({os.path.basename(p)})" for name, p in figures.items() if name != "reliability"]
+    if listed:  # the reliability diagram sits in the Calibration section
+        lines += ["## Figures", ""] + listed + [""]
     return "\n".join(lines)
 
 

@@ -10,14 +10,15 @@ import numpy as np
 
 from phenolip_jax import artifacts, config_tools, inference
 from phenolip_jax.data import demo, dicom, sources
-from phenolip_jax.evaluate import datasets, evaluators, report, unseen
+from phenolip_jax.evaluate import calibrate, datasets, evaluators, report, unseen
 
 _HEADLINE = (("retrieval", "image_to_text", "r@10"), ("retrieval", "text_to_image", "r@10"),
              ("retrieval", "image_to_phenotype", "r@10"), ("retrieval", "phenotype_to_image", "r@10"),
              ("zero_shot", None, "top1"), ("zero_shot", None, "mean_per_class_recall"), ("zero_shot", None, "auc"),
              ("matching", None, "r@10"), ("matching", None, "micro_f1"), ("hierarchy", None, "exact"),
              ("hierarchy", None, "hierarchical"), ("unseen", None, "zs_seen_top1"), ("unseen", None, "zs_unseen_top1"),
-             ("unseen", None, "zs_unseen_hier_top1"))
+             ("unseen", None, "zs_unseen_hier_top1"), ("calibration", None, "temperature"),
+             ("calibration", "before", "ece"), ("calibration", "after", "ece"))
 
 
 def read_candidates(path: str) -> list[str]:
@@ -99,19 +100,23 @@ def _single(d: Any, pairs: datasets.PairSet, onto: Any) -> datasets.Classificati
         return None
 
 
-def _lazy_pairs(d: Any, onto: Any) -> datasets.PairSet:
-    """The evaluated split of packed shards / a tfds dataset (only that split is read)."""
+def _lazy_pairs(d: Any, onto: Any, calibration_split: str = "") -> datasets.PairSet:
+    """The evaluated split of packed shards / a tfds dataset (only that split is read), or the calibration one."""
     needs = {"arrayrecord": ("packed_dir",), "tfds": ("tfds_dir", "tfds_name")}[d.kind]
     for field in needs:
         if not d[field]:
             raise ValueError(f"config.data.{field} is empty (config.data.kind={d.kind!r} needs it)")
     splits, report = sources.read_lazy_splits(d.kind, packed_dir=d.packed_dir, tfds_dir=d.tfds_dir,
                                               tfds_name=d.tfds_name)
-    if d.split not in splits:
+    split = calibration_split or d.split
+    if calibration_split and split not in splits:
+        raise calibrate.missing_split("config.calibration.split", split, splits)
+    if split not in splits:
         raise ValueError(f"config.data.split={d.split!r} is not in {d.kind} data (have {sorted(splits)})")
-    sources.check_lazy_splits({d.split: splits[d.split]}, report, onto)
-    print(f"eval data: {report}", flush=True)
-    return datasets.pairs_from_split(splits[d.split], d.split)
+    sources.check_lazy_splits({split: splits[split]}, report, onto)
+    if not calibration_split:
+        print(f"eval data: {report}", flush=True)
+    return datasets.pairs_from_split(splits[split], split)
 
 
 def _limit(split: datasets.Split, n: int) -> datasets.Split:
@@ -220,6 +225,23 @@ def make_figures(cfg: Any, results: dict[str, Any], encoder: Any, onto: Any, out
     return figs
 
 
+def _calibrate(cfg: Any, encoder: Any, model: Any, onto: Any, pairs: datasets.PairSet | None,
+               cls: datasets.ClassificationSet | None, results: dict[str, Any], figures: dict[str, str],
+               out_dir: str) -> None:
+    """Fits the temperature on config.calibration.split into results['calibration'] (+ reliability.png)."""
+    if pairs is not None and cfg.data.kind in ("arrayrecord", "tfds"):  # only the evaluated split was read
+        pairs = calibrate.merge_pairs(pairs, _lazy_pairs(cfg.data, onto, cfg.calibration.split))
+    t0 = time.time()
+    try:
+        results["calibration"], figures["reliability"] = calibrate.run(
+            cfg, encoder, model.logit_scale, pairs, cls, model.path, out_dir,
+            candidates=results.get("_phenotypes") if cfg.data.candidates else None)
+        print(f"eval: calibration done in {time.time() - t0:.1f}s", flush=True)
+    except evaluators.Skip as e:
+        results["skipped"]["calibration"] = str(e)
+        print(f"eval: calibration skipped: {e}", flush=True)
+
+
 def headline(results: dict[str, Any]) -> dict[str, float]:
     """The few numbers printed at the end (percent-free fractions)."""
     out = {}
@@ -236,6 +258,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     if not cfg.checkpoint:
         raise ValueError("config.checkpoint is empty: pass --config.checkpoint=WORKDIR (stage-1 / stage-2 workdir, "
                          "a checkpoint folder inside one, or an open_clip directory)")
+    calibrate.validate(cfg)
     dicom.configure_from(cfg.data, "config.data")
     t0 = time.time()
     out_dir = cfg.output_dir or workdir
@@ -245,8 +268,11 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     onto = model.ontology
     name, pairs, cls = load_data(cfg, onto, model.image_size)
     print(f"eval: {model.kind} model from {model.path}; dataset {name} ({time.time() - t0:.0f}s)", flush=True)
-    results = run_evaluators(cfg, model, onto, pairs, cls)
+    encoder = evaluators.CachedEncoder(model)  # shared with calibration: each image set is encoded once
+    results = run_evaluators(cfg, encoder, onto, pairs, cls)
     figures = make_figures(cfg, results, model, onto, out_dir)
+    if (cfg.get("calibration") or {}).get("fit"):
+        _calibrate(cfg, encoder, model, onto, pairs, cls, results, figures, out_dir)
     results.pop("_phenotypes", None)
     results.update(dataset=name, model=model.path, model_kind=model.kind, templates=list(cfg.templates),
                    config=cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg), seconds=round(time.time() - t0, 1))
