@@ -24,7 +24,7 @@ FLOORS = (
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 # Our own modules that import an optional heavy third-party package (torch) at their top; importing them
 # lazily keeps everything else usable without it.
-OPTIONAL = {"phenolip_jax.convert.torch_reference": "torch"}
+OPTIONAL = {"phenolip_jax.convert.torch_reference": "torch", "phenolip_jax.data.beam_packing": "apache_beam"}
 
 
 def module_name(path: Path) -> str:

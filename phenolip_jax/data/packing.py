@@ -86,27 +86,38 @@ def pack_records(records: Sequence[Record], image_root, output: str | os.PathLik
     every = max(1, len(records) // 100)
     for split, recs in sorted(splits.items()):
         image_ids, caption_ids, _, _ = assign_ids(recs)
-        n_shards = max(1, min(num_shards, len(recs)))
-        names = [f"{split}-{i:05d}-of-{n_shards:05d}.array_record" for i in range(n_shards)]
-        bounds = [len(recs) * i // n_shards for i in range(n_shards + 1)]
-        for s, name in enumerate(names):
+        layout = shard_layout(split, len(recs), num_shards)
+        for name, first, end in layout:
             # group_size:1 makes every entry its own chunk: cheap random access for grain.
             writer = ArrayRecordWriter(os.path.join(output, name), "group_size:1")
-            for j in range(bounds[s], bounds[s + 1]):
+            for j in range(first, end):
                 r = recs[j]
-                # validated; a container reference is read from inside its tar shard / Parquet file
-                data = step.image(shrink_image(containers.read_image_bytes(
-                    resolve_image_path(r.image, image_root, allow_absolute=True)), max_side))
-                meta = {"caption": r.caption, "hpo_ids": list(r.hpo_ids), "image_id": image_ids[j],
-                        "caption_id": caption_ids[j], "image_key": r.image_id, "split": r.split,
-                        "source": r.source, "origin": r.origin, "line": r.line, **step.tokens(r.caption)}
-                writer.write(encode_entry(meta, data))
+                writer.write(pack_entry(entry_meta(r, image_ids[j], caption_ids[j]),
+                                        resolve_image_path(r.image, image_root, allow_absolute=True), max_side, step))
                 done += 1
                 if progress:
                     _progress(done, len(records), start, every)
             writer.close()
-        summary[split] = {"num_examples": len(recs), "shards": names, **hpo_summary(recs)}
+        summary[split] = {"num_examples": len(recs), "shards": [name for name, _, _ in layout], **hpo_summary(recs)}
     return summary
+
+
+def shard_layout(split: str, n: int, num_shards: int) -> list[tuple[str, int, int]]:
+    """(file name, first, end) of each shard of a split of n records: contiguous chunks in record order."""
+    k = max(1, min(num_shards, n))
+    return [(f"{split}-{i:05d}-of-{k:05d}.array_record", n * i // k, n * (i + 1) // k) for i in range(k)]
+
+
+def entry_meta(r: Record, image_id: int, caption_id: int) -> dict[str, Any]:
+    """An entry's metadata, before the token ids the step format adds."""
+    return {"caption": r.caption, "hpo_ids": list(r.hpo_ids), "image_id": image_id, "caption_id": caption_id,
+            "image_key": r.image_id, "split": r.split, "source": r.source, "origin": r.origin, "line": r.line}
+
+
+def pack_entry(meta: dict[str, Any], image_path: str, max_side: int, step: StepFormat) -> bytes:
+    """One entry from its metadata and its validated image (a file or a container reference, resolved)."""
+    data = step.image(shrink_image(containers.read_image_bytes(image_path), max_side))
+    return encode_entry({**meta, **step.tokens(meta["caption"])}, data)
 
 
 def hpo_summary(records: Sequence[Record]) -> dict[str, Any]:
@@ -186,9 +197,15 @@ def _write(kept: Sequence[Record], report, image_root, output: str, num_shards: 
     print(report, file=sys.stderr)
     summary = pack_records(kept, image_root, output, num_shards, max_side=max_side, progress=progress, step=step)
     containers.close_all()
+    return write_packing_info(output, what, summary, report, step)
+
+
+def write_packing_info(output: str, what: dict[str, str], summary: dict[str, Any], report, step: StepFormat
+                       ) -> dict[str, Any]:
+    """Writes and returns `packing.json`: what was packed, the per-split summary, the report, the step format."""
     info = {"format_version": FORMAT_VERSION, **what, "splits": summary, "validation": report.as_dict(),
             "step_format": step.info()}
-    paths.write_text(os.path.join(output, "packing.json"), json.dumps(info, indent=1))
+    paths.write_text(paths.join(output, "packing.json"), json.dumps(info, indent=1))
     print(f"wrote {sum(s['num_examples'] for s in summary.values())} records to {output}", file=sys.stderr)
     return info
 
@@ -220,17 +237,22 @@ def main(argv: Sequence[str]) -> None:
         if f.manifest:
             pack_manifest(f.manifest, f.output, load_ontology(), image_root=f.image_root, **common)
             return
-        options = formats.ReadOptions(
-            image_root=f.image_root, csv_img_key=f.csv_img_key, csv_caption_key=f.csv_caption_key,
-            csv_separator=f.csv_separator, parquet_image_column=f.parquet_image_column,
-            parquet_caption_column=f.parquet_caption_column)
-        pack_input(f.input, f.format, f.output, load_ontology(), options=options, **common)
+        pack_input(f.input, f.format, f.output, load_ontology(), options=read_options(f), **common)
     except config_lib.UserError as e:  # a mistake in the flags or the input's layout: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
-def _define_flags() -> None:
+def read_options(f) -> formats.ReadOptions:
+    """The readers' options from the packer's flags (`f`: absl's FLAGS)."""
+    return formats.ReadOptions(
+        image_root=f.image_root, csv_img_key=f.csv_img_key, csv_caption_key=f.csv_caption_key,
+        csv_separator=f.csv_separator, parquet_image_column=f.parquet_image_column,
+        parquet_caption_column=f.parquet_caption_column)
+
+
+def define_flags() -> None:
+    """The packer's flags (also data/beam_packing.py's)."""
     from absl import flags
 
     defaults = formats.ReadOptions()
@@ -265,5 +287,5 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
-    _define_flags()
+    define_flags()
     app.run(main)

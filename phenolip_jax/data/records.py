@@ -5,7 +5,7 @@ import collections
 import dataclasses
 import logging
 import os
-from typing import Any, Collection, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 from phenolip_jax import config_lib
 from phenolip_jax import ontology as onto_mod
@@ -39,6 +39,7 @@ KEEP_MEANING = {"truncated": "caption longer than max_len tokens: its first max_
 SPLITS = ("train", "val", "test")
 # Other spellings of the splits, matched ignoring case: 'Train', 'VALIDATION' and 'dev' are what they say.
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val", "testing": "test", "training": "train"}
+ImageProbe = tuple[str | None, str, str | None]  # probe_image: (drop reason or None, detail, converted from)
 
 
 def normalise_split(name: str) -> str | None:
@@ -202,6 +203,8 @@ def validate_records(
     check_images: bool = True,
     report: ValidationReport | None = None,
     allow_absolute: bool = False,
+    image_probe: Callable[[str], ImageProbe] | None = None,
+    token_count: Callable[[str], int] | None = None,
 ) -> tuple[list[Record], ValidationReport]:
     """Apply the bad-input policy; return kept records (HPO ids resolved) and the report.
 
@@ -212,7 +215,10 @@ def validate_records(
     `check_images` decodes every image fully (the only way to catch truncated files). An image path
     leaving image_root, or absolute without `allow_absolute`, is dropped as 'unsafe_path'. `max_hpo` cuts the
     ids of records in `max_hpo_splits` only (None = every split): held-out records keep all their phenotypes.
+    `image_probe` / `token_count` stand in for `probe_image` / `count_tokens` (data/pack_steps.py passes what its
+    workers found), so the policy, its order and its report stay this function's wherever the decoding ran.
     """
+    image_probe = image_probe or probe_image
     report = report if report is not None else ValidationReport()
     seen: set[tuple[str, str]] = set()
     kept: list[Record] = []
@@ -244,10 +250,10 @@ def validate_records(
         hpo = _resolve_hpo(rec, ontology, cut, report, strict)
         if hpo is None:
             continue
-        if check_images and not _check_image(rec, path, report, strict):
+        if check_images and not _check_image(rec, path, report, strict, image_probe(path)):
             continue
         if tokenizer is not None and max_len is not None:
-            n = count_tokens(tokenizer, caption)
+            n = token_count(caption) if token_count else count_tokens(tokenizer, caption)
             if n > max_len:
                 if strict:
                     raise BadRecordError(rec.where, "long_caption", f"{n} tokens > max_len={max_len}")
@@ -260,17 +266,22 @@ def validate_records(
     return kept, report
 
 
-def _check_image(rec: Record, path: str, report: ValidationReport, strict: bool) -> bool:
+def probe_image(path: str) -> ImageProbe:
+    """What checking the image at `path` finds: (drop reason or None, detail, the mode it was converted from)."""
     if not containers.exists(path):  # the file, or the container a reference points into
-        _fail(report, strict, rec, "missing_image", path)
-        return False
+        return "missing_image", path, None
     try:
-        _, converted_from = images.decode_rgb(containers.read_image_bytes(path))
+        return None, "", images.decode_rgb(containers.read_image_bytes(path))[1]
     except containers.MissingImageError as e:  # a null Parquet cell
-        _fail(report, strict, rec, "missing_image", str(e))
-        return False
+        return "missing_image", str(e), None
     except (images.ImageDecodeError, containers.ContainerReadError) as e:
-        _fail(report, strict, rec, "corrupt_image", f"{path}: {e}")
+        return "corrupt_image", f"{path}: {e}", None
+
+
+def _check_image(rec: Record, path: str, report: ValidationReport, strict: bool, probe: ImageProbe) -> bool:
+    reason, detail, converted_from = probe
+    if reason is not None:
+        _fail(report, strict, rec, reason, detail)
         return False
     if converted_from is not None:
         report.add("converted", rec.where, f"mode {converted_from} -> RGB")
