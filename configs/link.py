@@ -10,7 +10,9 @@ plus encoder matches on the words lexical matching left). docs/linking.md has th
 """
 import ml_collections
 
-METHODS = ("lexical", "encoder", "hybrid")
+from phenolip_jax import config_lib
+
+METHODS = config_lib.LINK_METHODS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

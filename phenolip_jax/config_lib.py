@@ -26,6 +26,7 @@ EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "unseen", "line
 EVAL_DATA_KINDS = ("demo", "manifest", "folder", "medmnist", "arrayrecord", "tfds")  # config.data.kind (eval)
 EXPORT_FORMATS = ("open_clip", "hf_bert", "safetensors")  # config.formats (export)
 PREDICT_FORMATS = ("csv", "jsonl")  # config.formats (predict)
+LINK_METHODS = ("lexical", "encoder", "hybrid")  # config.method (link)
 # config.arms (ablation): the arms tasks/ablation.py defines (tests check the two agree).
 ABLATION_ARMS = ("clip", "paper_kd", "paper_kd_hier_share", "paper_kd_hier_mask", "paper_kd_hier_uncapped",
                  "clip_hier_share", "paper_kd_raw_teacher")
@@ -326,7 +327,7 @@ def _validate_link(cfg: Any) -> None:
         raise ValueError(f"config.input={cfg.input!r} is not a file")
     _one_of(cfg.input_format, ("auto", "jsonl", "tsv", "text"), "config.input_format")
     if cfg.method:
-        _one_of(cfg.method, ("lexical", "encoder", "hybrid"), "config.method")
+        _one_of(cfg.method, LINK_METHODS, "config.method")
     if cfg.method in ("encoder", "hybrid") and not cfg.encoder:
         raise ValueError(f"config.encoder is empty: config.method={cfg.method!r} needs a stage-1 workdir "
                          "(--config.encoder=RUN)")
