@@ -7,10 +7,18 @@ Variants (`--config=configs/stage2.py:VARIANT`):
               optimiser settings; set init.checkpoint (a local BiomedCLIP open_clip dir: required),
               data.manifest / data.image_root (or data.source='arrayrecord' + data.packed_dir, or
               'tfds' + data.tfds_dir; local paths or gs:// URLs), text.hf_dir, teacher.workdir.
+  medpix      MedPix 2.0 (real CT/MR images, the official split by patient), packed and linked to HPO by
+              `python -m phenolip_jax.link.pack`; the demo's model sizes, captions of 64 tokens; set
+              data.packed_dir (a missing one prints the steps).
 """
 import ml_collections
 
 from phenolip_jax import config_lib
+
+MEDPIX_HOWTO = ("MedPix 2.0: `git clone https://github.com/CHILab1/MedPix-2.0`, then `python -m "
+                "phenolip_jax.link.pack --input=MedPix-2.0/MedPix-2-0 --format=medpix --output=packed/medpix "
+                "--num_shards=4 --image_size=72 --image_format=jpeg` (add --link=hybrid --link_encoder=STAGE1_RUN "
+                "to link with a stage-1 encoder), then --config.data.packed_dir=packed/medpix")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -57,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dicom_window="",  # DICOM files: '' = each file's own window; a preset (lung, mediastinum, soft_tissue, bone,
         # brain, liver, stroke) or 'CENTER,WIDTH' in rescaled units (Hounsfield for CT) for every file
         dicom_frame=-1,  # multi-frame DICOM: the frame shown (-1 = the middle one)
+        howto="",  # a variant's setup steps, appended to the error when its data are missing
     ))
     c.model = ml_collections.ConfigDict(dict(
         image=dict(image_size=64, patch_size=8, width=192, depth=4, num_heads=3, mlp_dim=768, pool="cls"),
@@ -135,6 +144,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             lr=1e-5, warmup_steps=3000, weight_decay=0.2, freeze_steps=4000,
             freeze_pattern=r"^(image|text)/encoder/",
         )
+    elif arg == "medpix":
+        # MedPix 2.0: 2,050 real CT/MR images with one caption each, split by patient (the official split);
+        # packed and linked to HPO by python -m phenolip_jax.link.pack (docs/stages.md, "Stage 2 on MedPix 2.0").
+        c.data.source = "arrayrecord"
+        c.data.packed_dir = ""
+        c.data.max_len = 64  # MedPix captions: p50 34, p90 89 MiniLM tokens (benchmarks/RESULTS.md)
+        c.data.howto = MEDPIX_HOWTO
     elif arg != "demo":
-        raise ValueError(f"unknown stage2 variant {arg!r}: use demo or biomedclip")
+        raise ValueError(f"unknown stage2 variant {arg!r}: use demo, biomedclip or medpix")
     return c

@@ -34,11 +34,12 @@ PATH_FIELDS = ("manifest", "image_root", "test_csv", "packed_dir", "tfds_dir")
 def validate_source(data_cfg: Any) -> None:
     """Checks `config.data.source` and the fields it needs; raises ValueError naming the field."""
     source = data_cfg.source
+    hint = f". {data_cfg.howto}" if data_cfg.get("howto") else ""  # a variant's own setup steps
     if source not in SOURCES:
         raise ValueError(f"config.data.source={source!r}: use one of {', '.join(SOURCES)}")
     for field in REQUIRED[source]:
         if not data_cfg.get(field):
-            raise ValueError(f"config.data.{field} is empty (config.data.source={source!r} needs it)")
+            raise ValueError(f"config.data.{field} is empty (config.data.source={source!r} needs it){hint}")
     if source in LAZY_SOURCES and data_cfg.get("test_csv"):
         raise ValueError(f"config.data.test_csv is read with config.data.source 'demo' or 'jsonl' only, not "
                          f"{source!r}: pack the held-out pairs as the 'test' split instead")
@@ -51,7 +52,7 @@ def validate_source(data_cfg: Any) -> None:
         except Exception as e:  # a missing fsspec backend or credentials: say which field needed them
             raise ValueError(f"config.data.{field}={value!r} cannot be read: {type(e).__name__}: {e}") from None
         if not found:
-            raise ValueError(f"config.data.{field}={value!r} does not exist")
+            raise ValueError(f"config.data.{field}={value!r} does not exist{hint}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,51 @@
+"""The MedPix path end to end (issue 26 item 1) on a miniature in MedPix 2.0's layout: pack with the link step,
+train `configs/stage2.py:medpix` (shrunk) for two steps, evaluate phenotypes the linker found."""
+import json
+import os
+import types
+
+import pytest
+
+from phenolip_jax.link.pack import pack_linked
+from phenolip_jax.tasks import stage2
+from tests.data import format_miniatures as mini_lib
+from tests.tasks.conftest import load_config
+from tests.tasks.test_data_sources import short_run
+
+
+def medpix_config(bert_dir: str, packed: str):
+    """configs/stage2.py:medpix with the tiny test model's sizes."""
+    cfg = load_config("stage2", "medpix")
+    cfg.data.packed_dir = packed
+    cfg.text.hf_dir = bert_dir
+    cfg.data.image_size, cfg.data.batch_size, cfg.data.max_len = 16, 8, 32
+    cfg.model.image = dict(image_size=16, patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, pool="cls")
+    cfg.model.embed_dim = 16
+    cfg.log_every, cfg.eval.batch_size, cfg.eval.ks = 1, 8, (1, 5)
+    return short_run(cfg)
+
+
+def test_medpix_packed_linked_and_trained(tmp_path, tiny_bert_dir, capsys):
+    mini = mini_lib.medpix(tmp_path)
+    out = str(tmp_path / "packed")
+    flags = types.SimpleNamespace(
+        manifest=None, input=mini.input, format="medpix", image_root=None, output=out, num_shards=2, tokenizer=None,
+        image_size=18, image_format="jpeg", jpeg_quality=90, max_len=256, max_hpo=None, max_side=0, strict=False,
+        allow_absolute_paths=False, csv_img_key="filepath", csv_caption_key="title", csv_separator="\t",
+        parquet_image_column="image", parquet_caption_column="caption", link="lexical", link_encoder="",
+        link_threshold=None)
+    info = pack_linked(flags)
+    assert {s: v["num_examples"] for s, v in info["splits"].items()} == mini.splits  # the official split
+    assert info["link"]["linked"] == 12 and info["splits"]["train"]["terms"] == ["HP:0001250"]  # "seizure"
+    run = str(tmp_path / "run")
+    stage2.run(medpix_config(tiny_bert_dir, out), run)
+    scores = json.loads(open(os.path.join(run, "eval.json")).read())
+    assert "i2t_r@1" in scores and "i2p_r@1" in scores  # phenotype figures, from the linked ids
+
+
+def test_medpix_variant_says_how_to_get_the_data():
+    from phenolip_jax.data import sources
+
+    cfg = load_config("stage2", "medpix")
+    with pytest.raises(ValueError, match="packed_dir is empty.*git clone https://github.com/CHILab1/MedPix-2.0"):
+        sources.validate_source(cfg.data)
