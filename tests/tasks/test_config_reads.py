@@ -22,7 +22,6 @@ READ_ONLY_WHEN = {
         "eval_only": "main.py, on a finished run",
         "stage": "main.py, to pick the stage",
         "data.tfds_name": "data.source='tfds'",
-        "text.arch": "text.hf_dir='' (--aot: BERT sizes without weights)",
         "teacher.stage1_variant": "teacher.workdir='' (stage 2 trains its own teacher)",
         "model.logit_bias_init": "loss.kind='sigmoid'",
         "loss.struct_temperature": "loss.struct_weight > 0",
