@@ -8,19 +8,17 @@ random-access source yielding examples can feed the pipeline: `RecordSource` (ma
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Mapping, Sequence
 
 import grain
 import jax
 import numpy as np
-from PIL import Image
 
-from phenolip_jax.data import containers, images
+from phenolip_jax.data import images
+from phenolip_jax.data.examples import ExampleBatch, HpoEncoder, RecordSource, TrainCrop
 from phenolip_jax.data.length_groups import LengthGroupedMapDataset
-from phenolip_jax.data.records import Record, assign_ids, resolve_image_path
+from phenolip_jax.data.records import Record
 from phenolip_jax.data.tokenize import Tokenize
-from phenolip_jax.ontology import organ_table, sized_ancestor_table
 
 # Every field the pipelines read, with its default. A config may set any subset; unknown keys fail.
 DATA_DEFAULTS: dict[str, Any] = dict(
@@ -117,122 +115,6 @@ class TrimToBucket(grain.transforms.MapWithIndex):
         return {k: (v[:, :length] if k in self.keys else v) for k, v in batch.items()}
 
 
-class RecordSource(grain.sources.RandomAccessDataSource):
-    """Random access over validated records: reads the image file's bytes on demand."""
-
-    def __init__(self, records: Sequence[Record], image_root: str | os.PathLike | None):
-        self.records = list(records)
-        self.image_root = None if image_root is None else os.fspath(image_root)
-        self.image_ids, self.caption_ids, self.image_keys, self.captions = assign_ids(self.records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
-        # Absolute paths reach here only through validate_records' allow_absolute: the gate is there.
-        data = containers.read_image_bytes(resolve_image_path(rec.image, self.image_root, allow_absolute=True))
-        return {"image": data, "caption": rec.caption, "hpo_ids": rec.hpo_ids,
-                "image_id": self.image_ids[index], "caption_id": self.caption_ids[index]}
-
-
-class HpoEncoder:
-    """HPO ids -> fixed-width index arrays, from per-term tables precomputed once (cheap to pickle)."""
-
-    def __init__(self, ontology, max_hpo: int, max_ancestors: int, max_hops: int, max_organs: int,
-                 strict: bool = False):
-        all_terms = np.arange(len(ontology.ids), dtype=np.int32)
-        self.anc, self.hops = sized_ancestor_table(ontology, all_terms, max_hops, max_ancestors, strict=strict)
-        self.organ = organ_table(ontology, all_terms)
-        # Validated records hold current ids; alt ids are accepted too so an unvalidated source
-        # with old annotations still works. Anything else fails loudly below.
-        self.lookup = {h: i for i, h in enumerate(ontology.ids)}
-        self.lookup.update(getattr(ontology, "aliases", {}))
-        self.max_hpo, self.max_organs = max_hpo, max_organs
-
-    def __call__(self, hpo_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """`hpo` [M], `hpo_anc` [M,A], `hpo_hops` [M,A], `organs` [O]; -1 padded int32."""
-        try:
-            idx = np.array([self.lookup[h] for h in list(hpo_ids)[: self.max_hpo]], np.int32)
-        except KeyError as e:
-            raise KeyError(f"HPO id {e} not in the ontology; run validate_records first") from None
-        m, a = self.max_hpo, self.anc.shape[1]
-        hpo = np.full(m, -1, np.int32)
-        anc = np.full((m, a), -1, np.int32)
-        hops = np.full((m, a), -1, np.int32)
-        hpo[: len(idx)], anc[: len(idx)], hops[: len(idx)] = idx, self.anc[idx], self.hops[idx]
-        organ_ids = np.unique(self.organ[idx]) if len(idx) else np.zeros(0, np.int32)
-        organ_ids = organ_ids[organ_ids >= 0][: self.max_organs]
-        organs = np.full(self.max_organs, -1, np.int32)
-        organs[: len(organ_ids)] = organ_ids
-        return {"hpo": hpo, "hpo_anc": anc, "hpo_hops": hops, "organs": organs}
-
-
-def _decode(image: Any) -> np.ndarray:
-    if isinstance(image, np.ndarray):  # tfds data sources hand over decoded arrays
-        if image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.uint8:
-            return image
-        return images.to_rgb(Image.fromarray(np.squeeze(image)))[0]
-    return images.decode_rgb_fast(bytes(image))  # every record was fully decoded by validation already
-
-
-# Images leave the pipeline as uint8 (a quarter of float32's bytes to copy to the device); the objective and
-# the evaluators normalise them there with config.data.mean / std (`images.model_input`).
-
-
-@dataclasses.dataclass
-class TrainImage(grain.transforms.RandomMap):
-    """Decode, random resized crop (+ optional flip), uint8; randomness from grain's per-index rng."""
-
-    size: int
-    scale: tuple[float, float]
-    hflip: bool
-
-    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        view = images.train_view(_decode(element["image"]), self.size, rng, self.scale, self.hflip)
-        return {**element, "image": np.ascontiguousarray(view, np.uint8)}
-
-
-@dataclasses.dataclass
-class EvalImage(grain.transforms.Map):
-    """Decode, resize shorter side + centre crop, uint8."""
-
-    size: int
-
-    def map(self, element: dict[str, Any]) -> dict[str, Any]:
-        view = images.eval_view(_decode(element["image"]), self.size)
-        return {**element, "image": np.ascontiguousarray(view, np.uint8)}
-
-
-class EncodeHpo(grain.transforms.Map):
-    """Replaces `hpo_ids` by the HpoEncoder arrays; makes ids int32 scalars."""
-
-    def __init__(self, encoder: HpoEncoder):
-        self.encoder = encoder
-
-    def map(self, element: dict[str, Any]) -> dict[str, Any]:
-        element = dict(element)
-        element.update(self.encoder(element.pop("hpo_ids")))
-        element["image_id"] = np.int32(element["image_id"])
-        element["caption_id"] = np.int32(element["caption_id"])
-        return element
-
-
-class PaddedExample(grain.transforms.Map):
-    """Index -> example; indices past the end give example 0 marked invalid (eval padding)."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def map(self, i: int) -> dict[str, Any]:
-        valid = i < len(self.source)
-        ex = dict(self.source[i if valid else 0])
-        ex["valid"] = np.bool_(valid)
-        if not valid:
-            ex["image_id"] = ex["caption_id"] = -1
-        return ex
-
-
 def as_source(records, image_root=None):
     """A list of Records becomes a RecordSource; anything else must already yield examples."""
     if isinstance(records, (list, tuple)) and (not records or isinstance(records[0], Record)):
@@ -265,7 +147,8 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
     pi, pc = _process_shard(process_index, process_count)
     shuffle_seed = seed if cfg["shuffle_seed"] is None else cfg["shuffle_seed"]
     source = as_source(records, image_root)
-    ds = grain.MapDataset.source(source)
+    # Indices are shuffled, sharded and batched; ExampleBatch then reads and prepares a whole batch in one map.
+    ds = grain.MapDataset.range(len(source))
     # Global shuffle, reshuffled every epoch (the shuffle seed advances per epoch inside repeat),
     # then every process takes its strided slice, so processes never see the same example.
     ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
@@ -280,22 +163,25 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
             group = dict(window=cfg["length_group_window"], group=global_batch, seed=shuffle_seed)
             ds = LengthGroupedMapDataset(ds, lengths, **group)
             lengths = LengthGroupedMapDataset(lengths, lengths, **group)
-    # Maps come before the process slice: grain seeds a random map by the element's index in the dataset
-    # it is applied to, so a record's crop is then the same for any process count (maps are lazy: each
-    # process still decodes only its own slice).
-    ds = ds.random_map(TrainImage(cfg["image_size"], tuple(cfg["crop_scale"]), bool(cfg["hflip"])), seed=seed + 1)
-    if teacher is not None:  # before Tokenize, which consumes the caption text
-        ds = ds.map(teacher)
-    ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
-    ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
-                                     cfg["max_hops"], cfg["max_organs"], cfg["strict"])))
-    ds = ds[pi::pc].batch(cfg["per_host_batch_size"], drop_remainder=True)
+    # The position in the global stream (before the process slice) seeds the example's crop, so a record's crop is
+    # the same for any process count.
+    ds = ds.map_with_index(_indexed)[pi::pc].batch(cfg["per_host_batch_size"], drop_remainder=True)
+    ds = ds.map(ExampleBatch(source, cfg["image_size"], Tokenize(tokenizer, cfg["max_len"]), _hpo_encoder(ontology, cfg),
+                             TrainCrop(tuple(cfg["crop_scale"]), bool(cfg["hflip"]), seed + 1), teacher))
     if cfg["length_buckets"]:
         # Pad each batch to the bucket of its longest caption. Without length_group_window the batches, their
         # negatives and the resume position stay exactly those without buckets.
         ds = ds.map_with_index(TrimToBucket(lengths.batch(global_batch, drop_remainder=True),
                                             cfg["length_buckets"], cfg["max_len"]))
     return _to_iter(ds, cfg)
+
+
+def _indexed(position: int, index: int) -> dict[str, int]:
+    return {"index": index, "position": position}
+
+
+def _hpo_encoder(ontology, cfg: dict[str, Any]) -> HpoEncoder:
+    return HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"], cfg["max_hops"], cfg["max_organs"], cfg["strict"])
 
 
 def make_train_iterator(cfg_data, records, tokenizer, ontology, seed: int, **kwargs):
@@ -327,9 +213,10 @@ def make_eval_batches(cfg_data, records, tokenizer, ontology, *, image_root=None
         raise ValueError("make_eval_batches: no examples")
     total = -(-n // (pc * b)) * pc * b
 
-    ds = grain.MapDataset.range(total)[pi::pc].map(PaddedExample(source))
-    ds = ds.map(EvalImage(cfg["image_size"]))
-    ds = ds.map(Tokenize(tokenizer, cfg["max_len"]))
-    ds = ds.map(EncodeHpo(HpoEncoder(ontology, cfg["max_hpo"], cfg["max_ancestors"],
-                                     cfg["max_hops"], cfg["max_organs"], cfg["strict"])))
-    return _to_iter(ds.batch(b, drop_remainder=False), cfg)
+    ds = grain.MapDataset.range(total)[pi::pc].map(_indexed_eval).batch(b, drop_remainder=False)
+    ds = ds.map(ExampleBatch(source, cfg["image_size"], Tokenize(tokenizer, cfg["max_len"]), _hpo_encoder(ontology, cfg)))
+    return _to_iter(ds, cfg)
+
+
+def _indexed_eval(index: int) -> dict[str, int]:
+    return {"index": index}

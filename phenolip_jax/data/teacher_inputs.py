@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import grain
 import numpy as np
@@ -43,13 +43,14 @@ class TeacherInputs(grain.transforms.Map):
         self.tokenizer, self.max_len, self.table = tokenizer, int(max_len), table
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
-        element = dict(element)
+        return {**element, **{k: v[0] for k, v in self.batch([element["caption"]]).items()}}
+
+    def batch(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
+        """The teacher's inputs for a batch of captions: `teacher_emb` [B,D], or its own ids / mask [B,L']."""
         if self.table is not None:
-            element["teacher_emb"] = self.table.lookup(element["caption"])
-        elif self.tokenizer is not None:
-            ids, mask = tokenize_captions(self.tokenizer, [element["caption"]], self.max_len)
-            element["teacher_input_ids"], element["teacher_attention_mask"] = ids[0], mask[0]
-        return element
+            return {"teacher_emb": np.stack([self.table.lookup(c) for c in captions])}
+        ids, mask = tokenize_captions(self.tokenizer, list(captions), self.max_len)
+        return {"teacher_input_ids": ids, "teacher_attention_mask": mask}
 
 
 def teacher_inputs(student_tokenizer: Any, teacher_tokenizer: Any, max_len: int,

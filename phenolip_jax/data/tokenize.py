@@ -41,9 +41,18 @@ class Tokenize(grain.transforms.Map):
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         element = dict(element)
         caption, stored = element.pop(self.key), element.pop("stored_ids", None)
-        if stored is not None:
-            element["input_ids"], element["attention_mask"] = pad_ids(stored, self.max_len, self.pad_id)
-            return element
-        ids, mask = tokenize_captions(self.tokenizer, [caption], self.max_len)
+        ids, mask = self.batch([caption], [stored])
         element["input_ids"], element["attention_mask"] = ids[0], mask[0]
         return element
+
+    def batch(self, captions: Sequence[str], stored: Sequence[Sequence[int] | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) int32 [B, max_len]: the stored ids where given, the rest tokenised in one call."""
+        ids = np.full((len(captions), self.max_len), self.pad_id, np.int32)
+        mask = np.zeros((len(captions), self.max_len), np.int32)
+        todo = [row for row, s in enumerate(stored) if s is None]
+        for row, s in enumerate(stored):
+            if s is not None:
+                ids[row], mask[row] = pad_ids(s, self.max_len, self.pad_id)
+        if todo:
+            ids[todo], mask[todo] = tokenize_captions(self.tokenizer, [captions[r] for r in todo], self.max_len)
+        return ids, mask

@@ -72,6 +72,33 @@ def test_hpo_arrays_match_ontology_tables(onto):
         enc(["HP:9999999"])
 
 
+def test_hpo_batch_equals_rows(onto):
+    enc = HpoEncoder(onto, max_hpo=2, max_ancestors=5, max_hops=2, max_organs=3)
+    # Two ids with organ systems of their own, a record cut at max_hpo, an empty one and an alt id.
+    alt = next(iter(onto.aliases)) if getattr(onto, "aliases", None) else "HP:0001250"
+    lists = [("HP:0001250", "HP:0000478"), ("HP:0004322", "HP:0001263", "HP:0001250"), (), (alt,)]
+    batch = enc.batch(lists)
+    for row, ids in enumerate(lists):
+        for key, value in enc(ids).items():
+            np.testing.assert_array_equal(batch[key][row], value, err_msg=f"{key} row {row}")
+
+
+def test_crop_depends_on_stream_position_not_process_count(data, tok, onto):
+    # A record's train crop is seeded by its place in the global shuffled stream: the same with 1 or 2 processes.
+    root, records = data
+    crops = {}
+    for pc in (1, 2):
+        for pi in range(pc):
+            for batch in _take(make_train_iterator(CFG, records, tok, onto, seed=4, image_root=root, process_index=pi,
+                                                   process_count=pc, num_epochs=1), N // (4 * pc)):
+                for cid, img in zip(batch["caption_id"], batch["image"]):
+                    crops.setdefault((pc, int(cid)), []).append(img.tobytes())
+    assert len(crops) > N // 2
+    for (pc, cid), imgs in crops.items():
+        if pc == 2:  # captions repeat across records: compare each caption's set of crops
+            assert sorted(imgs) == sorted(crops[(1, cid)]), f"caption {cid}"
+
+
 def test_ids_are_stable_and_multi_positive(data):
     root, records = data
     src = RecordSource(records, root)
