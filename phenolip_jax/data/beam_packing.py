@@ -35,9 +35,8 @@ import apache_beam as beam
 from absl import flags
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from phenolip_jax import artifacts, config_lib
+from phenolip_jax import config_lib
 from phenolip_jax.data import pack_steps, packing, paths
-from phenolip_jax.data.step_format import StepFormat
 from phenolip_jax.ontology import load_ontology
 
 
@@ -88,8 +87,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         packing.check_input_flags(f.manifest, f.input, f.format)
         options = pipeline_options(f.runner, f.num_workers, argv[1:])
-        tokenizer = artifacts.load_tokenizer(f.tokenizer) if f.tokenizer else None
-        step = StepFormat(f.image_size, f.image_format, f.jpeg_quality, tokenizer, f.max_len)
+        tokenizer, step = packing.step_format(f)
         # --manifest is JSONL (or PhenoBench CSV) read by the jsonl reader, as python -m ...packing reads it
         what = {"manifest": paths.absolute(f.manifest)} if f.manifest else None
         pack_steps.pack(BeamEngine(options), f.manifest or f.input, f.format or "jsonl", f.output, load_ontology(),

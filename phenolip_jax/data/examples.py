@@ -150,7 +150,7 @@ class ExampleBatch(grain.transforms.Map):
         captions = [ex["caption"] for ex in examples]
         out = {"image": out_images}
         if self.teacher is not None:
-            out.update(self.teacher.batch(captions))
+            out.update(self.teacher.batch(captions, [ex.get("stored_teacher_ids") for ex in examples]))
         out["input_ids"], out["attention_mask"] = self.tokenize.batch(
             captions, [ex.get("stored_ids") for ex in examples])
         out.update(self.hpo.batch([ex["hpo_ids"] for ex in examples]))

@@ -149,13 +149,16 @@ class PackedSource(grain.sources.RandomAccessDataSource):
 
     `stored_ids`: hand over the caption ids stored at pack time (`stored_ids` key) for the pipeline's Tokenize to
     use; only for a run whose tokenizer and max_len `step_format.check_stored_tokens` accepted.
+    `stored_teacher_ids`: the same for the teacher's own ids (`stored_teacher_ids`; `sources.use_stored_teacher_ids`).
     """
 
     def __init__(self, directory: str | os.PathLike, split: str, info: dict[str, Any] | None = None,
-                 stored_ids: bool = False):
-        self.paths = shard_paths(directory, split, info)
+                 stored_ids: bool = False, stored_teacher_ids: bool = False):
+        self.directory = os.fspath(directory)
+        self.info = info if info is not None else read_packing_info(self.directory)
+        self.paths = shard_paths(directory, split, self.info)
         self._source = grain.sources.ArrayRecordDataSource(self.paths)
-        self.stored_ids = stored_ids
+        self.stored_ids, self.stored_teacher_ids = stored_ids, stored_teacher_ids
 
     def __len__(self) -> int:
         return len(self._source)
@@ -166,6 +169,8 @@ class PackedSource(grain.sources.RandomAccessDataSource):
               "image_id": meta["image_id"], "caption_id": meta["caption_id"]}
         if self.stored_ids and "input_ids" in meta:
             ex["stored_ids"] = meta["input_ids"]
+        if self.stored_teacher_ids and "teacher_input_ids" in meta:
+            ex["stored_teacher_ids"] = meta["teacher_input_ids"]
         return ex
 
 
@@ -230,8 +235,7 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     try:
         check_input_flags(f.manifest, f.input, f.format)
-        tokenizer = artifacts.load_tokenizer(f.tokenizer) if f.tokenizer else None
-        step = StepFormat(f.image_size, f.image_format, f.jpeg_quality, tokenizer, f.max_len)
+        tokenizer, step = step_format(f)
         common = dict(num_shards=f.num_shards, tokenizer=tokenizer, max_len=f.max_len, max_hpo=f.max_hpo,
                       max_side=f.max_side, strict=f.strict, allow_absolute=f.allow_absolute_paths, step=step)
         if f.manifest:
@@ -241,6 +245,14 @@ def main(argv: Sequence[str]) -> None:
     except config_lib.UserError as e:  # a mistake in the flags or the input's layout: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def step_format(f) -> tuple[Any, StepFormat]:
+    """(tokenizer or None, StepFormat) from the packer's flags (`f`: absl's FLAGS)."""
+    tokenizer = artifacts.load_tokenizer(f.tokenizer) if f.tokenizer else None
+    teacher = artifacts.load_tokenizer(f.teacher_tokenizer) if f.teacher_tokenizer else None
+    return tokenizer, StepFormat(f.image_size, f.image_format, f.jpeg_quality, tokenizer, f.max_len, teacher,
+                                 f.teacher_max_len or f.max_len)
 
 
 def read_options(f) -> formats.ReadOptions:
@@ -270,6 +282,10 @@ def define_flags() -> None:
     flags.DEFINE_enum("image_format", "keep", ["keep", "jpeg"], "store images as they are or as JPEG")
     flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality with --image_format=jpeg")
     flags.DEFINE_integer("max_len", 256, "caption context length (with --tokenizer)")
+    flags.DEFINE_string("teacher_tokenizer", None, "with --tokenizer: also store the teacher's own ids when its "
+                        "vocabulary differs (stage 2 with teacher.embeddings='on_the_fly'; the stage-1 run's hf_dir)")
+    flags.DEFINE_integer("teacher_max_len", 0, "the teacher's context length (0 = --max_len; a run uses the smaller "
+                         "of data.max_len and the teacher's position table)")
     flags.DEFINE_integer("max_hpo", None, "HPO ids kept per record (default: all)")
     flags.DEFINE_integer("max_side", 0, "downscale images whose longer side exceeds this (0 = keep bytes)")
     flags.DEFINE_bool("strict", False, "raise on the first bad record instead of skipping it")

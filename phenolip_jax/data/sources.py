@@ -131,6 +131,18 @@ def _packed_splits(directory: str, tokenizer: Any = None,
     return splits, _report(info.get("validation"))
 
 
+def use_stored_teacher_ids(split: Any, tokenizer: Any, max_len: int) -> bool:
+    """Makes a packed split hand over the teacher's stored ids when they fit `tokenizer` and `max_len` (a
+    UserError naming the mismatch when they do not); False when the split stores none or is not packed."""
+    source = getattr(split, "source", None)
+    if not isinstance(source, PackedSource):
+        return False
+    if check_stored_tokens(source.info, source.directory, tokenizer, max_len, kind="teacher_tokens") is None:
+        return False
+    source.stored_teacher_ids = True
+    return True
+
+
 def _tfds_splits(data_dir: str, name: str) -> tuple[dict[str, LazySplit], ValidationReport]:
     builder = tfds.builder(name, data_dir=data_dir)
     meta = dict(builder.info.metadata or {})

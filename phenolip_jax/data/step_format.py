@@ -28,6 +28,10 @@ class StepFormat:
     jpeg_quality: int = 90
     tokenizer: Any = None  # store the caption's ids for this tokenizer, truncated to max_len
     max_len: int = 0
+    # Also store the teacher's own ids (stage 2 with teacher.embeddings='on_the_fly' and a teacher whose vocabulary
+    # differs from the student's); not stored when the student's ids serve it (same vocabulary and max_len).
+    teacher_tokenizer: Any = None
+    teacher_max_len: int = 0
 
     def __post_init__(self):
         if self.image_format not in IMAGE_FORMATS:
@@ -37,6 +41,17 @@ class StepFormat:
                                        "the size must be >= 0 (0 = keep) and the quality in 1-100")
         if self.tokenizer is not None and self.max_len < 1:
             raise config_lib.UserError("--tokenizer needs --max_len >= 1: the ids are stored for one context length")
+        if self.teacher_tokenizer is not None and (self.tokenizer is None or self.teacher_max_len < 1):
+            raise config_lib.UserError("--teacher_tokenizer needs --tokenizer and --teacher_max_len >= 1 (the "
+                                       "teacher's ids are stored beside the student's)")
+
+    @property
+    def stores_teacher_ids(self) -> bool:
+        """Whether the teacher's ids differ from the student's and are stored (`teacher_input_ids`)."""
+        if self.teacher_tokenizer is None:
+            return False
+        return token_spec(self.teacher_tokenizer, self.teacher_max_len)["vocab_sha256"] != vocab_fingerprint(
+            self.tokenizer) or self.teacher_max_len != self.max_len
 
     @property
     def changes_images(self) -> bool:
@@ -55,10 +70,15 @@ class StepFormat:
         return images.encode_png(rgb)
 
     def tokens(self, caption: str) -> dict[str, list[int]]:
-        """{'input_ids': [...]} (unpadded, truncated to max_len) when a tokenizer is set, else {}."""
+        """{'input_ids': [...]} (unpadded, truncated to max_len) when a tokenizer is set, plus `teacher_input_ids`
+        when the teacher's are stored; else {}."""
         if self.tokenizer is None:
             return {}
-        return {"input_ids": list(self.tokenizer(caption, max_length=self.max_len, truncation=True)["input_ids"])}
+        out = {"input_ids": list(self.tokenizer(caption, max_length=self.max_len, truncation=True)["input_ids"])}
+        if self.stores_teacher_ids:
+            out["teacher_input_ids"] = list(self.teacher_tokenizer(caption, max_length=self.teacher_max_len,
+                                                                   truncation=True)["input_ids"])
+        return out
 
     def info(self) -> dict[str, Any]:
         """packing.json's `step_format`: what a run checks before it uses the stored ids."""
@@ -67,6 +87,8 @@ class StepFormat:
             out["jpeg_quality"] = self.jpeg_quality
         if self.tokenizer is not None:
             out["tokens"] = token_spec(self.tokenizer, self.max_len)
+        if self.stores_teacher_ids:
+            out["teacher_tokens"] = token_spec(self.teacher_tokenizer, self.teacher_max_len)
         return out
 
 
@@ -76,17 +98,20 @@ def token_spec(tokenizer: Any, max_len: int) -> dict[str, Any]:
             "pad_id": int(tokenizer.pad_token_id or 0), "name": str(getattr(tokenizer, "name_or_path", ""))}
 
 
-def check_stored_tokens(info: Mapping[str, Any], where: str, tokenizer: Any, max_len: int) -> dict[str, Any] | None:
+def check_stored_tokens(info: Mapping[str, Any], where: str, tokenizer: Any, max_len: int,
+                        kind: str = "tokens") -> dict[str, Any] | None:
     """The stored ids' spec when they fit this run's tokenizer and max_len, None when none are stored; else a
-    UserError naming the mismatch."""
-    spec = (info.get("step_format") or {}).get("tokens")
+    UserError naming the mismatch. `kind`: 'tokens' (the caption's ids) or 'teacher_tokens' (the teacher's)."""
+    spec = (info.get("step_format") or {}).get(kind)
     if spec is None:
         return None
     want = token_spec(tokenizer, max_len)
     bad = [f"{k} {spec.get(k)!r} (this run: {want[k]!r})" for k in ("vocab_sha256", "max_len") if spec.get(k) != want[k]]
     if bad:
+        whose, flag = ("the teacher's token ids", "--teacher_tokenizer and --teacher_max_len") if kind == \
+            "teacher_tokens" else ("caption token ids", "--tokenizer and --max_len")
         raise config_lib.UserError(
-            f"config.data.packed_dir={where!r} stores caption token ids made with another tokenizer or context: "
-            f"{'; '.join(bad)} (packed with {spec.get('name')!r}). Pack again with this run's --tokenizer and "
-            f"--max_len={want['max_len']}, or without --tokenizer (the pipeline then tokenises)")
+            f"config.data.packed_dir={where!r} stores {whose} made with another tokenizer or context: "
+            f"{'; '.join(bad)} (packed with {spec.get('name')!r}). Pack again with this run's {flag}"
+            f"={want['max_len']}, or without them (the pipeline then tokenises)")
     return spec

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from phenolip_jax.data.tokenize import tokenize_captions
+from phenolip_jax.data.tokenize import Tokenize
 
 
 def vocab_fingerprint(tokenizer: Any) -> str:
@@ -45,11 +45,13 @@ class TeacherInputs(grain.transforms.Map):
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         return {**element, **{k: v[0] for k, v in self.batch([element["caption"]]).items()}}
 
-    def batch(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
-        """The teacher's inputs for a batch of captions: `teacher_emb` [B,D], or its own ids / mask [B,L']."""
+    def batch(self, captions: Sequence[str], stored: Sequence[Sequence[int] | None] | None = None
+              ) -> dict[str, np.ndarray]:
+        """The teacher's inputs for a batch of captions: `teacher_emb` [B,D], or its own ids / mask [B,L'] (from
+        `stored`, the ids packed with the data, where given)."""
         if self.table is not None:
             return {"teacher_emb": np.stack([self.table.lookup(c) for c in captions])}
-        ids, mask = tokenize_captions(self.tokenizer, list(captions), self.max_len)
+        ids, mask = Tokenize(self.tokenizer, self.max_len).batch(captions, stored or [None] * len(captions))
         return {"teacher_input_ids": ids, "teacher_attention_mask": mask}
 
 

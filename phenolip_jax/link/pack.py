@@ -16,9 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from phenolip_jax import artifacts, config_lib
+from phenolip_jax import config_lib
 from phenolip_jax.data import containers, formats, manifest, packing, paths
-from phenolip_jax.data.step_format import StepFormat
 from phenolip_jax.link import corpus
 from phenolip_jax.link.run import build_linker
 from phenolip_jax.ontology import load_ontology
@@ -41,8 +40,7 @@ def pack_linked(f) -> dict:
     """Reads, validates, links and packs as the flags say (`f`: absl's FLAGS); returns packing.json."""
     packing.check_input_flags(f.manifest, f.input, f.format)
     onto = load_ontology()
-    tokenizer = artifacts.load_tokenizer(f.tokenizer) if f.tokenizer else None
-    step = StepFormat(f.image_size, f.image_format, f.jpeg_quality, tokenizer, f.max_len)
+    tokenizer, step = packing.step_format(f)
     common = dict(strict=f.strict, tokenizer=tokenizer, max_len=f.max_len, max_hpo=f.max_hpo,
                   allow_absolute=f.allow_absolute_paths)
     if f.manifest:

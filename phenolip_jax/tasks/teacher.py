@@ -8,6 +8,7 @@ import jax
 
 from phenolip_jax import artifacts
 from phenolip_jax.data import teacher_cache
+from phenolip_jax.data.sources import use_stored_teacher_ids
 from phenolip_jax.data.records import Record
 from phenolip_jax.data.teacher_inputs import (TeacherInputs, same_vocabulary, teacher_inputs, teacher_max_len,
                                               vocab_fingerprint)
@@ -48,7 +49,10 @@ def teacher_transform(cfg: Any, teacher_model: Any, tparams: Any, meta: dict[str
     if max_len == cfg.data.max_len and same_vocabulary(tokenizer, ttok):
         ttok = tokenizer  # tokenised once: the student's ids are the teacher's
     if mode == "on_the_fly":
-        return teacher_inputs(tokenizer, ttok, max_len)
+        transform = teacher_inputs(tokenizer, ttok, max_len)
+        if transform is not None and use_stored_teacher_ids(train, ttok, max_len):
+            print("teacher: its own token ids come from the packed shards (packed with --teacher_tokenizer)")
+        return transform
     ident = teacher_cache.teacher_identity(tparams, meta["text_tower"], vocab_fingerprint(ttok), max_len)
     encode = text_encoder(lambda i, m: teacher_model.apply({"params": tparams}, i, m), ttok, max_len,
                           cfg.eval.batch_size)

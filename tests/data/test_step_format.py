@@ -113,3 +113,51 @@ def test_packed_source_hands_ids_on_only_when_told(packed):
     directory, info = packed
     assert "stored_ids" not in PackedSource(directory, "train", info)[0]
     assert "stored_ids" in PackedSource(directory, "train", info, stored_ids=True)[0]
+
+
+@pytest.fixture(scope="module")
+def word_tok(tmp_path_factory):
+    """A teacher tokenizer with a vocabulary of its own (letter pieces: ids unlike MiniLM's)."""
+    from transformers import BertTokenizerFast
+
+    from phenolip_jax import artifacts
+
+    out = tmp_path_factory.mktemp("teacher_vocab")
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]  # every word splits into letter pieces
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "phenotype"] + letters + ["##" + c for c in letters]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(out / "vocab.txt")).save_pretrained(str(out))
+    return artifacts.load_tokenizer(str(out))
+
+
+def test_teacher_ids_stored_when_its_vocabulary_differs(tmp_path, onto, tok, word_tok):
+    from types import SimpleNamespace
+
+    from phenolip_jax.data import packing
+    from phenolip_jax.data.teacher_inputs import TeacherInputs
+
+    flags = SimpleNamespace(tokenizer=tok.name_or_path, teacher_tokenizer=word_tok.name_or_path, teacher_max_len=12,
+                            max_len=16, image_size=0, image_format="keep", jpeg_quality=90)
+    _, step = packing.step_format(flags)
+    assert step.stores_teacher_ids
+    assert not StepFormat(tokenizer=tok, max_len=16, teacher_tokenizer=tok, teacher_max_len=16).stores_teacher_ids
+    mini = mini_lib.jsonl(tmp_path / "src")
+    info = pack_input(mini.input, "jsonl", str(tmp_path / "packed"), onto, options=mini.options, progress=False,
+                      step=step)
+    assert info["step_format"]["teacher_tokens"]["max_len"] == 12
+    splits, _ = sources.read_lazy_splits("arrayrecord", packed_dir=str(tmp_path / "packed"), tokenizer=tok, max_len=16)
+    train = splits["train"]
+    assert "stored_teacher_ids" not in train[0]  # handed on only once the run's teacher accepted them
+    with pytest.raises(config_lib.UserError, match="teacher's token ids.*max_len 12 \\(this run: 16\\)"):
+        sources.use_stored_teacher_ids(train, word_tok, 16)
+    assert sources.use_stored_teacher_ids(train, word_tok, 12)
+    stored = train[0]["stored_teacher_ids"]
+    assert stored == list(word_tok(train[0]["caption"], max_length=12, truncation=True)["input_ids"])
+    cfg = dict(per_host_batch_size=2, image_size=16, max_len=16, workers=0)
+    batch = next(make_train_iterator(cfg, train, tok, onto, seed=0, teacher=TeacherInputs(word_tok, 12),
+                                     process_index=0, process_count=1))
+    texts = [train[i]["caption"] for i in range(len(train))]
+    by_id = {int(train[i]["caption_id"]): texts[i] for i in range(len(train))}
+    want_ids, want_mask = tokenize_captions(word_tok, [by_id[int(c)] for c in batch["caption_id"]], 12)
+    np.testing.assert_array_equal(batch["teacher_input_ids"], want_ids)
+    np.testing.assert_array_equal(batch["teacher_attention_mask"], want_mask)

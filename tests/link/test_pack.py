@@ -29,7 +29,8 @@ def flags_for(tmp_path, **kw):
             f.write(json.dumps({"image": f"{i}.png", "caption": caption, "split": "train" if i < 3 else "test"}) + "\n")
     base = dict(manifest=None, input=str(root / "m.jsonl"), format="jsonl", image_root=None,
                 output=str(tmp_path / "packed"), num_shards=1, tokenizer=None, image_size=0, image_format="keep",
-                jpeg_quality=90, max_len=256, max_hpo=None, max_side=0, strict=False, allow_absolute_paths=False,
+                jpeg_quality=90, max_len=256, teacher_tokenizer=None, teacher_max_len=0, max_hpo=None, max_side=0,
+                strict=False, allow_absolute_paths=False,
                 csv_img_key="filepath", csv_caption_key="title", csv_separator="\t", parquet_image_column="image",
                 parquet_caption_column="caption", link="lexical", link_encoder="", link_threshold=None)
     return types.SimpleNamespace(**{**base, **kw})
