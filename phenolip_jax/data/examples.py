@@ -41,6 +41,35 @@ class RecordSource(grain.sources.RandomAccessDataSource):
                 "image_id": self.image_ids[index], "caption_id": self.caption_ids[index]}
 
 
+class IndexBatches(grain.MapDataset):
+    """Batch k of one process's strided slice of a stream of source indices, as {'index': [B], 'position': [B]}.
+
+    Process `pi` of `pc` takes stream positions pi, pi + pc, ... (as `stream[pi::pc].batch(B, drop_remainder=True)`
+    would); `position` is the place in the global stream, which seeds the example's crop. The indices are read
+    with one `_getitems` call, so the stream's layers cost a list comprehension per example, not a grain layer each.
+    """
+
+    _MUTATES_ELEMENT_SPEC = True
+
+    def __init__(self, stream: grain.MapDataset, process_index: int, process_count: int, batch_size: int):
+        super().__init__(stream)
+        self._pi, self._pc, self._b = int(process_index), int(process_count), int(batch_size)
+        self._length = ((len(stream) - self._pi + self._pc - 1) // self._pc) // self._b
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __str__(self) -> str:
+        return f"IndexBatches(process={self._pi}/{self._pc}, batch={self._b})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        positions = self._pi + self._pc * (index * self._b + np.arange(self._b, dtype=np.int64))
+        indices = self._parent._getitems([int(p) for p in positions])  # pylint: disable=protected-access
+        return {"index": np.asarray(indices, np.int64), "position": positions}
+
+
 def read_examples(source: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
     """source[i] for each index, through the source's batched read (`_getitems`) when it has one."""
     many = getattr(source, "_getitems", None)

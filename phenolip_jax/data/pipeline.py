@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from phenolip_jax.data import images
-from phenolip_jax.data.examples import ExampleBatch, HpoEncoder, RecordSource, TrainCrop
+from phenolip_jax.data.examples import ExampleBatch, HpoEncoder, IndexBatches, RecordSource, TrainCrop
 from phenolip_jax.data.length_groups import LengthGroupedMapDataset
 from phenolip_jax.data.records import Record
 from phenolip_jax.data.tokenize import Tokenize
@@ -165,7 +165,7 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
             lengths = LengthGroupedMapDataset(lengths, lengths, **group)
     # The position in the global stream (before the process slice) seeds the example's crop, so a record's crop is
     # the same for any process count.
-    ds = ds.map_with_index(_indexed)[pi::pc].batch(cfg["per_host_batch_size"], drop_remainder=True)
+    ds = IndexBatches(ds, pi, pc, cfg["per_host_batch_size"])
     ds = ds.map(ExampleBatch(source, cfg["image_size"], Tokenize(tokenizer, cfg["max_len"]), _hpo_encoder(ontology, cfg),
                              TrainCrop(tuple(cfg["crop_scale"]), bool(cfg["hflip"]), seed + 1), teacher))
     if cfg["length_buckets"]:
@@ -174,10 +174,6 @@ def make_train_dataset(cfg_data, records, tokenizer, ontology, seed: int, *, ima
         ds = ds.map_with_index(TrimToBucket(lengths.batch(global_batch, drop_remainder=True),
                                             cfg["length_buckets"], cfg["max_len"]))
     return _to_iter(ds, cfg)
-
-
-def _indexed(position: int, index: int) -> dict[str, int]:
-    return {"index": index, "position": position}
 
 
 def _hpo_encoder(ontology, cfg: dict[str, Any]) -> HpoEncoder:
