@@ -1,10 +1,11 @@
 """Phenotype embeddings cached per model: every HPO term through the prompt templates takes minutes on a CPU
 (18,386 terms x 5 prompts), so a second predict on the same run reads them back instead.
 
-A cache file holds the ids it has encoded and their embeddings. Its name is a fingerprint of everything a
-phenotype embedding depends on: the text tower's parameters, the module's configuration, the tokenizer, max_len,
-the prompt templates and the HPO release's sha256. Another model, prompt set or release gets another file; a
-request for ids not yet in the file encodes only those and adds them.
+A cache file holds the phenotype texts (the terms' names) it has encoded and their embeddings: an embedding
+depends on the name, not on the id or the release. The file's name is a fingerprint of everything else an
+embedding depends on: the text tower's parameters, the module's configuration, the tokenizer, max_len and the
+prompt templates. Another model or prompt set gets another file. A request encodes only the names not yet in
+the file, so a new HPO release re-encodes its new and renamed terms and reuses the rest.
 """
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ import numpy as np
 
 CACHE_DIRNAME = "phenotype_cache"
 CHUNK = 256  # phenotypes per progress update (each is len(templates) prompts)
+FORMAT = "names-v2"  # entries keyed by the phenotype's name (v1 files, keyed by id and release, are not read)
 
 
 def fingerprint(model: Any, templates: Sequence[str]) -> str:
-    """Hex sha256 of what the model's phenotype embeddings depend on (text params, module, tokenizer, prompts,
-    max_len, HPO release)."""
+    """Hex sha256 of what the model's phenotype embeddings depend on besides the names (text params, module,
+    tokenizer, prompts, max_len)."""
     h = hashlib.sha256()
     params = model.params if model.kind == "stage1" else model.params["text"]
     for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0])):
@@ -40,17 +42,17 @@ def fingerprint(model: Any, templates: Sequence[str]) -> str:
     else:
         spec = sorted(tok.get_vocab().items())
     h.update(json.dumps(spec, sort_keys=True).encode())
-    h.update(json.dumps([repr(model.module), model.max_len, list(templates), model.ontology.source_sha256]).encode())
+    h.update(json.dumps([FORMAT, repr(model.module), model.max_len, list(templates)]).encode())
     return h.hexdigest()
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
-    """{hpo_id: embedding} of a cache file; {} when absent or unreadable (it is then rebuilt)."""
+    """{phenotype name: embedding} of a cache file; {} when absent or unreadable (it is then rebuilt)."""
     if not os.path.exists(path):
         return {}
     try:
         with np.load(path, allow_pickle=False) as f:
-            ids, emb = [str(i) for i in f["ids"]], np.asarray(f["emb"], np.float32)
+            ids, emb = [str(i) for i in f["names"]], np.asarray(f["emb"], np.float32)
     except (OSError, ValueError, KeyError) as err:
         print(f"predict: ignoring unreadable phenotype cache {path}: {err}", file=sys.stderr, flush=True)
         return {}
@@ -63,7 +65,7 @@ def _write(path: str, table: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".phenotypes-", suffix=".npz", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, ids=np.asarray(ids), emb=np.stack([table[i] for i in ids]).astype(np.float32))
+            np.savez(f, names=np.asarray(ids), emb=np.stack([table[i] for i in ids]).astype(np.float32))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -93,27 +95,29 @@ def progress_bar(done: int, total: int, start: float, what: str = "images") -> N
           file=sys.stderr, flush=True)
 
 
-def encode_with_progress(model: Any, ids: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-    """[P, D] phenotype embeddings, encoded CHUNK at a time with one progress line on stderr."""
+def encode_with_progress(model: Any, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """[P, D] phenotype embeddings of names, encoded CHUNK at a time with one progress line on stderr."""
     out, start = [], time.time()
-    for lo in range(0, len(ids), CHUNK):
-        out.append(model.encode_phenotypes(list(ids[lo:lo + CHUNK]), templates))
-        progress_bar(min(lo + CHUNK, len(ids)), len(ids), start, "phenotypes")
+    for lo in range(0, len(names), CHUNK):
+        out.append(model.encode_prompts(list(names[lo:lo + CHUNK]), templates))
+        progress_bar(min(lo + CHUNK, len(names)), len(names), start, "phenotypes")
     return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
 
 
 def phenotype_embeddings(model: Any, ids: Sequence[str], cache_dirs: Sequence[str],
                          templates: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """([P, D] embeddings of `ids` in order, {'cache': file or None, 'cached': n, 'encoded': n}).
+    """([P, D] embeddings of `ids` in order, {'cache': file or None, 'cached': n, 'encoded': n}): counts of
+    distinct names, read from the cache or encoded now.
 
     The cache file is looked for in each of `cache_dirs` and written to the first writable one.
     """
     templates = tuple(templates or model.templates)
+    names = model.phenotype_texts(list(ids))  # in the model's ontology: a new release's names
     name = f"phenotypes-{fingerprint(model, templates)[:24]}.npz"
     existing = next((os.path.join(d, name) for d in cache_dirs if os.path.exists(os.path.join(d, name))), None)
     table = _read(existing) if existing else {}
-    missing = [h for h in dict.fromkeys(ids) if h not in table]
-    cached = len(set(ids)) - len(missing)
+    missing = [t for t in dict.fromkeys(names) if t not in table]
+    cached = len(set(names)) - len(missing)
     if missing:
         print(f"predict: encoding {len(missing)} phenotypes x {len(templates)} templates"
               + (f" ({cached} cached)" if cached else ""), file=sys.stderr, flush=True)
@@ -127,5 +131,5 @@ def phenotype_embeddings(model: Any, ids: Sequence[str], cache_dirs: Sequence[st
             print(f"predict: no writable cache folder among {list(cache_dirs)}: embeddings not cached",
                   file=sys.stderr, flush=True)
         existing = target
-    return np.stack([table[h] for h in ids]).astype(np.float32), dict(cache=existing, cached=cached,
-                                                                      encoded=len(missing))
+    return np.stack([table[t] for t in names]).astype(np.float32), dict(cache=existing, cached=cached,
+                                                                        encoded=len(missing))

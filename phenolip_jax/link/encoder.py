@@ -102,6 +102,7 @@ def memo_path(cache_dir: str, scorer: SpanScorer) -> str:
     """The span-score file of this model and term set in `cache_dir` (another model or term set: another file)."""
     h = hashlib.sha256(phenotype_cache.fingerprint(scorer.model, NAME_TEMPLATES).encode())
     h.update(np.ascontiguousarray(scorer.terms).tobytes())
+    h.update(str(scorer.model.ontology.source_sha256).encode())  # term indices mean other terms in another release
     return os.path.join(cache_dir, f"spans-{h.hexdigest()[:24]}.npz")
 
 
