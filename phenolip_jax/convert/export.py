@@ -15,6 +15,8 @@ OUTDIR/hf_bert/     config.json + model.safetensors (BertModel.from_pretrained l
                     text_head.safetensors (the projection head, torch layout) + phenolip_text.json (pooling,
                     head, max_len); no pooler unless the run trained one: load with add_pooling_layer=False
 OUTDIR/params.safetensors   every Flax parameter under its '/'-joined path (e.g. image/encoder/cls)
+OUTDIR/onnx/        image_encoder.onnx + text_encoder.onnx (L2-normalised embeddings, dynamic batch) +
+                    phenolip_onnx.json + tokenizer files (convert/onnx_export.py; needs torch, onnx, onnxscript)
 OUTDIR/export.json  what was written and, with verify on, the measured Flax-vs-PyTorch max abs differences
 """
 from __future__ import annotations
@@ -31,12 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from phenolip_jax import artifacts
-from phenolip_jax.convert import hf_bert, model_card
+from phenolip_jax.convert import hf_bert, model_card, onnx_export
 from phenolip_jax.convert import open_clip as oc
+from phenolip_jax.data import images as img_lib
 from phenolip_jax.models import bert as bert_lib
 from phenolip_jax.models import two_tower
 
-FORMATS = ("open_clip", "hf_bert", "safetensors")
+FORMATS = ("open_clip", "hf_bert", "safetensors", "onnx")
 # open_clip_config.json names the text model and tokenizer relative to its own folder, never by an absolute path.
 LOCAL_HF_NAME = "."
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -207,8 +210,9 @@ def _flax_outputs(fields: Mapping[str, Any], params: Mapping[str, Any], images: 
 
 
 def verify(fields: Mapping[str, Any], params: Mapping[str, Any], open_clip_dir: Path | None,
-           hf_dir: Path | None, batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict[str, float]:
-    """Max abs differences between the Flax model and the exported PyTorch models on random inputs."""
+           hf_dir: Path | None, batch: int = 2, seq_len: int = 16, seed: int = 0,
+           onnx_dir: Path | None = None) -> dict[str, float]:
+    """Max abs differences between the Flax model and the exported PyTorch (and ONNX) models on random inputs."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -242,6 +246,8 @@ def verify(fields: Mapping[str, Any], params: Mapping[str, Any], open_clip_dir: 
             hidden = hf(input_ids=torch.from_numpy(ids), attention_mask=mask).last_hidden_state.numpy()
             keep = (ids != 0)[..., None]  # padded positions' states are unused and differ in how they are masked
             diffs["hf_bert_hidden_max_abs"] = float(np.abs(np.where(keep, hidden - flax_out["hidden"], 0)).max())
+    if onnx_dir is not None:
+        diffs.update(onnx_export.max_abs_diffs(onnx_dir, images, ids, flax_out["image"], flax_out["text"]))
     return diffs
 
 
@@ -264,7 +270,7 @@ def run(cfg: Any) -> dict[str, Any]:
         base = json.loads((Path(source) / "config.json").read_text())
     bert_config = oc.bert_config_from_fields(fields["text_config"]["bert"], base)
     summary: dict[str, Any] = dict(checkpoint=str(cfg.checkpoint), output=str(out), formats=list(formats))
-    oc_dir = hf_dir = None
+    oc_dir = hf_dir = onnx_dir = None
     if "open_clip" in formats:
         oc_dir = out / "open_clip"
         written = export_open_clip(fields, params, oc_dir, bert_config, mean=meta.get("mean"), std=meta.get("std"),
@@ -283,20 +289,26 @@ def run(cfg: Any) -> dict[str, Any]:
                                  head_params=params["text"].get("head", {}), text_meta=text_meta)
         summary["hf_bert"] = dict(dir=str(hf_dir), tensors=written["tensors"],
                                   tokenizer_files=written["tokenizer_files"])
-    if ("open_clip" in formats or "hf_bert" in formats) and not any(
-            summary.get(f, {}).get("tokenizer_files") for f in ("open_clip", "hf_bert")):
+    if "onnx" in formats:
+        onnx_dir = out / "onnx"
+        summary["onnx"] = onnx_export.export_onnx(
+            fields, params, onnx_dir, bert_config, mean=meta.get("mean") or img_lib.CLIP_MEAN,
+            std=meta.get("std") or img_lib.CLIP_STD, max_len=int(meta.get("max_len", 256)), logit_scale=scale)
+        summary["onnx"]["tokenizer_files"] = copy_tokenizer(source, onnx_dir)
+    if {"open_clip", "hf_bert", "onnx"} & set(formats) and not any(
+            summary.get(f, {}).get("tokenizer_files") for f in ("open_clip", "hf_bert", "onnx")):
         summary["warning"] = (f"no tokenizer files: the run's text_hf_dir {source!r} is not a local folder with "
                               "tokenizer.json / vocab.txt; copy them into the export's folders by hand")
     if "safetensors" in formats:
         path = out / "params.safetensors"
         summary["safetensors"] = dict(path=str(path), tensors=export_safetensors(params, path, meta))
-    if cfg.verify and (oc_dir or hf_dir):
+    if cfg.verify and (oc_dir or hf_dir or onnx_dir):
         try:
             import torch  # noqa: F401  (the reference models are PyTorch)
         except ImportError:
             summary["parity"] = "skipped: torch is not installed"
         else:
-            summary["parity"] = verify(fields, params, oc_dir, hf_dir)
+            summary["parity"] = verify(fields, params, oc_dir, hf_dir, onnx_dir=onnx_dir)
     summary["seconds"] = round(time.time() - t0, 1)
     run_dir = Path(cfg.checkpoint)
     (out / "README.md").write_text(model_card.model_card(

@@ -3,8 +3,9 @@
 The transformers + torch snippet is generated for the exported model (its pooling and head), so it reproduces
 the JAX text embedding exactly: BERT -> pooling -> projection head (exact erf GELU for an MLP) -> L2 norm.
 The torch image snippet rebuilds the image tower from the PyTorch module shipped in `open_clip/` (a copy of
-convert/torch_modules.py) and preprocesses as phenolip_jax's eval transform does. tests/convert/test_export.py
-runs both in a fresh process, without phenolip_jax, on a copy of the export.
+convert/torch_modules.py) and preprocesses as phenolip_jax's eval transform does; the onnxruntime snippet
+embeds both with the ONNX graphs and the same preprocessing. tests/convert/test_export.py and test_onnx.py run
+them in a fresh process, without phenolip_jax, on a copy of the export.
 """
 from __future__ import annotations
 
@@ -12,10 +13,30 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from phenolip_jax.convert import onnx_export
+
 TEXT_HEAD_FILE = "text_head.safetensors"
 TEXT_META_FILE = "phenolip_text.json"
 TORCH_MODULE = "phenolip_torch.py"  # convert/torch_modules.py, copied into the export's open_clip/ folder
 _VIT_SIZES = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
+
+# phenolip_jax's eval transform in numpy + Pillow, shared by the torch and onnxruntime image snippets; it reads the
+# snippet's `size`, `mean` and `std`.
+_PREPROCESS_CODE = '''def preprocess(path):
+    """phenolip_jax's eval transform: shorter side to `size` (bicubic), centre crop, (x / 255 - mean) / std; CHW."""
+    img = PIL.ImageOps.exif_transpose(PIL.Image.open(path))
+    if img.mode in ("RGBA", "LA", "PA", "P"):  # transparency on white, as phenolip_jax does
+        rgba = img.convert("RGBA")
+        img = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    img = img.convert("RGB")  # 8-bit images; phenolip_jax scales 16-bit grey (65535 -> 255) where Pillow clips
+    s = size / min(img.size)
+    w, h = max(size, round(img.width * s)), max(size, round(img.height * s))
+    img = img.resize((w, h), PIL.Image.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    x = np.asarray(img, np.float32)[top:top + size, left:left + size] * np.float32(1 / 255)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # HWC -> CHW
+'''
 
 _POOLING_CODE = {
     "cls": "pooled = hidden[:, 0]  # the [CLS] token's last hidden state",
@@ -142,30 +163,56 @@ visual.load_state_dict({{k[len("visual."):]: v for k, v in state.items() if k.st
 visual.eval()
 
 
-def preprocess(path):
-    """phenolip_jax's eval transform: shorter side to `size` (bicubic), centre crop, (x / 255 - mean) / std."""
-    img = PIL.ImageOps.exif_transpose(PIL.Image.open(path))
-    if img.mode in ("RGBA", "LA", "PA", "P"):  # transparency on white, as phenolip_jax does
-        rgba = img.convert("RGBA")
-        img = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    img = img.convert("RGB")  # 8-bit images; phenolip_jax scales 16-bit grey (65535 -> 255) where Pillow clips
-    s = size / min(img.size)
-    w, h = max(size, round(img.width * s)), max(size, round(img.height * s))
-    img = img.resize((w, h), PIL.Image.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    x = np.asarray(img, np.float32)[top:top + size, left:left + size] * np.float32(1 / 255)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(x).permute(2, 0, 1)  # HWC -> CHW
-
+{_PREPROCESS_CODE}
 
 def embed_images(paths):
     """[N, {embed_dim}] L2-normalised PhenoLIP image embeddings."""
     with torch.no_grad():
-        return F.normalize(visual(torch.stack([preprocess(p) for p in paths])), dim=-1)
+        return F.normalize(visual(torch.stack([torch.from_numpy(preprocess(p)) for p in paths])), dim=-1)
 
 
 emb = embed_images(["image.png"])  # your images' paths
 print(emb.shape, emb[0, :4])
+'''
+
+
+def onnxruntime_snippet(embed_dim: int) -> str:
+    """Python that embeds images and texts with onnxruntime (no torch, no JAX) from the export's onnx/ folder."""
+    return f'''import json
+import pathlib
+
+import numpy as np
+import onnxruntime as ort
+import PIL.Image
+import PIL.ImageOps
+from transformers import AutoTokenizer  # the tokenizer only: no torch needed
+
+d = pathlib.Path("onnx").resolve()  # this export's onnx folder (from the export folder, or a full path)
+meta = json.loads((d / "{onnx_export.META_FILE}").read_text())
+size, mean, std = meta["image"]["image_size"], meta["image"]["mean"], meta["image"]["std"]
+image_session = ort.InferenceSession(str(d / meta["image"]["file"]), providers=["CPUExecutionProvider"])
+text_session = ort.InferenceSession(str(d / meta["text"]["file"]), providers=["CPUExecutionProvider"])
+tokenizer = AutoTokenizer.from_pretrained(str(d))
+
+
+{_PREPROCESS_CODE}
+
+def embed_images(paths):
+    """[N, {embed_dim}] L2-normalised PhenoLIP image embeddings."""
+    x = np.stack([preprocess(p) for p in paths])
+    return image_session.run(None, {{meta["image"]["input"]: x}})[0]
+
+
+def embed_texts(texts):
+    """[N, {embed_dim}] L2-normalised PhenoLIP text embeddings (padding is masked inside the graph)."""
+    ids = tokenizer(list(texts), max_length=meta["text"]["max_len"], truncation=True, padding="max_length",
+                    return_tensors="np")["input_ids"]
+    return text_session.run(None, {{meta["text"]["input"]: ids.astype(np.int64)}})[0]
+
+
+texts = embed_texts(["Clinical photograph showing hypertelorism.", "Seizure"])
+images = embed_images(["image.png"])  # your images' paths
+print(images @ texts.T)  # cosine similarities
 '''
 
 
@@ -189,6 +236,9 @@ def model_card(meta: Mapping[str, Any], summary: Mapping[str, Any], text_meta: M
     if "hf_bert" in summary:
         lines.append(f"| `hf_bert/` | Hugging Face `BertModel` (`config.json`, `model.safetensors`), tokenizer files, "
                      f"`{TEXT_HEAD_FILE}` (text projection head, torch layout), `{TEXT_META_FILE}` |")
+    if "onnx" in summary:
+        lines.append("| `onnx/` | `image_encoder.onnx`, `text_encoder.onnx` (L2-normalised embeddings, dynamic batch), "
+                     f"`{onnx_export.META_FILE}` (input names, image size, mean / std, max_len), tokenizer files |")
     if "safetensors" in summary:
         lines.append("| `params.safetensors` | every Flax parameter under its `/` path, model config in the metadata |")
     lines += ["| `export.json` | what was written, and the measured PyTorch-vs-JAX parity |", ""]
@@ -223,6 +273,14 @@ def model_card(meta: Mapping[str, Any], summary: Mapping[str, Any], text_meta: M
                   "`visual.*` weights of `open_clip_model.safetensors`. Needs torch, numpy, Pillow and safetensors.",
                   "", "```python", torch_image_snippet(vit, int(meta["image_config"].get("embed_dim", 512))).rstrip(),
                   "```", ""]
+    if "onnx" in summary:
+        lines += ["## ONNX", "",
+                  f"`onnx/{onnx_export.IMAGE_FILE}` takes `{onnx_export.IMAGE_INPUT}` (float32, NCHW, after the "
+                  f"preprocessing below) and `onnx/{onnx_export.TEXT_FILE}` takes `{onnx_export.TEXT_INPUT}` (int64, "
+                  "padding id 0, masked inside the graph); each returns the L2-normalised embedding. Batch size "
+                  "(and text length) are free. Needs onnxruntime, numpy, Pillow and transformers (tokenizer only).",
+                  "", "### onnxruntime", "", "```python",
+                  onnxruntime_snippet(int(meta["image_config"].get("embed_dim", 512))).rstrip(), "```", ""]
     lines += ["## Training", "", "Model (`model_config.json` of the run):", ""]
     lines += _json_block({k: v for k, v in meta.items() if k != "text_hf_dir"})
     if run_config:
@@ -237,7 +295,7 @@ def model_card(meta: Mapping[str, Any], summary: Mapping[str, Any], text_meta: M
               if metrics else ["The run directory holds no `eval.json`.", ""])
     parity = summary.get("parity")
     if isinstance(parity, Mapping):
-        lines += ["PyTorch (files in this folder) vs JAX, max abs differences on random inputs:", ""]
+        lines += ["PyTorch / ONNX Runtime (files in this folder) vs JAX, max abs differences on random inputs:", ""]
         lines += ["| comparison | max abs diff |", "|---|---|"]
         lines += [f"| {k} | {v:.2e} |" for k, v in parity.items()] + [""]
     return "\n".join(lines)

@@ -156,7 +156,7 @@ def test_training_checkpoints_fallback_and_formats_subset(tmp_path):
 
 def test_bad_requests_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="formats"):
-        export.run(_config(checkpoint=str(tmp_path), output=str(tmp_path / "o"), formats=("onnx",)))
+        export.run(_config(checkpoint=str(tmp_path), output=str(tmp_path / "o"), formats=("tflite",)))
     with pytest.raises(ValueError, match="checkpoint"):
         export.run(_config(output=str(tmp_path / "o")))
     with pytest.raises(FileNotFoundError, match="model_config.json"):
