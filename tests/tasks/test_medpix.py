@@ -25,16 +25,22 @@ def medpix_config(bert_dir: str, packed: str):
     return short_run(cfg)
 
 
-def test_medpix_packed_linked_and_trained(tmp_path, tiny_bert_dir, capsys):
-    mini = mini_lib.medpix(tmp_path)
-    out = str(tmp_path / "packed")
+def pack_miniature(mini_input: str, out: str) -> dict:
+    """`python -m phenolip_jax.link.pack --format=medpix --link=lexical` of a miniature; its packing info."""
     flags = types.SimpleNamespace(
-        manifest=None, input=mini.input, format="medpix", image_root=None, output=out, num_shards=2, tokenizer=None,
-        image_size=18, image_format="jpeg", jpeg_quality=90, max_len=256, max_hpo=None, max_side=0, strict=False,
+        manifest=None, input=mini_input, format="medpix", image_root=None, output=out, num_shards=2, tokenizer=None,
+        image_size=18, image_format="jpeg", jpeg_quality=90, max_len=256, teacher_tokenizer=None, teacher_max_len=0,
+        max_hpo=None, max_side=0, strict=False,
         allow_absolute_paths=False, csv_img_key="filepath", csv_caption_key="title", csv_separator="\t",
         parquet_image_column="image", parquet_caption_column="caption", link="lexical", link_encoder="",
         link_threshold=None)
-    info = pack_linked(flags)
+    return pack_linked(flags)
+
+
+def test_medpix_packed_linked_and_trained(tmp_path, tiny_bert_dir, capsys):
+    mini = mini_lib.medpix(tmp_path)
+    out = str(tmp_path / "packed")
+    info = pack_miniature(mini.input, out)
     assert {s: v["num_examples"] for s, v in info["splits"].items()} == mini.splits  # the official split
     assert info["link"]["linked"] == 12 and info["splits"]["train"]["terms"] == ["HP:0001250"]  # "seizure"
     run = str(tmp_path / "run")
