@@ -1,9 +1,10 @@
 """Entry point: `python -m phenolip_jax.main --config=configs/stage2.py [--config.field=value] [--workdir=DIR]`.
 
-The config's `stage` field picks what runs: stage1, stage2, eval, export, predict or ablation. The whole config is validated before
-anything is loaded; a mistake is reported in one line naming the field (exit code 2). `--list_config` prints a
-config's fields with their comments and its variants. Training stages save the config in the workdir and refuse
-to resume with one that changes the run's meaning (`--allow_config_change` overrides).
+The config's `stage` field picks what runs: stage1, stage2, eval, export, predict, link, serve or ablation. The
+whole config is validated before anything is loaded; a mistake is reported in one line naming the field (exit
+code 2). `--list_config` prints a config's fields with their comments and its variants. Training stages save the
+config in the workdir and refuse to resume with one that changes the run's meaning (`--allow_config_change`
+overrides).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ STAGE_MODULES = {
     "export": "phenolip_jax.convert.export",
     "predict": "phenolip_jax.evaluate.predict",
     "link": "phenolip_jax.link.run",
+    "serve": "phenolip_jax.serve.server",
 }
 AOT_MODULE = "phenolip_jax.tasks.aot"
 

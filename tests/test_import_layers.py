@@ -1,7 +1,7 @@
 """Data flows one way through the package: every import of our own modules sits at module top and runs down.
 
 Floors, lowest first: artifacts / config_lib / config_tools / distributed (import none of ours), ontology, data,
-models + losses, train, evaluate + inference + convert, tasks, main. A module may import its own floor
+models + losses, train, evaluate + inference + convert, tasks + serve, main. A module may import its own floor
 or any floor below it, never one above, and never from inside a function (a hidden import dodging a
 cycle means something lives on the wrong floor).
 """
@@ -18,7 +18,7 @@ FLOORS = (
     ("models", "losses"),
     ("train",),
     ("evaluate", "inference", "convert", "link"),
-    ("tasks",),
+    ("tasks", "serve"),
     ("main",),
 )
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}

@@ -19,7 +19,7 @@ def _python(code_or_args, env=None):
                           text=True, timeout=300)
 
 
-@pytest.mark.parametrize("config", ["stage1", "stage2", "eval", "export", "predict", "ablation"])
+@pytest.mark.parametrize("config", ["stage1", "stage2", "eval", "export", "predict", "ablation", "serve"])
 def test_main_and_every_config_load_without_the_heavy_stack(config):
     code = ("import sys; from phenolip_jax import config_lib, main; "
             f"config_lib.load_config({config!r}); "
