@@ -161,6 +161,8 @@ def _comment_for(path: str, comments: dict[str, str]) -> str:
 
 def describe_config(config_file: str, cfg: ml_collections.ConfigDict) -> str:
     """`--list_config`: the config file's docstring (its variants), then every field = value  # comment."""
+    if not os.path.exists(config_file):  # 'configs/eval.py:VARIANT': the file is the part before the variant
+        config_file = config_file.rsplit(":", 1)[0]
     with open(config_file) as f:
         source = f.read()
     doc = ""

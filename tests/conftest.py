@@ -64,3 +64,27 @@ def tiny_demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "data"
     return str(demo.generate_demo_dataset(out, num_phenotypes=8, train_pairs=64, val_pairs=8, test_pairs=16,
                                           image_size=16, verbose=False))
+
+
+# The tiny trained runs that the evaluate, link and serve tests share: one definition, so each is trained once
+# per session.
+@pytest.fixture(scope="session")
+def stage1_workdir(tiny_bert_dir, tmp_path_factory):
+    """A finished 3-step stage-1 run (text-only knowledge encoder)."""
+    from phenolip_jax.tasks import stage1
+    from tests.tasks.test_stages import tiny_stage1
+
+    workdir = str(tmp_path_factory.mktemp("eval_stage1"))
+    stage1.run(tiny_stage1(tiny_bert_dir), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def stage2_workdir(tiny_bert_dir, tiny_demo_dir, stage1_workdir, tmp_path_factory):
+    """A finished 4-step stage-2 run on the tiny demo data (16 px images, 16-d embeddings)."""
+    from phenolip_jax.tasks import stage2
+    from tests.tasks.test_stages import tiny_stage2
+
+    workdir = str(tmp_path_factory.mktemp("eval_stage2"))
+    stage2.run(tiny_stage2(tiny_bert_dir, tiny_demo_dir, stage1_workdir), workdir)
+    return workdir

@@ -162,6 +162,9 @@ def test_list_config_prints_fields_with_comments_and_the_variants():
     assert "  optim.warmup_steps = 30  # linear warmup from 0" in out  # a comment from config_lib.optim_section
     assert "  loss.hierarchy.max_hops = 2  # is-a hops" in out
     assert "  model.remat = 'none'  # both towers' blocks" in out
+    variant = run_main("--config=configs/eval.py:medmnist", "--list_config")  # a variant lists its own fields
+    assert variant.returncode == 0, variant.stderr[-3000:]
+    assert "  data.kind = 'medmnist'" in variant.stdout
 
 
 # --- a run remembers its config (issue 16 item 3) -------------------------------------------------------------

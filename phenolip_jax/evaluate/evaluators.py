@@ -70,7 +70,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _auc_or_none(labels: np.ndarray, scores: np.ndarray, task: str) -> float | None:
-    """MedMNIST AUC, or None when a class is absent from the labels (AUC undefined for it)."""
+    """MedMNIST AUC, or None when a class is absent from the labels or there is one class (AUC undefined)."""
+    if np.asarray(scores).ndim == 2 and np.asarray(scores).shape[1] < 2:
+        return None
     try:
         return metrics.auc_medmnist(labels, scores, task)
     except ValueError:

@@ -77,6 +77,14 @@ def test_zero_shot_ensembles_templates_and_matches_brute_force():
     assert single["per_class_recall"]["a"] == 0.0
 
 
+def test_zero_shot_with_one_class_reports_no_auc():
+    # A linked pack whose test split holds one phenotype: top-1 is trivially 1 and the AUC is undefined (None).
+    texts = {"x A": [1, 0, 0]}
+    data = ClassificationSet("one", ["a"], ["A"], [None], {"test": Split(np.arange(2), np.array([0, 0]))})
+    out = evaluators.zero_shot_classification(StubEncoder(np.array([[1, 0.2, 0], [0.5, 1, 0]]), texts), data, ["x {}"])
+    assert out["top1"] == 1.0 and out["auc"] is None
+
+
 def test_zero_shot_multilabel_reports_per_label_auc():
     rng = np.random.default_rng(0)
     imgs = rng.normal(size=(12, 4))

@@ -8,7 +8,6 @@ from phenolip_jax.link import obo_terms, spans
 from phenolip_jax.link.linker import Linker, allowed_terms
 from phenolip_jax.link.run import make_lexicon
 from phenolip_jax.ontology import load_ontology
-from tests.evaluate.conftest import stage1_workdir  # noqa: F401 (the tiny trained stage-1 run, as a fixture here)
 
 MINI_OBO = """\
 format-version: 1.2
