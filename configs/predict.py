@@ -46,6 +46,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # odd image moves it by 1/n) or 'max' (a finding one view alone shows; inflates with more images)
     c.aggregate = "mean"
     c.case_min_probability = 0.1  # a case term needs this aggregated probability (and a place in the top_k)
+    # How notes are linked to HPO (configs/link.py's methods; negated mentions become excluded terms): 'lexical'
+    # (names and synonyms), or 'encoder' / 'hybrid' with note_encoder = a stage-1 workdir
+    c.note_link = "lexical"
+    c.note_encoder = ""
     c.dicom_window = ""  # DICOM: '' = each file's window; a preset (lung, bone, brain, ...) or 'CENTER,WIDTH'
     c.dicom_frame = -1  # multi-frame DICOM: the frame shown (-1 = the middle one)
     c.ontology = ml_collections.ConfigDict(dict(

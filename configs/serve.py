@@ -29,6 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # configs/predict.py says why mean is the default), terms kept at case_min_probability or above.
     c.aggregate = "mean"
     c.case_min_probability = 0.1
+    # The note's terms (configs/link.py's methods; negated mentions become excluded): 'lexical', or 'encoder' /
+    # 'hybrid' with note_encoder = a stage-1 workdir
+    c.note_link = "lexical"
+    c.note_encoder = ""
     c.temperature = 0.0  # softmax T; 0 = the run's calibration.json (from eval), else 1 (the page says which)
     c.templates = ()  # prompt templates ensembled per phenotype ('{}' = the name); () = the model's own
     c.batch_size = 16  # images / prompts per encoder call (fixed shape: one compilation per tower)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -105,3 +106,17 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     check_tokenizer(tokenizer)
     return tokenizer
+
+
+def output_folder(cfg: Any, workdir: str) -> str:
+    """A command's output folder (config.output_dir, else --workdir), made and checked writable before anything
+    loads (a bad one fails at once)."""
+    out_dir = cfg.output_dir or workdir
+    field = "config.output_dir" if cfg.output_dir else "--workdir"
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise ValueError(f"config.output: {field}={out_dir!r} is not a writable folder ({err.strerror})") from None
+    return out_dir

@@ -25,15 +25,17 @@ from typing import Any
 
 import numpy as np
 
+from phenolip_jax import config_lib
 from phenolip_jax.evaluate import calibration, case_report, phenopacket
 from phenolip_jax.link import lexical, obo_terms
 from phenolip_jax.link.linker import Linker, allowed_terms, link_texts
+from phenolip_jax.link.run import build_linker
 from phenolip_jax.ontology import PHENOTYPIC_ABNORMALITY_ID, Ontology
 
 AGGREGATES = ("mean", "max")  # config.aggregate
 FOLDERS = "folders"  # config.cases: one sub-folder of config.images per case
 NOTE_FILE = "note.txt"  # a case folder's note
-_LINKERS: dict[tuple[str, str], Linker] = {}  # note_linker's, per (release sha256, hp.obo path)
+_LINKERS: dict[tuple[str, str, str, str], Linker] = {}  # note_linker's, per (release, hp.obo, method, encoder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,7 @@ def validate_fields(cfg: Any) -> None:
                          "config.images per case) or a JSONL/CSV manifest file (image, case_id, optional note)")
     if cfg.aggregate not in AGGREGATES:
         raise ValueError(f"config.aggregate={cfg.aggregate!r}: use one of {', '.join(AGGREGATES)}")
+    check_note_fields(cfg)
     p = cfg.case_min_probability
     if not isinstance(p, (int, float)) or not 0 <= p <= 1:
         raise ValueError(f"config.case_min_probability={p!r} must lie in [0, 1]")
@@ -132,14 +135,31 @@ def validate_fields(cfg: Any) -> None:
                          "(set --config.cases=folders or a manifest)")
 
 
-def note_linker(onto: Ontology, obo_path: str | None = None) -> Linker:
-    """The lexical linker (HPO names and synonyms under HP:0000118, NegEx negation on) for case notes; built once
-    per release and hp.obo in a process (it parses hp.obo: seconds), as a server profiles case after case."""
-    key = (onto.source_sha256, os.fspath(obo_path or ""))
+def check_note_fields(cfg: Any) -> None:
+    """config.note_link and config.note_encoder (predict and serve): a configs/link.py method, its stage-1 run."""
+    if cfg.note_link not in config_lib.LINK_METHODS:
+        raise ValueError(f"config.note_link={cfg.note_link!r}: use one of {', '.join(config_lib.LINK_METHODS)}")
+    if cfg.note_link != "lexical" and not os.path.isdir(cfg.note_encoder or ""):
+        raise ValueError(f"config.note_link={cfg.note_link!r} needs config.note_encoder=RUN (a stage-1 workdir); "
+                         f"got {cfg.note_encoder!r}")
+
+
+def note_linker(onto: Ontology, obo_path: str | None = None, method: str = "lexical", encoder: str = "",
+                out_dir: str = "") -> Linker:
+    """The linker for case notes (negation on): lexical (HPO names and synonyms under HP:0000118), or configs/link.py's
+    encoder / hybrid with a stage-1 run. Built once per release, hp.obo and method in a process (it parses hp.obo:
+    seconds), as a server profiles case after case."""
+    key = (onto.source_sha256, os.fspath(obo_path or ""), method, encoder)
     if key not in _LINKERS:
-        terms = allowed_terms(onto, PHENOTYPIC_ABNORMALITY_ID)
-        lexicon = lexical.build_lexicon(onto, terms, obo_terms.read_annotations(onto, obo_path))
-        _LINKERS[key] = Linker(onto, "lexical", lexicon)
+        if method == "lexical" and not encoder:
+            terms = allowed_terms(onto, PHENOTYPIC_ABNORMALITY_ID)
+            lexicon = lexical.build_lexicon(onto, terms, obo_terms.read_annotations(onto, obo_path))
+            _LINKERS[key] = Linker(onto, "lexical", lexicon)
+        else:  # the HPO linker of configs/link.py (its encoder's term matrix cached in out_dir)
+            cfg = config_lib.load_config("link")
+            cfg.method, cfg.encoder = method, encoder
+            cfg.ontology.obo_path = os.fspath(obo_path or "")
+            _LINKERS[key] = build_linker(cfg, out_dir)
     return _LINKERS[key]
 
 
@@ -250,7 +270,8 @@ def write_case_outputs(cfg: Any, model: Any, cases: Sequence[Case], emb: np.ndar
     if model.logit_scale is None:
         raise ValueError(f"config.cases: {cfg.checkpoint!r} has no logit_scale, so no probabilities to aggregate")
     onto, row = model.ontology, {p: i for i, p in enumerate(kept)}
-    linker = note_linker(onto, model.obo_path) if any(c.note for c in cases) else None
+    linker = note_linker(onto, model.obo_path, cfg.note_link, cfg.note_encoder, out_dir) if any(
+        c.note for c in cases) else None
     profiles = []
     for case in cases:
         mine = [p for p in case.images if p in row]  # unreadable images were skipped (and named) already

@@ -10,7 +10,6 @@ import csv
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from phenolip_jax import config_lib, inference
+from phenolip_jax.artifacts import output_folder
 from phenolip_jax.data import demo, dicom
 from phenolip_jax.data.images import IMAGE_EXTENSIONS
 from phenolip_jax.evaluate import calibration, cases, phenotype_cache, prediction_diff
 from phenolip_jax.evaluate.phenotype_cache import progress_bar
 from phenolip_jax.evaluate.run import DEMO_DEFAULTS, demo_run_config, read_candidates
+from phenolip_jax.ontology import organ_system_index
 from phenolip_jax.ontology.release_diff import carry_over
 
 PHENOTYPIC_ABNORMALITY = "HP:0000118"
@@ -47,17 +48,6 @@ def list_images(folder: str) -> list[str]:
     if not found:
         raise ValueError(f"config.images={folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return found
-
-
-def organ_system_index(onto: Any, organ: str) -> int:
-    """The term index of an organ system given by id ('HP:0000707', 'HP_0000707') or name (case-insensitive)."""
-    systems = {int(i): onto.names[int(i)] for i in onto.organ_system_ids}
-    key = inference.canonical_hpo_id(organ.strip())
-    for i, name in systems.items():
-        if key == onto.ids[i] or organ.strip().lower() == name.lower():
-            return i
-    allowed = "; ".join(f"{onto.ids[i]} {name}" for i, name in sorted(systems.items(), key=lambda kv: kv[1]))
-    raise ValueError(f"config.organ_system={organ!r} is not an organ system: use one of {allowed}")
 
 
 def select_candidates(onto: Any, candidates: str = "", organ_system: str = "",
@@ -107,19 +97,6 @@ def demo_candidates(onto: Any, checkpoint: str, trained: Any = None) -> list[str
         print(f"predict: {len(dropped)} demo phenotypes are obsolete in {onto.release} without a replacement: "
               f"{', '.join(dropped)}", flush=True)
     return ids
-
-
-def output_folder(cfg: Any, workdir: str) -> str:
-    """The output folder, made and checked writable before anything loads (a bad one fails at once)."""
-    out_dir = cfg.output_dir or workdir
-    field = "config.output_dir" if cfg.output_dir else "--workdir"
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as err:
-        raise ValueError(f"config.output: {field}={out_dir!r} is not a writable folder ({err.strerror})") from None
-    return out_dir
 
 
 def encode_folder(model: Any, paths: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[str], list[str]]:

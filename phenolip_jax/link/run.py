@@ -10,12 +10,12 @@ import time
 from typing import Any
 
 from phenolip_jax import config_lib
+from phenolip_jax.artifacts import output_folder
 from phenolip_jax.data import manifest, paths
 from phenolip_jax.evaluate import phenotype_cache
-from phenolip_jax.evaluate.predict import organ_system_index, output_folder
 from phenolip_jax.link import corpus, encoder, inputs, lexical, obo_terms, spans
 from phenolip_jax.link.linker import Linker, allowed_terms
-from phenolip_jax.ontology import Ontology, load_ontology
+from phenolip_jax.ontology import Ontology, load_ontology, organ_system_index
 
 
 def method_of(cfg: Any) -> str:

@@ -7,6 +7,7 @@ from phenolip_jax.ontology.hpo import (
     Ontology,
     OntologyFormatError,
     UnknownHPOIdError,
+    organ_system_index,
 )
 from phenolip_jax.ontology.loader import (
     OntologyReleaseError,
@@ -29,7 +30,8 @@ from phenolip_jax.ontology.relations import (
 
 __all__ = [
     "PHENOTYPIC_ABNORMALITY_ID", "ROOT_ID", "ObsoleteHPOIdError", "Ontology", "OntologyFormatError",
-    "UnknownHPOIdError", "default_cache_dir", "file_sha256", "default_obo_path", "load_ontology",
+    "UnknownHPOIdError", "organ_system_index", "default_cache_dir", "file_sha256", "default_obo_path",
+    "load_ontology",
     "OntologyReleaseError", "check_release", "release_info",
     "Relation", "ancestor_table", "hop_weights", "hops_up", "organ_table", "relation_codes",
     "relation_scores", "set_relation_scores", "sized_ancestor_table",

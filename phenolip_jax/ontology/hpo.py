@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 from collections.abc import Mapping
 
@@ -179,3 +180,15 @@ class Ontology:
         """Organ systems (children of HP:0000118) among the term's ancestors-or-self, as sorted indices."""
         i = self._as_index(term)
         return self.organ_indices[self.organ_indptr[i]:self.organ_indptr[i + 1]]
+
+
+def organ_system_index(onto: Ontology, organ: str) -> int:
+    """The term index of an organ system given by id ('HP:0000707', 'HP_0000707') or name (case-insensitive)."""
+    systems = {int(i): onto.names[int(i)] for i in onto.organ_system_ids}
+    found = re.fullmatch(r"hp[:_](\d{7})", organ.strip(), re.I)
+    key = f"HP:{found.group(1)}" if found else organ.strip()
+    for i, name in systems.items():
+        if key == onto.ids[i] or organ.strip().lower() == name.lower():
+            return i
+    allowed = "; ".join(f"{onto.ids[i]} {name}" for i, name in sorted(systems.items(), key=lambda kv: kv[1]))
+    raise ValueError(f"config.organ_system={organ!r} is not an organ system: use one of {allowed}")

@@ -88,7 +88,9 @@ class Engine:
     def __init__(self, cfg: Any, workdir: str):
         if cfg.aggregate not in cases.AGGREGATES:  # before the model loads: a case would fail on it
             raise ValueError(f"config.aggregate={cfg.aggregate!r}: use one of {', '.join(cases.AGGREGATES)}")
+        cases.check_note_fields(cfg)
         dicom.configure_from(cfg, "config")
+        self.workdir = workdir
         self.cfg = cfg
         self.model = predict.load_model(cfg)
         self.model_id = phenopacket.model_identity(self.model)  # names the model in each case's phenopacket
@@ -157,8 +159,10 @@ class Engine:
                     p["path"] = hierarchy_path(self.onto, self.onto.index(p["hpo_id"]))
             case_id = uuid.uuid4().hex[:12]
             cos, probs = cases.image_probabilities(emb, phen, self.model.logit_scale, self.temperature)
+            linker = cases.note_linker(self.onto, self.model.obo_path, self.cfg.note_link, self.cfg.note_encoder,
+                                       self.workdir) if note.strip() else None
             profile = cases.profile_case(self.onto, case_id, ids, probs, cos, images=[n for n, _ in images], note=note,
-                                         aggregate=self.cfg.aggregate, top_k=int(self.cfg.top_k),
+                                         linker=linker, aggregate=self.cfg.aggregate, top_k=int(self.cfg.top_k),
                                          min_probability=float(self.cfg.case_min_probability))
             case = dict(case_id=case_id, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         note=note, organ_system=organ_system.strip(), candidates=len(ids), profile=profile,

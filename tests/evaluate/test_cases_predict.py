@@ -68,3 +68,22 @@ def test_predict_forms_cases_from_sub_folders(stage2_workdir, tiny_demo_dir, tmp
                                                                                      ("case1", 1, "max")]
     for t in profiles[0]["present"]:
         assert t["probability"] == max(t["image_probabilities"])
+
+
+def test_notes_linked_with_the_hybrid_linker(stage1_workdir, stage2_workdir, tiny_demo_dir, tmp_path):
+    import pytest
+
+    images = _demo_images(tiny_demo_dir, 2)
+    manifest = tmp_path / "cases.jsonl"
+    manifest.write_text("".join(json.dumps(dict(image=im, case_id="A", note="No seizures.")) + "\n" for im in images))
+    cand = tmp_path / "cands.txt"
+    cand.write_text("\n".join(CANDIDATES))
+    cfg = _config(checkpoint=stage2_workdir, images=tiny_demo_dir, candidates=str(cand), top_k=3,
+                  cases=str(manifest), note_link="hybrid", note_encoder=stage1_workdir)
+    predict.run(cfg, str(tmp_path / "out"))
+    profile = json.loads(open(tmp_path / "out" / "cases.jsonl").readline())
+    assert profile["note_method"] == "hybrid"
+    assert "HP:0001250" in {t["hpo_id"] for t in profile["excluded"]}  # Seizure, negated in the note
+    with pytest.raises(ValueError, match="note_link='encoder' needs config.note_encoder"):
+        predict.run(_config(checkpoint=stage2_workdir, images=tiny_demo_dir, cases=str(manifest), note_link="encoder"),
+                    str(tmp_path / "bad"))
