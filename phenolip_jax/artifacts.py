@@ -15,6 +15,7 @@ import tempfile
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from transformers import AutoTokenizer
 
@@ -106,6 +107,16 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     check_tokenizer(tokenizer)
     return tokenizer
+
+
+def hash_params(h: Any, params: Any) -> Any:
+    """Feeds every leaf of a parameter tree (path, dtype, shape, bytes; in path order) into the hashlib object `h`;
+    returns it."""
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h
 
 
 def output_folder(cfg: Any, workdir: str) -> str:

@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
-import jax
-import numpy as np
 import phenopackets as pp
 from google.protobuf import json_format
+
+from phenolip_jax import artifacts
 
 SCHEMA_VERSION = "2.0"
 FOLDER = "phenopackets"  # predict writes OUT/phenopackets/<case id>.json
@@ -49,12 +49,7 @@ def package_version() -> str:
 def model_identity(model: Any) -> dict[str, str]:
     """{'id', 'name', 'version', 'kind'} of a loaded model: its folder's name, and a sha256 of every parameter
     (both towers) as its version, so two phenopackets name the same model only when the weights are the same."""
-    h = hashlib.sha256()
-    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(model.params),
-                             key=lambda kv: jax.tree_util.keystr(kv[0])):
-        a = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+    h = artifacts.hash_params(hashlib.sha256(), model.params)
     name = os.path.basename(os.path.normpath(model.path)) if model.path else model.kind
     version = f"sha256:{h.hexdigest()[:16]}"
     return dict(id=f"phenolip:{name}@{version}", name=name, version=version, kind=model.kind)

@@ -18,8 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
+
+from phenolip_jax import artifacts
 
 CACHE_DIRNAME = "phenotype_cache"
 CHUNK = 256  # phenotypes per progress update (each is len(templates) prompts)
@@ -29,12 +30,7 @@ FORMAT = "names-v2"  # entries keyed by the phenotype's name (v1 files, keyed by
 def fingerprint(model: Any, templates: Sequence[str]) -> str:
     """Hex sha256 of what the model's phenotype embeddings depend on besides the names (text params, module,
     tokenizer, prompts, max_len)."""
-    h = hashlib.sha256()
-    params = model.params if model.kind == "stage1" else model.params["text"]
-    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0])):
-        a = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+    h = artifacts.hash_params(hashlib.sha256(), model.params if model.kind == "stage1" else model.params["text"])
     tok = model.tokenizer
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:  # its truncation and padding state changes as it is used: not part of the key
