@@ -70,12 +70,6 @@ class IndexBatches(grain.MapDataset):
         return {"index": np.asarray(indices, np.int64), "position": positions}
 
 
-def read_examples(source: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
-    """source[i] for each index, through the source's batched read (`_getitems`) when it has one."""
-    many = getattr(source, "_getitems", None)
-    return list(many(list(indices))) if many is not None else [source[i] for i in indices]
-
-
 class HpoEncoder:
     """HPO ids -> fixed-width index arrays, from per-term tables precomputed once (cheap to pickle)."""
 
@@ -164,7 +158,7 @@ class ExampleBatch(grain.transforms.Map):
     def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         indices = np.asarray(batch["index"])
         valid = indices < len(self.source)
-        examples = read_examples(self.source, [int(i) if v else 0 for i, v in zip(indices, valid)])
+        examples = [self.source[int(i) if v else 0] for i, v in zip(indices, valid)]
         size = self.image_size
         out_images = np.empty((len(examples), size, size, 3), np.uint8)
         # One generator per batch: read threads map batches concurrently.
