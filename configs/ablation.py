@@ -1,7 +1,9 @@
-"""Does the ontology help, and how should stage 2 use the hierarchy? Stage 2 on the embedded demo, several
-objectives x several seeds, one table.
+"""Does the ontology help, and how should stage 2 use the hierarchy? Stage 2 on the embedded demo (or on MedPix
+2.0: variant `medpix`), several objectives x several seeds, one table.
 
 `python -m phenolip_jax.main --config=configs/ablation.py --workdir=workdirs/ablation`
+`python -m phenolip_jax.main --config=configs/ablation.py:medpix --config.stage2.data.packed_dir=PACK
+    --config.medpix.dir=MedPix-2.0/MedPix-2-0 --workdir=workdirs/ablation_medpix`  (docs/stages.md)
 
 Arms (names in `arms`; `phenolip_jax/tasks/ablation.py:ARMS` says what each switches on):
   clip                    image-text contrastive only
@@ -26,7 +28,8 @@ ARMS = ("clip", "paper_kd", "paper_kd_hier_share", "paper_kd_hier_mask")  # the 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Ablation config; `arg`: '' (full, ~1 h on an idle 2-core CPU) or 'quick' (one seed, 30 steps: a smoke run)."""
+    """Ablation config; `arg`: '' (full, ~1 h on an idle 2-core CPU), 'quick' (one seed, 30 steps: a smoke run) or
+    'medpix' (the same arms on MedPix 2.0)."""
     c = ml_collections.ConfigDict()
     c.stage = "ablation"
     c.arms = ARMS  # which arms to run (any of those listed above)
@@ -38,6 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # instead of ~88; writes <run>/eval_testN.json and ablation_testN.{json,md} (ablation.md is kept).
     c.eval_test_pairs = 0
     c.teacher_workdir = ""  # a finished stage-1 workdir for the trained teacher ('' = train `teacher` below)
+    # MedPix 2.0's own labels (configs/eval.py:medpix's section): with medpix.dir (its MedPix-2-0 folder) set, every
+    # finished run is also evaluated on zero-shot and linear-probe modality / plane / body location, cached in the run.
+    c.medpix = config_lib.load_config("eval", "medpix").medpix
     # The trained teacher: what stage 2 makes for itself by default (configs/stage1.py:teacher).
     c.teacher = config_lib.load_config("stage1", "teacher")
     # The base stage-2 run of every arm: the embedded default, shortened so 15 runs fit in about an hour.
@@ -45,12 +51,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.stage2.total_steps = 150
     c.stage2.eval_every = 0  # evaluate at the end only
     c.stage2.checkpoint_every = 150
-    if arg == "quick":
+    if arg == "medpix":
+        # Stage 2 on MedPix 2.0 (configs/stage2.py:medpix; set stage2.data.packed_dir to a linked pack), same
+        # arms, seeds and steps as the demo ablation: ~8 min per run on the 2-core CPU.
+        c.stage2 = config_lib.load_config("stage2", "medpix")
+        c.stage2.total_steps = 150
+        c.stage2.eval_every = 0
+        c.stage2.checkpoint_every = 150
+    elif arg == "quick":
         c.seeds = (0,)
         c.stage2.total_steps = 30
         c.stage2.checkpoint_every = 30
         c.teacher.total_steps = 30
         c.teacher.checkpoint_every = 30
     elif arg:
-        raise ValueError(f"unknown ablation variant {arg!r}: use '' (full) or 'quick'")
+        raise ValueError(f"unknown ablation variant {arg!r}: use '' (full), 'quick' or 'medpix'")
     return c

@@ -389,6 +389,9 @@ def _validate_ablation(cfg: Any) -> None:
     if n and (demo_cfg.source != "demo" or n < demo_cfg.demo.num_phenotypes):
         raise ValueError(f"config.eval_test_pairs={n}: needs stage2.data.source='demo' and at least "
                          f"stage2.data.demo.num_phenotypes={demo_cfg.demo.num_phenotypes} pairs (0 = off)")
+    if cfg.medpix.dir and not os.path.isdir(cfg.medpix.dir):
+        raise ValueError(f"config.medpix.dir={cfg.medpix.dir!r} is not a folder: give MedPix 2.0's MedPix-2-0 folder "
+                         "(git clone https://github.com/CHILab1/MedPix-2.0) or '' for no label evaluation")
 
 
 def _batch_field(cfg: Any) -> str:

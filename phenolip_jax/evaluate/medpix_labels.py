@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from phenolip_jax import inference
 from phenolip_jax.data import formats, paths
 from phenolip_jax.data.formats import medpix
 from phenolip_jax.data.records import resolve_image_path
@@ -227,3 +228,27 @@ def evaluate_and_write(cfg: Any, encoder: Any, labels: tuple[dict[str, Classific
     sys.stdout.write(table)
     sys.stdout.flush()
     return dict(tasks=tasks, phenotype_chance=chance)
+
+
+def run_figures(checkpoint: str, medpix_cfg: Any, probe_cfg: Any, ontology_cfg: Any = None, batch_size: int = 64
+                ) -> dict[str, float]:
+    """One run's flat figures on MedPix's labels (`medpix_cfg`: configs/eval.py's medpix section):
+    `{task}_zs_top1`, `{task}_probe_top1` (the probe_cfg fraction 1.0) and `{task}_chance_uniform` / `_majority`;
+    {} when no label set keeps enough images (printed)."""
+    model = inference.load(checkpoint, batch_size=batch_size)
+    if ontology_cfg is not None:
+        inference.use_ontology(model, ontology_cfg)
+    m = medpix_cfg
+    sets, dropped = read_label_sets(m.dir, model.ontology, m.location_field, int(m.min_test_images))
+    try:
+        tasks = evaluate(evaluators.CachedEncoder(model), sets, dropped, tuple(m.templates), probe_cfg)
+    except evaluators.Skip as e:
+        print(f"medpix labels skipped for {checkpoint}: {e}", flush=True)
+        return {}
+    out: dict[str, float] = {}
+    for task, r in tasks.items():
+        out[f"{task}_zs_top1"] = r["zero_shot"]["top1"]
+        out[f"{task}_probe_top1"] = r["linear_probe"]["100%"]["top1_mean"]
+        out[f"{task}_chance_uniform"] = r["chance"]["uniform_top1"]
+        out[f"{task}_chance_majority"] = r["chance"]["majority_top1"]
+    return out

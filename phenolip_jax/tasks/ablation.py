@@ -12,10 +12,9 @@ import os
 import time
 from typing import Any
 
-import numpy as np
-
 from phenolip_jax import artifacts, config_lib, config_tools
-from phenolip_jax.tasks import stage1, stage2
+from phenolip_jax.evaluate import medpix_labels
+from phenolip_jax.tasks import ablation_tables, stage1, stage2
 
 
 
@@ -40,20 +39,6 @@ ARMS: dict[str, Arm] = {
                                   "the own pair's share falls as the batch grows)"),
     "clip_hier_share": Arm(False, "share", about="clip + hierarchical soft positives (own share kept), no distillation"),
     "paper_kd_raw_teacher": Arm(True, teacher="raw", about="paper_kd with an untrained teacher (does stage 1 matter?)"),
-}
-BASELINES = ("clip", "paper_kd")  # each other arm is compared with these, seed by seed
-COLUMNS = (("i2t_r@10", "I2T R@10"), ("t2i_r@10", "T2I R@10"), ("i2p_r@10", "I2P R@10"), ("p2i_r@10", "P2I R@10"),
-           ("zs_seen_top1", "seen top-1"), ("zs_unseen_top1", "unseen top-1"), ("zs_unseen_r@10", "unseen R@10"),
-           ("zs_unseen_hier_top1", "unseen hier. top-1 (all)"))
-EXTRA = (("zs_seen_images", ""), ("zs_unseen_images", ""), ("zs_unseen_phenotypes", ""))  # kept in the json
-# Reference rows under the table (model-free, the same for every arm of a seed): chance, and the image-free rule
-# "name a seen relative of the gold term", which the hierarchy-aware unseen score must beat to mean anything.
-REFERENCES = {
-    "(chance)": {"i2t_r@10": "chance_r@10", "t2i_r@10": "chance_r@10", "i2p_r@10": "i2p_chance_r@10",
-                 "p2i_r@10": "p2i_chance_r@10", "zs_seen_top1": "zs_seen_chance_top1",
-                 "zs_unseen_top1": "zs_unseen_chance_top1", "zs_unseen_r@10": "zs_unseen_chance_r@10",
-                 "zs_unseen_hier_top1": "zs_unseen_hier_chance_top1"},
-    "(seen-relative rule)": {"zs_unseen_hier_top1": "zs_unseen_parent_rule_hier_top1"},
 }
 
 
@@ -88,6 +73,8 @@ def arm_config(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir:
     return run
 
 
+LABELS_FILE = "medpix_labels.json"  # a run's figures on MedPix's own labels (config.medpix_dir)
+
 # Fields a finished run may differ in and still be reused: how it was logged and fed, not what it computed.
 _REUSE_SAFE = ("log_every", "eval_only", "data.workers", "data.prefetch", "mesh.", "eval.batch_size")
 
@@ -107,60 +94,6 @@ def _check_reusable(path: str, run_cfg: Any) -> None:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:6])
         raise StaleRunError(f"{path} was made with another config than this arm's ({len(changes)} fields: {listed}"
                             f"{'; ...' if len(changes) > 6 else ''}): move it away (or use a new --workdir) to rerun it")
-
-
-def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per arm and figure: mean, sample sd (0 for one seed) and the number of runs that report it."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for arm, results in runs.items():
-        out[arm] = {}
-        for key, _ in COLUMNS:
-            values = np.array([r[key] for r in results if r.get(key) is not None], np.float64)
-            if len(values):
-                out[arm][key] = dict(mean=float(values.mean()), sd=float(values.std(ddof=1)) if len(values) > 1
-                                     else 0.0, n=len(values))
-    return out
-
-
-def reference_rows(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """The REFERENCES rows over the seeds (from the first arm's runs: every arm of a seed shares its test data)."""
-    results = next(iter(runs.values()), [])
-    renamed = {name: [{col: r.get(key) for col, key in keys.items()} for r in results]
-               for name, keys in REFERENCES.items()}
-    return {name: figures for name, figures in summarise(renamed).items() if figures}
-
-
-def paired_differences(runs: dict[str, list[dict[str, float]]], baseline: str = "clip"
-                       ) -> dict[str, dict[str, dict[str, float]]]:
-    """Per arm and figure: mean and sample sd over seeds of (arm - baseline) on the same seed, and the wins.
-
-    Arms of one seed share the dataset, initialisation and data order, so the per-seed difference removes
-    what the seeds change for every arm alike; `wins` counts the seeds where the arm is ahead.
-    """
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for arm, results in runs.items():
-        if arm == baseline:
-            continue
-        out[arm] = {}
-        for key, _ in COLUMNS:
-            diffs = np.array([r[key] - b[key] for r, b in zip(results, runs[baseline])
-                              if r.get(key) is not None and b.get(key) is not None], np.float64)
-            if len(diffs):
-                out[arm][key] = dict(mean=float(diffs.mean()), sd=float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0,
-                                     n=len(diffs), wins=int((diffs > 0).sum()))
-    return out
-
-
-def markdown_table(summary: dict[str, dict[str, dict[str, float]]], signed: bool = False) -> str:
-    """The table: one row per arm, mean ± sd in percent."""
-    lines = ["| arm | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-    for arm, figures in summary.items():
-        sign = "+" if signed else ""
-        cells = [f"{100 * figures[k]['mean']:{sign}.1f} ± {100 * figures[k]['sd']:.1f}"
-                 + (f" ({figures[k]['wins']}/{figures[k]['n']})" if "wins" in figures[k] else "")
-                 if k in figures else "n/a" for k, _ in COLUMNS]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -216,36 +149,18 @@ def _on_more_test_pairs(cfg: Any, arm: str, seed: int, teachers: dict[str, str],
     return result
 
 
-def _write_tables(workdir: str, runs: dict[str, list[dict[str, float]]], cfg: Any, seconds: dict[str, float],
-                  total: float, test_pairs: int = 0, reeval: float = 0.0) -> dict[str, Any]:
-    """Writes ablation[_test<N>].json and .md (mean ± sd per arm, paired differences against clip).
-
-    test_pairs=N > 0: the runs' figures on their demo regenerated with N test pairs. Returns the summary.
-    """
-    name = f"ablation_test{test_pairs}" if test_pairs else "ablation"
-    summary = summarise(runs)
-    references = reference_rows(runs)
-    paired = {base: paired_differences(runs, base) for base in BASELINES if base in runs and len(runs) > 1}
-    artifacts.write_json(os.path.join(workdir, f"{name}.json"), {
-        "summary": summary, "references": references, "paired_vs": paired,
-        "runs": {a: [{k: r.get(k) for k, _ in COLUMNS + EXTRA} for r in rs] for a, rs in runs.items()},
-        "seeds": list(cfg.seeds), "seconds": seconds, "total_seconds": total, "eval_test_pairs": test_pairs})
-    text = ""
-    if test_pairs:
-        first = next(iter(runs.values()))[0]
-        text = (f"Evaluated on the demo regenerated with {test_pairs} test pairs per seed (same train split; "
-                f"{first.get('zs_unseen_images', 0):.0f} unseen-phenotype images of "
-                f"{first.get('zs_unseen_phenotypes', 0):.0f} unseen phenotypes in seed {cfg.seeds[0]}; "
-                f"{reeval:.0f} s of re-evaluation this time).\n\n")
-    text += (f"Stage 2 ablation, {len(cfg.seeds)} seed(s), mean ± sd in percent ({total:.0f} s):\n\n"
-             f"{markdown_table({**summary, **references})}")
-    for base, diffs in paired.items():
-        text += (f"\nEach arm minus `{base}` on the same seed, mean ± sd in points (seeds where the arm is ahead / "
-                 f"seeds):\n\n{markdown_table(diffs, signed=True)}")
-    with open(os.path.join(workdir, f"{name}.md"), "w") as f:
-        f.write(text)
-    print(text, flush=True)
-    return summary
+def _on_medpix_labels(cfg: Any, path: str) -> dict[str, float]:
+    """A finished run's figures on MedPix's own labels (`medpix_labels.run_figures`, cached in the run)."""
+    out = os.path.join(path, LABELS_FILE)
+    result = _read_json(out)
+    if result is None:
+        t = time.time()
+        probe = config_lib.load_config("eval", "medpix").probe
+        probe.fractions, probe.seeds = (1.0,), (0,)  # one probe, on every train label
+        result = medpix_labels.run_figures(path, cfg.medpix, probe, cfg.stage2.ontology)
+        artifacts.write_json(out, result)
+        print(f"ablation: {path} evaluated on MedPix's labels ({time.time() - t:.0f}s)", flush=True)
+    return result
 
 
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
@@ -279,17 +194,21 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                 seconds[key] = earlier.get(key, 0.0)
                 reused.add(key)
             print(f"ablation: {arm} seed {seed} done ({seconds[key]:.0f}s)", flush=True)
+            if cfg.medpix.dir:
+                t = time.time()
+                result = {**result, **_on_medpix_labels(cfg, path)}
+                reeval += time.time() - t
             runs[arm].append(result)
             if cfg.eval_test_pairs:
                 t = time.time()
                 more[arm].append(_on_more_test_pairs(cfg, arm, seed, teachers, workdir))
                 reeval += time.time() - t
-    # The training time, with the reused runs' own time; the re-evaluations are counted apart.
+    # The training time, with the reused runs' own time; the re-evaluations (label ones too) are counted apart.
     total = round(time.time() - t0 - reeval + sum(seconds[k] for k in reused), 1)
-    summary = _write_tables(workdir, runs, cfg, seconds, total)
+    summary = ablation_tables.write_tables(workdir, runs, cfg.seeds, seconds, total)
     names = ["ablation.md"]
     if cfg.eval_test_pairs:
-        _write_tables(workdir, more, cfg, seconds, total, int(cfg.eval_test_pairs), reeval)
+        ablation_tables.write_tables(workdir, more, cfg.seeds, seconds, total, int(cfg.eval_test_pairs), reeval)
         names.append(f"ablation_test{int(cfg.eval_test_pairs)}.md")
     print(f"ablation done in {total:.0f}s; results in {', '.join(os.path.join(workdir, n) for n in names)}", flush=True)
     return summary

@@ -204,3 +204,26 @@ def build_all(root: Path) -> dict[str, Mini]:
     """Every miniature under `root/<format>`."""
     os.makedirs(root, exist_ok=True)
     return {fmt: build(Path(root)) for fmt, build in BUILDERS.items()}
+
+
+# Per good image i (0-7 train, 8-9 val, 10-11 test; odd i are CT): plane and location category. Sagittal and
+# Abdomen have no test image, Transverse is not one of the three planes, and image 3 has no location. Odd images'
+# captions name hydrocephalus instead of a seizure, so the linked pack holds two phenotypes.
+PLANES = ["Axial", "Coronal", "Sagittal", "Axial", "Transverse", "Axial", "Coronal", "Axial", "Axial", "Coronal",
+          "Axial", "Coronal"]
+LOCATIONS = ["Head", "Head", "Thorax", "", "Abdomen", "Head", "Thorax", "Head", "Head", "Thorax", "Head", "Thorax"]
+
+
+def label_medpix(mini: Mini) -> None:
+    """Gives the MedPix miniature's good images the planes and locations above (and odd ones hydrocephalus)."""
+    path = os.path.join(mini.input, "MedPix-2-0", "Descriptions.json")
+    items = json.load(open(path))
+    for item in items[:N_GOOD]:
+        i = int(item["image"].split("synpic")[1])
+        item["Description"]["Plane"] = PLANES[i]
+        if i % 2:
+            item["Description"]["Caption"] = f"finding number {i} with hydrocephalus"
+        if LOCATIONS[i]:
+            item["Location Category"] = LOCATIONS[i]
+    with open(path, "w") as f:
+        json.dump(items, f, indent=4)

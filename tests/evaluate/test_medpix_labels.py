@@ -1,7 +1,6 @@
 """MedPix 2.0's own labels (issue 26 item 2) on the miniature of tests/data/format_miniatures.py, its labels set
 here: the label sets, what is dropped and counted, chance levels, and `configs/eval.py:medpix` end to end."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -15,13 +14,6 @@ from tests.evaluate.test_evaluators import StubEncoder, _family
 from tests.tasks.conftest import load_config
 from tests.tasks.test_medpix import pack_miniature
 
-# Per good image i (0-7 train, 8-9 val, 10-11 test; odd i are CT): plane and location category. Sagittal and
-# Abdomen have no test image, Transverse is not one of the three planes, and image 3 has no location. Odd images'
-# captions name hydrocephalus instead of a seizure, so the linked pack holds two phenotypes.
-PLANES = ["Axial", "Coronal", "Sagittal", "Axial", "Transverse", "Axial", "Coronal", "Axial", "Axial", "Coronal",
-          "Axial", "Coronal"]
-LOCATIONS = ["Head", "Head", "Thorax", "", "Abdomen", "Head", "Thorax", "Head", "Head", "Thorax", "Head", "Thorax"]
-
 
 @pytest.fixture(scope="module")
 def onto():
@@ -34,17 +26,7 @@ def mini(tmp_path_factory):
     """The MedPix miniature with plane and location labels (and two phenotypes) on its 12 good images."""
     root = tmp_path_factory.mktemp("medpix_labels")
     mini = mini_lib.medpix(root)
-    path = os.path.join(mini.input, "MedPix-2-0", "Descriptions.json")
-    items = json.load(open(path))
-    for item in items[:mini_lib.N_GOOD]:
-        i = int(item["image"].split("synpic")[1])
-        item["Description"]["Plane"] = PLANES[i]
-        if i % 2:
-            item["Description"]["Caption"] = f"finding number {i} with hydrocephalus"
-        if LOCATIONS[i]:
-            item["Location Category"] = LOCATIONS[i]
-    with open(path, "w") as f:
-        json.dump(items, f, indent=4)
+    mini_lib.label_medpix(mini)
     return mini, root
 
 

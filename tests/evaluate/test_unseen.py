@@ -109,12 +109,12 @@ def test_unseen_scores_come_with_chance_and_the_seen_relative_rule():
 
 
 def test_ablation_table_shows_chance_and_the_rule_under_the_arms():
-    from phenolip_jax.tasks import ablation
+    from phenolip_jax.tasks import ablation_tables
 
     runs = {"clip": [{"zs_unseen_hier_top1": 0.9, "zs_unseen_hier_chance_top1": 0.02,
                       "zs_unseen_parent_rule_hier_top1": 1.0, "zs_seen_top1": 0.5, "zs_seen_chance_top1": 0.01}]}
-    refs = ablation.reference_rows(runs)
+    refs = ablation_tables.reference_rows(runs)
     assert refs["(seen-relative rule)"]["zs_unseen_hier_top1"]["mean"] == 1.0
     assert refs["(chance)"]["zs_seen_top1"]["mean"] == 0.01
-    table = ablation.markdown_table({**ablation.summarise(runs), **refs})
+    table = ablation_tables.markdown_table({**ablation_tables.summarise(runs), **refs})
     assert "| (seen-relative rule) |" in table and "100.0 ± 0.0" in table

@@ -10,14 +10,14 @@ from tests.tasks.test_stages import tiny_stage1, tiny_stage2
 
 
 def test_summarise_mean_and_sample_sd():
-    from phenolip_jax.tasks import ablation
+    from phenolip_jax.tasks import ablation_tables
 
     runs = {"clip": [{"i2t_r@10": 0.5, "zs_unseen_top1": 0.1}, {"i2t_r@10": 0.7, "zs_unseen_top1": None}]}
-    got = ablation.summarise(runs)["clip"]
+    got = ablation_tables.summarise(runs)["clip"]
     assert got["i2t_r@10"]["mean"] == pytest.approx(0.6)
     assert got["i2t_r@10"]["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert got["zs_unseen_top1"] == dict(mean=0.1, sd=0.0, n=1)  # a run without the figure is left out
-    table = ablation.markdown_table({"clip": got})
+    table = ablation_tables.markdown_table({"clip": got})
     assert "| clip | 60.0 ± 14.1 |" in table and "n/a" in table
 
 
@@ -41,17 +41,17 @@ def test_arm_configs_say_what_they_switch_on():
 
 
 def test_paired_differences_against_clip_per_seed():
-    from phenolip_jax.tasks import ablation
+    from phenolip_jax.tasks import ablation_tables
 
     runs = {"clip": [{"i2t_r@10": 0.5}, {"i2t_r@10": 0.9}, {"i2t_r@10": 0.6}],
             "phenolip": [{"i2t_r@10": 0.6}, {"i2t_r@10": 0.95}, {"i2t_r@10": 0.55}]}
-    got = ablation.paired_differences(runs)
+    got = ablation_tables.paired_differences(runs)
     assert list(got) == ["phenolip"]
     d = got["phenolip"]["i2t_r@10"]
     assert d["mean"] == pytest.approx(np.mean([0.1, 0.05, -0.05]))
     assert d["sd"] == pytest.approx(np.std([0.1, 0.05, -0.05], ddof=1))  # paired: far below the arms' own spread
     assert (d["n"], d["wins"]) == (3, 2)
-    assert "| phenolip | +3.3 ± 7.6 (2/3) |" in ablation.markdown_table(got, signed=True)
+    assert "| phenolip | +3.3 ± 7.6 (2/3) |" in ablation_tables.markdown_table(got, signed=True)
 
 
 def test_ablation_runs_every_arm_and_resumes(tiny_bert_dir, tmp_path):

@@ -55,3 +55,35 @@ def test_medpix_variant_says_how_to_get_the_data():
     cfg = load_config("stage2", "medpix")
     with pytest.raises(ValueError, match="packed_dir is empty.*git clone https://github.com/CHILab1/MedPix-2.0"):
         sources.validate_source(cfg.data)
+
+
+def test_ablation_medpix_variant_with_its_labels(tmp_path, tiny_bert_dir, stage1_workdir):
+    """configs/ablation.py:medpix on the miniature: two arms, one seed, each run also scored on MedPix's labels."""
+    from phenolip_jax.tasks import ablation
+
+    mini = mini_lib.medpix(tmp_path)
+    mini_lib.label_medpix(mini)
+    packed = str(tmp_path / "packed")
+    pack_miniature(mini.input, packed)
+    cfg = load_config("ablation", "medpix")
+    assert cfg.stage2.data.source == "arrayrecord" and cfg.stage2.data.max_len == 64  # the stage-2 medpix variant
+    cfg.arms, cfg.seeds = ("clip", "paper_kd_hier_mask"), (0,)
+    cfg.teacher_workdir = stage1_workdir  # the session's tiny stage-1 run (16-d, as the tiny stage 2)
+    cfg.stage2 = medpix_config(tiny_bert_dir, packed)
+    cfg.medpix.dir, cfg.medpix.min_test_images = mini.input, 1
+    work = str(tmp_path / "abl")
+    ablation.run(cfg, work)
+    saved = json.load(open(os.path.join(work, "ablation.json")))
+    for arm in cfg.arms:
+        figures = saved["runs"][arm][0]
+        for task in ("modality", "plane", "location"):
+            assert 0.0 <= figures[f"{task}_zs_top1"] <= 1.0 and 0.0 <= figures[f"{task}_probe_top1"] <= 1.0
+        assert figures["plane_chance_uniform"] == 0.5  # Axial and Coronal keep test images (Sagittal has none)
+        assert os.path.exists(os.path.join(work, arm, "seed0", ablation.LABELS_FILE))
+    assert set(saved["labels"]["summary"]) == set(cfg.arms)
+    table = open(os.path.join(work, "ablation.md")).read()
+    assert "MedPix 2.0's own labels" in table and "\n| (chance, majority) |" in table
+    assert "| modality zero-shot | plane zero-shot | location zero-shot | modality probe |" in table
+    cfg.medpix.dir = str(tmp_path / "nowhere")  # a missing folder is refused before anything trains
+    with pytest.raises(ValueError, match="config.medpix.dir=.*is not a folder"):
+        ablation.run(cfg, work)
