@@ -50,6 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Relative chance of each kind for the non-name views (equal = kinds balanced; 0 = only when needed).
         # Synonyms 4x: the pairs that teach how else a phenotype is written (docs/stages.md, the levers).
         kind_weights=dict(synonym=4.0, definition=1.0, relation_child=1.0, relation_parent=1.0),
+        # Share of the non-name views replaced by a mention-like variant of the name or a synonym (inflected,
+        # reordered, a modifier dropped: data/mention_views.py), the way captions write phenotypes; 0 = off.
+        mention_rate=0.0,
         hard_negative_group=1,  # G > 1: each term brings G-1 related terms into its batch (group_relation)
         # what those G-1 terms are: 'siblings' (else cousins: hard negatives; hurt, docs/stages.md) or 'family'
         # (is-a relatives within loss.hierarchy.max_hops: soft positives, so the hierarchy acts in every batch)
@@ -76,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=256,  # texts per encoder call during evaluation
         ks=(1, 10),  # Acc@K reported
         max_queries=0,  # cap on held-out synonym queries (0 = all)
+        # Real mentions scored beside the held-out sets after training (comma-separated files, link/mentions.py:
+        # PubTator-style gold .tsv such as GSC+'s, or .jsonl of {"mention", "hpo_id"}); '' = none
+        mention_sets="",
         max_len=16,  # tokens when encoding names and held-out synonyms (they are short)
         before=False,  # also evaluate the starting encoder (with the identity head it is the raw encoder, below)
         baselines=True,  # also the raw pretrained encoder (mean-pooled, no head) and exact / fuzzy string match

