@@ -9,8 +9,9 @@ apply; stage 1 draws such a variant of the term's name or one of its synonyms as
 """
 from __future__ import annotations
 
+import collections
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,6 +44,12 @@ _ABNORMAL_MORPHOLOGY = re.compile(r"^Abnormal (.+) morphology$", re.IGNORECASE)
 _DIRECTION = {"increased": ("high", "elevated", "raised"), "decreased": ("low", "reduced", "diminished")}
 _ANOMALY = ("anomaly", "anomalies", "abnormality", "abnormalities", "malformation", "defect")
 _VOWEL_Y = re.compile(r"[aeiou]y$")
+# Heads that name a condition rather than a thing ('Anemia', 'Hirsutism', 'Obesity', 'Insulin resistance'): no
+# plural in a mention, but for the countable '-y' nouns of COUNTED_Y.
+_MASS_SUFFIXES = ("ia", "ism", "ity", "ance", "ence", "y")
+COUNTED_Y = frozenset("anomaly abnormality artery deformity cavity extremity irregularity body capillary "
+                      "bony biopsy papilla".split())
+_NUMBERED = re.compile(r"\b(\d+(st|nd|rd|th)?|first|second|third|fourth|fifth)\b", re.IGNORECASE)
 _STOP = frozenset("of the a an and or to in on with without by at for from".split())
 
 
@@ -83,8 +90,10 @@ def inflect(text: str, rng: np.random.Generator) -> str | None:
     words = text.split(" ")
     head = words[-1]
     low = head.lower()
-    if (not head.isalpha() or low in UNCOUNTED or low.endswith(("al", "ic", "ous", "ive", "ed", "ing", "ar", "megaly"))
-            or (low.endswith(("us", "is")) and low not in IRREGULAR)):  # Latin ('pes planus'): left alone
+    if (not head.isalpha() or low in UNCOUNTED or "," in text or _NUMBERED.search(text)
+            or low.endswith(("al", "ic", "ous", "ive", "ed", "ing", "ar", "megaly"))
+            or (low.endswith(("us", "is")) and low not in IRREGULAR)  # Latin ('pes planus'): left alone
+            or (low.endswith(_MASS_SUFFIXES) and low not in COUNTED_Y)):  # 'Hypotonia', 'Obesity', 'Hirsutism'
         return None
     other = singularise(head)
     if other == head:
@@ -126,6 +135,46 @@ def drop_word(text: str, rng: np.random.Generator) -> str | None:
 
 
 OPERATIONS: tuple[Callable[[str, np.random.Generator], str | None], ...] = (inflect, reorder, drop_word)
+
+
+class ViewGuard:
+    """May `variant` stand as a view of `term`? Not when it equals (after `normalise`) a held-out query, which would
+    then be trained on, or a name or synonym of another term ('renal cyst' from 'Renal corticomedullary cysts' is
+    its parent's name): that would teach a wrong label."""
+
+    def __init__(self, views: Mapping[int, Sequence[tuple[str, str]]], held_out: Iterable[str],
+                 normalise: Callable[[str], str]):
+        self._normalise = normalise
+        self._held = {self._key(q) for q in held_out}
+        self._owners: dict[str, set[int]] = collections.defaultdict(set)
+        for term, term_views in views.items():
+            for text, kind in term_views:
+                if kind in ("name", "synonym"):
+                    self._owners[self._key(text)].add(term)
+
+    def _key(self, text: str) -> str:
+        # Number folded too: 'thin nails' reproduces the held-out 'Thin nail' as surely as 'thin nail' would.
+        words = self._normalise(text).split(" ")
+        return " ".join(words[:-1] + [singularise(words[-1])])
+
+    def __call__(self, term: int, variant: str) -> bool:
+        """True when `variant` may be a view of `term`."""
+        key = self._key(variant)
+        return key not in self._held and self._owners.get(key, {term}) == {term}
+
+
+def rewrite_views(texts: list[str], strings: list[str], rate: float, rng: np.random.Generator,
+                  allowed: Callable[[str], bool]) -> list[str]:
+    """`texts` (a term's sampled views, its name first) with each later view, with probability `rate`, replaced by a
+    mention-like variant of one of `strings` (its name and training synonyms) that `allowed` accepts: a variant
+    equal to a held-out query or to another term's string would leak the query or teach a wrong label."""
+    out = list(texts)
+    for j in range(1, len(out)):
+        if rng.random() < rate:
+            variant = mention_like(strings[int(rng.integers(len(strings)))], rng)
+            if variant is not None and allowed(variant):
+                out[j] = variant
+    return out
 
 
 def mention_like(text: str, rng: np.random.Generator, max_ops: int = 2) -> str | None:

@@ -84,7 +84,8 @@ def split_validation(pairs: Sequence[tuple[str, int]], fraction: float, rng: np.
     return test, tuple(p for i, p in enumerate(pairs) if i in val_idx)
 
 
-def _unique_synonyms(onto: Ontology, i: int) -> list[str]:
+def unique_synonyms(onto: Ontology, i: int) -> list[str]:
+    """Term i's synonyms, exact first, without case-only repeats of its name or of each other."""
     # Exact synonyms first, then the others (related, broad, narrow); a synonym equal, ignoring case, to the
     # name or to an earlier synonym is dropped: HPO has ~1,000 such case-only variants, which would be
     # duplicate views and could never be held out (the copy would stay in training).
@@ -101,7 +102,7 @@ def _all_views(onto: Ontology, pool: np.ndarray, sep: str) -> dict[int, list[Vie
     in_pool = set(int(i) for i in pool)
     views: dict[int, list[View]] = {}
     for i in in_pool:
-        views[i] = [(onto.names[i], "name")] + [(s, "synonym") for s in _unique_synonyms(onto, i)]
+        views[i] = [(onto.names[i], "name")] + [(s, "synonym") for s in unique_synonyms(onto, i)]
         if onto.definitions[i]:
             views[i].append((onto.definitions[i], "definition"))
     for i in sorted(in_pool):
@@ -319,6 +320,8 @@ class SampleTermViews(grain.transforms.RandomMap):
         self._views = views.views if isinstance(views, TermViews) else views
         self._k, self._weights, self._group = views_per_term, dict(kind_weights or {}), group
         self._mention_rate = float(mention_rate)
+        held = [q for pairs in views.query_sets.values() for q, _ in pairs] if isinstance(views, TermViews) else []
+        self._guard = mention_views.ViewGuard(self._views, held, normalise) if self._mention_rate > 0 else None
         if group > 1 and related is None:
             raise ValueError("group > 1 needs `related` (text_views.related_groups)")
         self._related = related or {}
@@ -334,15 +337,12 @@ class SampleTermViews(grain.transforms.RandomMap):
         return np.concatenate([[element], picked]).astype(np.int32)
 
     def _term_views(self, term: int, rng: np.random.Generator) -> list[str]:
-        """sample_views; then each view after the name, with probability mention_rate, becomes a mention-like
-        variant of the name or one of the term's (training) synonyms, when one applies."""
+        """sample_views, then the mention-like rewrite of the later views (`mention_views.rewrite_views`)."""
         texts = sample_views(self._views[term], self._k, rng, self._weights)
-        if self._mention_rate > 0:
-            strings = [text for text, kind in self._views[term] if kind in ("name", "synonym")]
-            for j in range(1, len(texts)):
-                if rng.random() < self._mention_rate:
-                    texts[j] = mention_views.mention_like(strings[int(rng.integers(len(strings)))], rng) or texts[j]
-        return texts
+        if self._mention_rate <= 0:
+            return texts
+        strings = [text for text, kind in self._views[term] if kind in ("name", "synonym")]
+        return mention_views.rewrite_views(texts, strings, self._mention_rate, rng, lambda v: self._guard(term, v))
 
     def random_map(self, element: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         terms = self._group_of(int(element), rng) if self._group > 1 else np.array([element], np.int32)

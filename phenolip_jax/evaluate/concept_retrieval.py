@@ -60,6 +60,13 @@ def concept_retrieval_metrics(
                                        top1_related)
 
 
+def group_starts(groups: Sequence[Sequence[Any]]) -> np.ndarray:
+    """Start offsets of contiguous groups in their concatenation, for `np.maximum.reduceat` (best per group)."""
+    if any(len(g) == 0 for g in groups):
+        raise ValueError("every candidate needs at least one string (its name)")
+    return np.cumsum([0] + [len(g) for g in groups[:-1]])
+
+
 def related_parent_child(onto: Any, candidates: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """`(top1, gold) -> bool`: the top candidate is the gold term or its direct parent or child."""
     def related(top1: np.ndarray, g: np.ndarray) -> np.ndarray:

@@ -230,16 +230,17 @@ def evaluate_and_write(cfg: Any, encoder: Any, labels: tuple[dict[str, Classific
     return dict(tasks=tasks, phenotype_chance=chance)
 
 
-def run_figures(checkpoint: str, medpix_cfg: Any, probe_cfg: Any, ontology_cfg: Any = None, batch_size: int = 64
-                ) -> dict[str, float]:
+def run_figures(checkpoint: str, medpix_cfg: Any, probe_cfg: Any, ontology_cfg: Any = None, batch_size: int = 64,
+                label_sets: tuple[dict[str, ClassificationSet], dict[str, Any]] | None = None) -> dict[str, float]:
     """One run's flat figures on MedPix's labels (`medpix_cfg`: configs/eval.py's medpix section):
     `{task}_zs_top1`, `{task}_probe_top1` (the probe_cfg fraction 1.0) and `{task}_chance_uniform` / `_majority`;
-    {} when no label set keeps enough images (printed)."""
+    {} when no label set keeps enough images (printed). `label_sets`: `read_label_sets`' result, read once by a
+    caller that scores several runs."""
     model = inference.load(checkpoint, batch_size=batch_size)
     if ontology_cfg is not None:
         inference.use_ontology(model, ontology_cfg)
     m = medpix_cfg
-    sets, dropped = read_label_sets(m.dir, model.ontology, m.location_field, int(m.min_test_images))
+    sets, dropped = label_sets or read_label_sets(m.dir, model.ontology, m.location_field, int(m.min_test_images))
     try:
         tasks = evaluate(evaluators.CachedEncoder(model), sets, dropped, tuple(m.templates), probe_cfg)
     except evaluators.Skip as e:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from phenolip_jax.evaluate.concept_retrieval import ScoreRows
+from phenolip_jax.evaluate.concept_retrieval import ScoreRows, group_starts
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
@@ -62,9 +62,7 @@ def _tfidf(texts: Sequence[str], vocab: dict[str, int], idf: np.ndarray) -> sp.c
 def fuzzy_scores(queries: Sequence[str], cand_strings: Sequence[Sequence[str]]) -> ScoreRows:
     """Best TF-IDF trigram cosine between the normalised query and each candidate's strings."""
     flat = [s for strings in cand_strings for s in strings]
-    starts = np.cumsum([0] + [len(s) for s in cand_strings[:-1]])
-    if any(len(s) == 0 for s in cand_strings):
-        raise ValueError("every candidate needs at least one string (its name)")
+    starts = group_starts(cand_strings)
     vocab: dict[str, int] = {}
     df: list[int] = []
     for s in flat:

@@ -20,16 +20,18 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from phenolip_jax import artifacts
+from phenolip_jax.data.text_views import unique_synonyms
 from phenolip_jax.evaluate import string_match
 from phenolip_jax.evaluate.concept_retrieval import (concept_metrics_from_scores, concept_retrieval_metrics,
-                                                     related_parent_child, results_table)
-from phenolip_jax.ontology import Ontology
+                                                     group_starts, related_parent_child, results_table)
+from phenolip_jax.link import encoder as link_encoder
+from phenolip_jax.ontology import Ontology, load_ontology
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +44,9 @@ class MentionSet:
     dropped: dict[str, int]
 
 
-def _read_pairs(path: str) -> list[tuple[str, str]]:
-    """(mention, hpo id) pairs of a PubTator-style TSV or a JSONL file."""
+def _read_pairs(path: str) -> tuple[list[tuple[str, str]], int]:
+    """(mention, hpo id) pairs of a PubTator-style TSV or a JSONL file, and the count of tabbed lines that were not
+    `start<TAB>end<TAB>mention<TAB>id` (other PubTator columns: counted, not read)."""
     with open(path, encoding="utf-8") as f:
         lines = [line.rstrip("\r\n") for line in f]
     pairs = []
@@ -55,15 +58,18 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
                     pairs.append((str(item["mention"]), str(item["hpo_id"])))
                 except (ValueError, KeyError, TypeError) as e:
                     raise ValueError(f"{path}:{n}: expected {{\"mention\": ..., \"hpo_id\": ...}} ({e})") from None
-        return pairs
+        return pairs, 0
+    unparsed = 0
     for n, line in enumerate(lines, 1):
         fields = line.split("\t")
         if len(fields) == 4 and fields[0].isdigit() and fields[1].isdigit():
             pairs.append((fields[2].strip(), fields[3].strip()))
+        elif len(fields) > 1:
+            unparsed += 1
     if not pairs and any(line.strip() for line in lines):
         raise ValueError(f"{path}: no `start<TAB>end<TAB>mention<TAB>HP:id` lines (a PubTator-style gold file such as "
                          "GSC+'s, or a .jsonl of {\"mention\", \"hpo_id\"})")
-    return pairs
+    return pairs, unparsed
 
 
 def read_mentions(path: str, onto: Ontology, pool: np.ndarray) -> MentionSet:
@@ -71,8 +77,10 @@ def read_mentions(path: str, onto: Ontology, pool: np.ndarray) -> MentionSet:
     if not os.path.isfile(path):
         raise ValueError(f"mention set {path!r} is not a file")
     members = set(int(t) for t in pool)
-    texts, gold, dropped = [], [], {"unknown_id": 0, "outside_root": 0, "empty": 0}
-    for mention, hpo_id in _read_pairs(path):
+    pairs, unparsed = _read_pairs(path)
+    texts, gold = [], []
+    dropped = {"unknown_id": 0, "outside_root": 0, "empty": 0, "unparsed_lines": unparsed}
+    for mention, hpo_id in pairs:
         if not mention:
             dropped["empty"] += 1
             continue
@@ -86,26 +94,45 @@ def read_mentions(path: str, onto: Ontology, pool: np.ndarray) -> MentionSet:
             continue
         texts.append(mention)
         gold.append(term)
+    if not texts:
+        raise ValueError(f"mention set {path!r}: no mention left to score (dropped: {dropped}); its ids must be terms "
+                         "under the root of this ontology")
     name = os.path.splitext(os.path.basename(path))[0]
     return MentionSet(name, tuple(texts), np.asarray(gold, np.int64), dropped)
 
 
+def read_mention_sets(paths: str, onto: Ontology, pool: np.ndarray) -> list[MentionSet]:
+    """The comma-separated mention files of `paths` ('' = none), each named by its file name, names distinct."""
+    sets = [read_mentions(path, onto, pool) for path in paths.split(",") if path]
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"mention sets {paths!r}: two files have the same name ({names}); a set is named by its file")
+    return sets
+
+
 def term_strings(onto: Ontology, pool: np.ndarray) -> list[list[str]]:
     """Each pool term's strings: its name, then every synonym (exact, then the other scopes)."""
-    return [[onto.names[int(t)], *onto.exact_synonyms[int(t)], *onto.other_synonyms[int(t)]] for t in pool]
+    return [[onto.names[int(t)], *unique_synonyms(onto, int(t))] for t in pool]
 
 
-def string_scores(onto: Ontology, pool: np.ndarray, sets: Sequence[MentionSet], ks: Sequence[int] = (1, 10),
-                  related: Any = None) -> dict[str, dict[str, dict]]:
-    """{'exact'|'fuzzy': {set name: metrics}}: string matching against each term's name and every synonym."""
-    strings = term_strings(onto, pool)
+def string_scores(onto: Ontology, pool: np.ndarray, sets: Mapping[str, tuple[Sequence[str], np.ndarray]],
+                  ks: Sequence[int] = (1, 10), related: Any = None, strings: Sequence[Sequence[str]] | None = None
+                  ) -> dict[str, dict[str, dict]]:
+    """{'exact'|'fuzzy': {set name: metrics}} of query sets {name: (texts, gold term indices)}: string matching
+    against each pool term's `strings` (default `term_strings`: its name and every synonym)."""
+    strings = term_strings(onto, pool) if strings is None else strings
     pos = {int(t): i for i, t in enumerate(pool)}
     out: dict[str, dict[str, dict]] = {"exact": {}, "fuzzy": {}}
-    for s in sets:
-        gold = np.array([pos[int(t)] for t in s.gold], np.int64)
+    for name, (texts, gold_terms) in sets.items():
+        gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
         for kind, scorer in (("exact", string_match.exact_scores), ("fuzzy", string_match.fuzzy_scores)):
-            out[kind][s.name] = concept_metrics_from_scores(scorer(s.texts, strings), len(pool), gold, ks, related)
+            out[kind][name] = concept_metrics_from_scores(scorer(texts, strings), len(pool), gold, ks, related)
     return out
+
+
+def as_query_sets(sets: Sequence[MentionSet]) -> dict[str, tuple[Sequence[str], np.ndarray]]:
+    """{name: (texts, gold term indices)}: mention sets in the form stage 1's held-out query sets take."""
+    return {s.name: (s.texts, s.gold) for s in sets}
 
 
 def encoder_scores(encode: Any, onto: Ontology, pool: np.ndarray, sets: Sequence[MentionSet],
@@ -119,7 +146,7 @@ def encoder_scores(encode: Any, onto: Ontology, pool: np.ndarray, sets: Sequence
                                                   np.array([pos[int(t)] for t in s.gold], np.int64), ks, related)
                 for s in sets}
     strings = term_strings(onto, pool)
-    starts = np.cumsum([0] + [len(x) for x in strings[:-1]])  # each term's strings are contiguous
+    starts = group_starts(strings)
     emb = encode([x for group in strings for x in group])
     out = {}
     for s in sets:
@@ -132,9 +159,6 @@ def encoder_scores(encode: Any, onto: Ontology, pool: np.ndarray, sets: Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Scores each encoder and string matching on each mention set; prints the table (and writes --output)."""
-    from phenolip_jax.link import encoder as link_encoder
-    from phenolip_jax.ontology import load_ontology
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mentions", required=True, help="comma-separated mention files (.tsv PubTator-style or .jsonl)")
     p.add_argument("--encoders", default="", help="comma-separated stage-1 / stage-2 workdirs or Hugging Face dirs")
@@ -147,11 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     onto = load_ontology(args.obo_path or None)
     pool = np.asarray(onto.subtree(args.root), np.int64)
-    sets = [read_mentions(path, onto, pool) for path in args.mentions.split(",") if path]
+    sets = read_mention_sets(args.mentions, onto, pool)
     for s in sets:
         print(f"mentions: {s.name}: {len(s.texts)} kept, dropped {s.dropped}", flush=True)
     related = related_parent_child(onto, pool)
-    table = string_scores(onto, pool, sets, related=related)
+    table = string_scores(onto, pool, as_query_sets(sets), related=related)
     for path in [e for e in args.encoders.split(",") if e]:
         model = link_encoder.load_encoder(path, {"obo_path": args.obo_path})
         t = time.time()
@@ -172,8 +196,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _label(path: str) -> str:
     """A table row's name: the workdir's name, or 'raw NAME' for a Hugging Face directory (NAME its parent's when
     the folder is just 'model')."""
-    from phenolip_jax.link import encoder as link_encoder
-
     path = os.path.normpath(path)
     name = os.path.basename(path)
     if not link_encoder.is_hf_dir(path):

@@ -14,6 +14,7 @@ from typing import Any
 
 from phenolip_jax import artifacts, config_lib, config_tools
 from phenolip_jax.evaluate import medpix_labels
+from phenolip_jax.ontology import load_ontology
 from phenolip_jax.tasks import ablation_tables, stage1, stage2
 
 
@@ -73,7 +74,7 @@ def arm_config(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir:
     return run
 
 
-LABELS_FILE = "medpix_labels.json"  # a run's figures on MedPix's own labels (config.medpix_dir)
+LABELS_FILE = "medpix_labels.json"  # a run's figures on MedPix's own labels (config.medpix.dir) and their settings
 
 # Fields a finished run may differ in and still be reused: how it was logged and fed, not what it computed.
 _REUSE_SAFE = ("log_every", "eval_only", "data.workers", "data.prefetch", "mesh.", "eval.batch_size")
@@ -149,18 +150,28 @@ def _on_more_test_pairs(cfg: Any, arm: str, seed: int, teachers: dict[str, str],
     return result
 
 
-def _on_medpix_labels(cfg: Any, path: str) -> dict[str, float]:
-    """A finished run's figures on MedPix's own labels (`medpix_labels.run_figures`, cached in the run)."""
-    out = os.path.join(path, LABELS_FILE)
-    result = _read_json(out)
-    if result is None:
-        t = time.time()
-        probe = config_lib.load_config("eval", "medpix").probe
-        probe.fractions, probe.seeds = (1.0,), (0,)  # one probe, on every train label
-        result = medpix_labels.run_figures(path, cfg.medpix, probe, cfg.stage2.ontology)
-        artifacts.write_json(out, result)
-        print(f"ablation: {path} evaluated on MedPix's labels ({time.time() - t:.0f}s)", flush=True)
-    return result
+def _label_settings(cfg: Any) -> dict[str, Any]:
+    """What a run's MedPix label figures depend on besides the run: the labels' section and the probe."""
+    probe = config_lib.load_config("eval", "medpix").probe
+    probe.fractions, probe.seeds = (1.0,), (0,)  # one probe, on every train label
+    return {"medpix": cfg.medpix.to_dict(), "probe": probe.to_dict()}
+
+
+def _on_medpix_labels(cfg: Any, path: str, label_sets: Any) -> dict[str, float]:
+    """A finished run's figures on MedPix's own labels (`medpix_labels.run_figures`), cached in the run and reused
+    only when made with the same settings; an evaluation that found no label set is not cached."""
+    out, settings = os.path.join(path, LABELS_FILE), json.loads(json.dumps(_label_settings(cfg)))
+    saved = _read_json(out) or {}
+    if saved.get("settings") == settings:
+        return saved["figures"]
+    t = time.time()
+    probe = config_lib.load_config("eval", "medpix").probe
+    probe.update(settings["probe"])
+    figures = medpix_labels.run_figures(path, cfg.medpix, probe, cfg.stage2.ontology, label_sets=label_sets)
+    if figures:
+        artifacts.write_json(out, {"settings": settings, "figures": figures})
+    print(f"ablation: {path} evaluated on MedPix's labels ({time.time() - t:.0f}s)", flush=True)
+    return figures
 
 
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
@@ -170,6 +181,11 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     teachers = {"trained": cfg.teacher_workdir or os.path.join(workdir, "teacher"),
                 "raw": os.path.join(workdir, "teacher_raw")}
     check_workdir(cfg, workdir, teachers)  # before any training: a stale run is refused at once
+    label_sets = None  # MedPix's label sets, read once and before training, so a bad folder fails fast
+    if cfg.medpix.dir:
+        m = cfg.medpix
+        label_sets = medpix_labels.read_label_sets(m.dir, load_ontology(cfg.stage2.ontology.obo_path or None),
+                                                   m.location_field, int(m.min_test_images))
     if any(ARMS[a].teacher == "trained" for a in cfg.arms) and not cfg.teacher_workdir:
         _teacher(cfg.teacher, teachers["trained"])
     if any(ARMS[a].teacher == "raw" for a in cfg.arms):
@@ -179,7 +195,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     reused: set[str] = set()
     earlier = (_read_json(os.path.join(workdir, "ablation.json")) or {}).get("seconds", {})
-    reeval = 0.0
+    reeval = label_seconds = 0.0
     for seed in cfg.seeds:
         for arm in cfg.arms:
             path, key = os.path.join(workdir, arm, f"seed{seed}"), f"{arm}/seed{seed}"
@@ -194,18 +210,18 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                 seconds[key] = earlier.get(key, 0.0)
                 reused.add(key)
             print(f"ablation: {arm} seed {seed} done ({seconds[key]:.0f}s)", flush=True)
-            if cfg.medpix.dir:
+            if label_sets is not None:
                 t = time.time()
-                result = {**result, **_on_medpix_labels(cfg, path)}
-                reeval += time.time() - t
+                result = {**result, **_on_medpix_labels(cfg, path, label_sets)}
+                label_seconds += time.time() - t
             runs[arm].append(result)
             if cfg.eval_test_pairs:
                 t = time.time()
                 more[arm].append(_on_more_test_pairs(cfg, arm, seed, teachers, workdir))
                 reeval += time.time() - t
     # The training time, with the reused runs' own time; the re-evaluations (label ones too) are counted apart.
-    total = round(time.time() - t0 - reeval + sum(seconds[k] for k in reused), 1)
-    summary = ablation_tables.write_tables(workdir, runs, cfg.seeds, seconds, total)
+    total = round(time.time() - t0 - reeval - label_seconds + sum(seconds[k] for k in reused), 1)
+    summary = ablation_tables.write_tables(workdir, runs, cfg.seeds, seconds, total, label_seconds=label_seconds)
     names = ["ablation.md"]
     if cfg.eval_test_pairs:
         ablation_tables.write_tables(workdir, more, cfg.seeds, seconds, total, int(cfg.eval_test_pairs), reeval)

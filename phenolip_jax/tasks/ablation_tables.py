@@ -110,7 +110,7 @@ def _section(runs: Runs, title: str, columns: Columns, references: dict[str, dic
 
 
 def write_tables(workdir: str, runs: Runs, seeds: Sequence[int], seconds: dict[str, float], total: float,
-                 test_pairs: int = 0, reeval: float = 0.0) -> dict[str, Any]:
+                 test_pairs: int = 0, reeval: float = 0.0, label_seconds: float = 0.0) -> dict[str, Any]:
     """Writes ablation[_test<N>].json and .md (mean ± sd per arm, paired differences against the baselines, and
     MedPix's labels when the runs carry them); test_pairs=N > 0: figures on the demo regenerated with N test
     pairs. Returns the summary."""
@@ -127,13 +127,15 @@ def write_tables(workdir: str, runs: Runs, seeds: Sequence[int], seconds: dict[s
     text += main
     keep = COLUMNS + EXTRA
     if any(k in r for rs in runs.values() for r in rs for k, _ in LABEL_COLUMNS):
-        labels, out["labels"] = _section(runs, "MedPix 2.0's own labels, top-1 in percent (zero-shot from the label "
-                                         "names; linear probe on every train label):", LABEL_COLUMNS, LABEL_REFERENCES)
+        labels, out["labels"] = _section(
+            runs, f"MedPix 2.0's own labels, top-1 in percent (zero-shot from the label names; linear probe on every "
+            f"train label; {label_seconds:.0f} s of label evaluation this time):", LABEL_COLUMNS, LABEL_REFERENCES)
         text += "\n" + labels
         keep += LABEL_COLUMNS + tuple((v, "") for refs in LABEL_REFERENCES.values() for v in refs.values())
     artifacts.write_json(os.path.join(workdir, f"{name}.json"), {
         **out, "runs": {a: [{k: r.get(k) for k, _ in keep} for r in rs] for a, rs in runs.items()},
-        "seeds": list(seeds), "seconds": seconds, "total_seconds": total, "eval_test_pairs": test_pairs})
+        "seeds": list(seeds), "seconds": seconds, "total_seconds": total, "eval_test_pairs": test_pairs,
+        "label_seconds": round(label_seconds, 1)})
     with open(os.path.join(workdir, f"{name}.md"), "w") as f:
         f.write(text)
     print(text, flush=True)

@@ -17,9 +17,7 @@ import numpy as np
 from phenolip_jax import artifacts, config_lib
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.tokenize import tokenize_captions
-from phenolip_jax.evaluate import string_match
-from phenolip_jax.evaluate.concept_retrieval import (concept_metrics_from_scores, concept_retrieval_metrics,
-                                                     related_parent_child, results_table)
+from phenolip_jax.evaluate.concept_retrieval import concept_retrieval_metrics, related_parent_child, results_table
 from phenolip_jax.inference import text_encoder
 from phenolip_jax.link import mentions
 from phenolip_jax.models import two_tower
@@ -127,16 +125,16 @@ def _evaluate(encode, onto, candidates: np.ndarray, sets: dict, cfg: Any) -> tup
 
 
 def string_baselines(onto: Any, candidates: np.ndarray, views: Any, sets: dict, cfg: Any) -> dict[str, dict]:
-    """Exact and normalised-fuzzy string matching against names and training synonyms, per query set."""
-    strings = [[t for t, kind in views.views[int(c)] if kind in ("name", "synonym")] for c in candidates]
-    pos = {int(t): i for i, t in enumerate(candidates)}
-    out: dict[str, dict] = {"exact": {}, "fuzzy": {}}
-    for name, (texts, gold_terms) in sets.items():
-        gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
-        for kind, scorer in (("exact", string_match.exact_scores), ("fuzzy", string_match.fuzzy_scores)):
-            out[kind][name] = concept_metrics_from_scores(scorer(texts, strings), len(candidates), gold,
-                                                          tuple(cfg.eval.ks), related_parent_child(onto, candidates))
-    return out
+    """Exact and normalised-fuzzy string matching per query set: held-out ontology queries against names and
+    training synonyms (their own synonym is held out), real mentions ('mentions:*') against every string of a
+    term, as `python -m phenolip_jax.link.mentions` scores them."""
+    related, ks = related_parent_child(onto, candidates), tuple(cfg.eval.ks)
+    training = [[t for t, kind in views.views[int(c)] if kind in ("name", "synonym")] for c in candidates]
+    ontology_sets = {k: v for k, v in sets.items() if not k.startswith("mentions:")}
+    out = mentions.string_scores(onto, candidates, ontology_sets, ks, related, strings=training)
+    real = mentions.string_scores(onto, candidates, {k: v for k, v in sets.items() if k not in ontology_sets}, ks,
+                                  related)
+    return {kind: {**out[kind], **real[kind]} for kind in out}
 
 
 def save_encoder(path: str, text_params: Any) -> None:
@@ -202,10 +200,10 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
                                 val_fraction=cfg.data.get("val_query_fraction", 0.0))
     views = keep_view_kinds(views, tuple(cfg.data.view_kinds))
     sets = query_sets(views, cfg)
-    for path in [p for p in cfg.eval.get("mention_sets", "").split(",") if p]:  # real mentions, read before training
-        found = mentions.read_mentions(path, onto, pool)
+    real = mentions.read_mention_sets(cfg.eval.get("mention_sets", ""), onto, pool)  # read before training
+    for found in real:
         sets[f"mentions:{found.name}"] = (list(found.texts), found.gold)
-        print(f"stage 1: mention set {path}: {len(found.texts)} mentions, dropped {found.dropped}", flush=True)
+        print(f"stage 1: mention set {found.name}: {len(found.texts)} mentions, dropped {found.dropped}", flush=True)
     _, tparams, tokenizer, fields = common.load_text_encoder(cfg.text, cfg.text.dtype, cfg.seed)
     model, objective, fields = build_model(cfg, fields["bert"])
     if cfg.text.head_init == "identity" and cfg.text.head != "none":

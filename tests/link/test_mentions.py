@@ -26,11 +26,11 @@ def hpo():
 def test_pubtator_gold_is_read_and_what_cannot_be_scored_is_counted(tmp_path, hpo):
     onto, pool = hpo
     path = tmp_path / "gold_dev.tsv"
-    path.write_bytes(GOLD_TSV.encode())
+    path.write_bytes((GOLD_TSV + "1002\tDisease\tMESH:D000\n").encode())  # a PubTator relation line: counted
     got = mentions.read_mentions(str(path), onto, pool)
     assert got.name == "gold_dev" and got.texts == ("seizures", "hydrocephaly")
     assert [onto.ids[t] for t in got.gold] == ["HP:0001250", "HP:0000238"]
-    assert got.dropped == {"unknown_id": 1, "outside_root": 1, "empty": 0}  # HP:9999999; inheritance
+    assert got.dropped == {"unknown_id": 1, "outside_root": 1, "empty": 0, "unparsed_lines": 1}  # HP:9999999; inheritance
 
 
 def test_jsonl_mentions_resolve_alt_ids_and_bad_lines_are_named(tmp_path, hpo):
@@ -49,6 +49,16 @@ def test_jsonl_mentions_resolve_alt_ids_and_bad_lines_are_named(tmp_path, hpo):
         mentions.read_mentions(str(other), onto, pool)
     with pytest.raises(ValueError, match="is not a file"):
         mentions.read_mentions(str(tmp_path / "missing.tsv"), onto, pool)
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_text(json.dumps({"mention": "dominant", "hpo_id": "HP:0000006"}) + "\n")  # inheritance only
+    with pytest.raises(ValueError, match=r"nothing.jsonl.*no mention left to score.*outside_root': 1"):
+        mentions.read_mentions(str(nothing), onto, pool)
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / "m.jsonl"
+    twin.write_text(json.dumps({"mention": "old id", "hpo_id": alt}) + "\n")
+    path.write_text(json.dumps({"mention": "old id", "hpo_id": alt}) + "\n")
+    with pytest.raises(ValueError, match="two files have the same name"):
+        mentions.read_mention_sets(f"{path},{twin}", onto, pool)
 
 
 def test_string_scores_use_every_synonym(tmp_path, hpo):
@@ -56,7 +66,7 @@ def test_string_scores_use_every_synonym(tmp_path, hpo):
     path = tmp_path / "g.tsv"
     path.write_bytes(GOLD_TSV.encode())
     s = mentions.read_mentions(str(path), onto, pool)
-    scores = mentions.string_scores(onto, pool, [s])
+    scores = mentions.string_scores(onto, pool, mentions.as_query_sets([s]))
     # "Seizures" is an exact synonym of Seizure, "Hydrocephaly" one of Hydrocephalus
     assert scores["exact"]["g"]["acc@1"] == 1.0 and scores["fuzzy"]["g"]["acc@1"] == 1.0
 
@@ -87,6 +97,10 @@ def test_inflection_reordering_and_dropping():
     assert mv.inflect("Preauricular pit", rng) == "Preauricular pits"
     assert mv.inflect("Palmar pits", rng) == "Palmar pit"
     assert mv.inflect("Abnormal lens morphology", rng) is None and mv.inflect("Pes planus", rng) is None
+    for condition in ("Hypotonia", "Obesity", "Hirsutism", "Insulin resistance", "Ambiguous genitalia, female",
+                      "Aplasia of the 5th finger"):
+        assert mv.inflect(condition, rng) is None, condition  # conditions, lists and numbered parts keep their number
+    assert mv.inflect("Renal anomaly", rng) == "Renal anomalies"
     assert mv.reorder("Hypoplasia of the radius", rng) == "radius hypoplasia"
     assert mv.reorder("Abnormality of the kidney", rng) in {f"kidney {w}" for w in mv._ANOMALY}
     assert mv.reorder("Increased serum urate", rng) in {"high serum urate", "elevated serum urate", "raised serum urate"}
@@ -151,3 +165,18 @@ def test_encoder_scores_against_names_or_names_and_synonyms(mini):
     names_only = mentions.encoder_scores(_bag_of_words, onto, pool, [s])["m"]
     both = mentions.encoder_scores(_bag_of_words, onto, pool, [s], synonyms=True)["m"]
     assert both["acc@1"] == 1.0 and names_only["acc@1"] < 1.0 and both["num_candidates"] == len(pool)
+
+
+def test_mention_views_never_reproduce_a_held_out_query_or_another_terms_string():
+    views = {0: (("Renal cyst", "name"),), 1: (("Renal corticomedullary cysts", "name"), ("Thin nail", "synonym"))}
+    guard = mv.ViewGuard(views, ["Thin nails"], tv.normalise)
+    assert not guard(1, "renal cysts")  # the other term's name, in the plural: a wrong label
+    assert not guard(1, "thin nail") and not guard(0, "Thin-nails")  # a held-out query, in either number
+    assert guard(0, "renal cysts") and guard(1, "renal corticomedullary cyst")
+    # Through the sampler: term 1's name can only become 'renal corticomedullary cyst' (dropping 'corticomedullary'
+    # would give its parent's name, and its synonym only forms of the held-out query), so nothing else appears.
+    sampler = tv.SampleTermViews(views, views_per_term=2, mention_rate=1.0)
+    sampler._guard = guard
+    seen = {sampler.random_map(1, np.random.default_rng(s))["texts"].tolist()[1] for s in range(40)}
+    assert seen <= {"renal corticomedullary cyst", "Thin nail", "Renal corticomedullary cysts"}
+    assert "renal corticomedullary cyst" in seen

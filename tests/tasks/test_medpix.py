@@ -84,6 +84,14 @@ def test_ablation_medpix_variant_with_its_labels(tmp_path, tiny_bert_dir, stage1
     table = open(os.path.join(work, "ablation.md")).read()
     assert "MedPix 2.0's own labels" in table and "\n| (chance, majority) |" in table
     assert "| modality zero-shot | plane zero-shot | location zero-shot | modality probe |" in table
+    # Rerun: the label figures are reused while their settings hold, and made again when a setting changes.
+    cached = os.path.join(work, "clip", "seed0", ablation.LABELS_FILE)
+    stamp = os.path.getmtime(cached)
+    ablation.run(cfg, work)
+    assert os.path.getmtime(cached) == stamp
+    cfg.medpix.templates = ("{}",)
+    ablation.run(cfg, work)
+    assert json.load(open(cached))["settings"]["medpix"]["templates"] == ["{}"]
     cfg.medpix.dir = str(tmp_path / "nowhere")  # a missing folder is refused before anything trains
     with pytest.raises(ValueError, match="config.medpix.dir=.*is not a folder"):
         ablation.run(cfg, work)
