@@ -59,7 +59,12 @@ def teacher_dir(tiny_bert_dir, tmp_path_factory):
     from phenolip_jax.tasks import stage1
 
     workdir = str(tmp_path_factory.mktemp("stage1"))
-    result = stage1.run(tiny_stage1(tiny_bert_dir), workdir)
+    real = tmp_path_factory.mktemp("mentions") / "real.jsonl"  # real mentions, scored beside the held-out sets
+    real.write_text(json.dumps({"mention": "seizures", "hpo_id": "HP:0001250"}) + "\n"
+                    + json.dumps({"mention": "fits", "hpo_id": "HP:0000006"}) + "\n")  # inheritance: dropped
+    cfg = tiny_stage1(tiny_bert_dir)
+    cfg.eval.mention_sets, cfg.data.mention_rate = str(real), 0.5  # mention-like views trained on too
+    result = stage1.run(cfg, workdir)
     assert set(result) >= {"before", "after", "raw", "query_sets"}
     return workdir
 
@@ -72,7 +77,9 @@ def test_stage1_outputs(teacher_dir):
             assert 0.0 <= ev[part][key] <= 1.0
     # Every query set side by side: string baselines, the raw encoder, before and after training.
     assert set(ev["query_sets"]) == {"synonym", "layperson", "abbreviation", "val_synonym", "val_layperson",
-                                     "val_abbreviation"}  # test sets, then the validation sets levers are chosen on
+                                     "val_abbreviation", "mentions:real"}  # test sets, validation sets, real mentions
+    assert ev["query_sets"]["mentions:real"]["exact"]["acc@1"] == 1.0  # 'Seizures': a synonym, matched like the CLI
+    assert ev["query_sets"]["mentions:real"]["after"]["num_queries"] == 1
     for methods in ev["query_sets"].values():
         assert set(methods) == {"exact", "fuzzy", "raw", "before", "after"}
         assert all(0.0 <= m["hier@1"] <= 1.0 and m["num_queries"] > 0 for m in methods.values())
