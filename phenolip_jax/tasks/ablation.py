@@ -150,23 +150,18 @@ def _on_more_test_pairs(cfg: Any, arm: str, seed: int, teachers: dict[str, str],
     return result
 
 
-def _label_settings(cfg: Any) -> dict[str, Any]:
-    """What a run's MedPix label figures depend on besides the run: the labels' section and the probe."""
-    probe = config_lib.load_config("eval", "medpix").probe
-    probe.fractions, probe.seeds = (1.0,), (0,)  # one probe, on every train label
-    return {"medpix": cfg.medpix.to_dict(), "probe": probe.to_dict()}
-
-
 def _on_medpix_labels(cfg: Any, path: str, label_sets: Any) -> dict[str, float]:
     """A finished run's figures on MedPix's own labels (`medpix_labels.run_figures`), cached in the run and reused
-    only when made with the same settings; an evaluation that found no label set is not cached."""
-    out, settings = os.path.join(path, LABELS_FILE), json.loads(json.dumps(_label_settings(cfg)))
+    only when made with the same settings (the labels' section and the probe); an evaluation that found no label
+    set is not cached."""
+    probe = config_lib.load_config("eval", "medpix").probe
+    probe.fractions, probe.seeds = (1.0,), (0,)  # one probe, on every train label
+    out = os.path.join(path, LABELS_FILE)
+    settings = json.loads(json.dumps({"medpix": cfg.medpix.to_dict(), "probe": probe.to_dict()}))  # as saved
     saved = _read_json(out) or {}
     if saved.get("settings") == settings:
         return saved["figures"]
     t = time.time()
-    probe = config_lib.load_config("eval", "medpix").probe
-    probe.update(settings["probe"])
     figures = medpix_labels.run_figures(path, cfg.medpix, probe, cfg.stage2.ontology, label_sets=label_sets)
     if figures:
         artifacts.write_json(out, {"settings": settings, "figures": figures})
