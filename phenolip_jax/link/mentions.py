@@ -115,16 +115,21 @@ def term_strings(onto: Ontology, pool: np.ndarray) -> list[list[str]]:
     return [[onto.names[int(t)], *unique_synonyms(onto, int(t))] for t in pool]
 
 
+def gold_rows(pool: np.ndarray, terms: Sequence[int]) -> np.ndarray:
+    """Each gold term's row in `pool` (int64), the form the retrieval metrics take."""
+    pos = {int(t): i for i, t in enumerate(pool)}
+    return np.array([pos[int(t)] for t in terms], np.int64)
+
+
 def string_scores(onto: Ontology, pool: np.ndarray, sets: Mapping[str, tuple[Sequence[str], np.ndarray]],
                   ks: Sequence[int] = (1, 10), related: Any = None, strings: Sequence[Sequence[str]] | None = None
                   ) -> dict[str, dict[str, dict]]:
     """{'exact'|'fuzzy': {set name: metrics}} of query sets {name: (texts, gold term indices)}: string matching
     against each pool term's `strings` (default `term_strings`: its name and every synonym)."""
     strings = term_strings(onto, pool) if strings is None else strings
-    pos = {int(t): i for i, t in enumerate(pool)}
     out: dict[str, dict[str, dict]] = {"exact": {}, "fuzzy": {}}
     for name, (texts, gold_terms) in sets.items():
-        gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
+        gold = gold_rows(pool, gold_terms)
         for kind, scorer in (("exact", string_match.exact_scores), ("fuzzy", string_match.fuzzy_scores)):
             out[kind][name] = concept_metrics_from_scores(scorer(texts, strings), len(pool), gold, ks, related)
     return out
@@ -135,25 +140,25 @@ def as_query_sets(sets: Sequence[MentionSet]) -> dict[str, tuple[Sequence[str], 
     return {s.name: (s.texts, s.gold) for s in sets}
 
 
-def encoder_scores(encode: Any, onto: Ontology, pool: np.ndarray, sets: Sequence[MentionSet],
-                   ks: Sequence[int] = (1, 10), related: Any = None, synonyms: bool = False) -> dict[str, dict]:
-    """{set name: metrics} of one text encoder (`encode(texts) -> [N, D]` unit rows): mention -> term name, or with
+def encoder_scores(encode: Any, onto: Ontology, pool: np.ndarray,
+                   sets: Mapping[str, tuple[Sequence[str], np.ndarray]], ks: Sequence[int] = (1, 10),
+                   related: Any = None, synonyms: bool = False, names: np.ndarray | None = None) -> dict[str, dict]:
+    """{set name: metrics} of one text encoder (`encode(texts) -> [N, D]` unit rows) on query sets {name: (texts,
+    gold term indices)}: query -> term name (`names`: the pool's name embeddings, if already encoded), or with
     `synonyms` the best of the term's name and synonyms (the strings fuzzy matching sees)."""
-    pos = {int(t): i for i, t in enumerate(pool)}
     if not synonyms:
-        names = encode([onto.names[int(t)] for t in pool])
-        return {s.name: concept_retrieval_metrics(encode(list(s.texts)), names,
-                                                  np.array([pos[int(t)] for t in s.gold], np.int64), ks, related)
-                for s in sets}
+        names = encode([onto.names[int(t)] for t in pool]) if names is None else names
+        return {name: concept_retrieval_metrics(encode(list(texts)), names, gold_rows(pool, gold), ks, related)
+                for name, (texts, gold) in sets.items()}
     strings = term_strings(onto, pool)
     starts = group_starts(strings)
     emb = encode([x for group in strings for x in group])
     out = {}
-    for s in sets:
-        queries = encode(list(s.texts))
-        out[s.name] = concept_metrics_from_scores(
+    for name, (texts, gold) in sets.items():
+        queries = encode(list(texts))
+        out[name] = concept_metrics_from_scores(
             lambda a, b: np.maximum.reduceat(queries[a:b] @ emb.T, starts, axis=1), len(pool),
-            np.array([pos[int(t)] for t in s.gold], np.int64), ks, related)
+            gold_rows(pool, gold), ks, related)
     return out
 
 
@@ -175,13 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in sets:
         print(f"mentions: {s.name}: {len(s.texts)} kept, dropped {s.dropped}", flush=True)
     related = related_parent_child(onto, pool)
-    table = string_scores(onto, pool, as_query_sets(sets), related=related)
+    queries = as_query_sets(sets)
+    table = string_scores(onto, pool, queries, related=related)
     for path in [e for e in args.encoders.split(",") if e]:
         model = link_encoder.load_encoder(path, {"obo_path": args.obo_path})
         t = time.time()
-        table[_label(path)] = encoder_scores(model.encode_texts, onto, pool, sets, related=related)
+        table[_label(path)] = encoder_scores(model.encode_texts, onto, pool, queries, related=related)
         if args.synonyms:
-            table[_label(path) + " + synonyms"] = encoder_scores(model.encode_texts, onto, pool, sets,
+            table[_label(path) + " + synonyms"] = encoder_scores(model.encode_texts, onto, pool, queries,
                                                                  related=related, synonyms=True)
         print(f"mentions: scored {path} ({time.time() - t:.0f}s)", flush=True)
     by_set = {s.name: {method: figures[s.name] for method, figures in table.items()} for s in sets}

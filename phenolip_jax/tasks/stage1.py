@@ -17,7 +17,7 @@ import numpy as np
 from phenolip_jax import artifacts, config_lib
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.tokenize import tokenize_captions
-from phenolip_jax.evaluate.concept_retrieval import concept_retrieval_metrics, related_parent_child, results_table
+from phenolip_jax.evaluate.concept_retrieval import related_parent_child, results_table
 from phenolip_jax.inference import text_encoder
 from phenolip_jax.link import mentions
 from phenolip_jax.models import two_tower
@@ -114,14 +114,9 @@ def query_sets(views: Any, cfg: Any) -> dict[str, tuple[list[str], np.ndarray]]:
 
 def _evaluate(encode, onto, candidates: np.ndarray, sets: dict, cfg: Any) -> tuple[dict[str, dict], np.ndarray]:
     """Held-out query -> term-name retrieval per query set; returns the metrics and the names' embeddings."""
-    pos = {int(t): i for i, t in enumerate(candidates)}
-    cand_emb = encode([onto.names[i] for i in candidates])
-    out = {}
-    for name, (texts, gold_terms) in sets.items():
-        gold = np.array([pos[int(t)] for t in gold_terms], np.int64)
-        out[name] = concept_retrieval_metrics(encode(list(texts)), cand_emb, gold, ks=tuple(cfg.eval.ks),
-                                              top1_related=related_parent_child(onto, candidates))
-    return out, cand_emb
+    names = encode([onto.names[i] for i in candidates])
+    return mentions.encoder_scores(encode, onto, candidates, sets, tuple(cfg.eval.ks),
+                                   related_parent_child(onto, candidates), names=names), names
 
 
 def string_baselines(onto: Any, candidates: np.ndarray, views: Any, sets: dict, cfg: Any) -> dict[str, dict]:

@@ -153,8 +153,8 @@ def test_encoder_scores_against_names_or_names_and_synonyms(mini):
     pool = np.asarray(onto.subtree("HP:0000118"), np.int64)
     gold = np.array([onto.index("HP:0001640"), onto.index("HP:0002107")], np.int64)
     s = mentions.MentionSet("m", ("enlarged heart", "collapsed lung"), gold, {})  # layperson synonyms, verbatim
-    names_only = mentions.encoder_scores(_bag_of_words, onto, pool, [s])["m"]
-    both = mentions.encoder_scores(_bag_of_words, onto, pool, [s], synonyms=True)["m"]
+    names_only = mentions.encoder_scores(_bag_of_words, onto, pool, mentions.as_query_sets([s]))["m"]
+    both = mentions.encoder_scores(_bag_of_words, onto, pool, mentions.as_query_sets([s]), synonyms=True)["m"]
     assert both["acc@1"] == 1.0 and names_only["acc@1"] < 1.0 and both["num_candidates"] == len(pool)
 
 
