@@ -157,7 +157,7 @@ def test_freeze_phase_clips_and_moves_trainable_leaves_only():
     batch = mesh_lib.host_to_global(fake_batch(0), mesh)
     objective = objectives.stage2_objective(model, two_tower.TextTower(**dict(model.text_config)), cfg)
     _, step_rng = jax.random.split(state.rng)
-    grads = jax.grad(lambda p: objective(p, state.teacher, batch, step_rng)[0])(state.params)
+    grads = jax.jit(jax.grad(lambda p: objective(p, state.teacher, batch, step_rng)[0]))(state.params)
     flat = [(mesh_lib.path_str(p), np.asarray(g)) for p, g in jax.tree_util.tree_leaves_with_path(grads)]
     trainable_norm = math.sqrt(sum(float((g**2).sum()) for name, g in flat if not re.search(FREEZE, name)))
     full_norm = math.sqrt(sum(float((g**2).sum()) for _, g in flat))
