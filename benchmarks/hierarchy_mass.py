@@ -7,7 +7,7 @@ Run: python benchmarks/hierarchy_mass.py [--batches 8] [--sizes 64 256 1024 2048
 Stage 2 uses the seed-0 embedded demo's train split (generated if absent, ~1 min) through the run's own HPO
 tables (`pipeline.HpoEncoder`) and target rule (`objectives.pair_targets`, `losses.own_share_targets`): the
 figure is the mean over rows of the pair's own weight in its row distribution. Stage 1 uses the default
-stage-1 config's text views and batches (`text_views.stage1_dataset`) and its relation scores
+stage-1 config's text views and batches (`term_batches.stage1_dataset`) and its relation scores
 (`objectives.batch_relation_scores`): pairs of views of *different* terms with a positive score, and their
 share of all off-diagonal target mass. Nothing is trained; CPU only.
 """
@@ -21,6 +21,7 @@ import numpy as np
 
 from phenolip_jax import config_lib, losses
 from phenolip_jax.data import demo, pipeline
+from phenolip_jax.data import term_batches as tb
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.manifest import read_manifest
 from phenolip_jax.ontology import load_ontology, organ_table, sized_ancestor_table
@@ -59,14 +60,14 @@ def stage1_related(onto, batches: int, groups: list[int]) -> dict[str, tuple[flo
     every = np.arange(len(onto))
     anc, hops = sized_ancestor_table(onto, every, h.max_hops, cfg.data.max_ancestors)
     organs = organ_table(onto, every, width=cfg.data.max_organs)
-    family = tv.family_groups(onto, views.terms, h.max_hops)
+    family = tb.family_groups(onto, views.terms, h.max_hops)
     out = {}
     for g in [1, *groups]:
-        ds = tv.stage1_dataset(views, num_terms=cfg.data.terms_per_batch, views_per_term=cfg.data.views_per_term,
+        ds = tb.stage1_dataset(views, num_terms=cfg.data.terms_per_batch, views_per_term=cfg.data.views_per_term,
                                seed=0, group=g, related=family if g > 1 else None)
         pairs, mass = [], []
         for step in range(batches):
-            _, terms = tv.flatten_term_batch(ds[step])
+            _, terms = tb.flatten_term_batch(ds[step])
             batch = dict(hpo=jnp.asarray(terms[:, None]), hpo_anc=jnp.asarray(anc[terms][:, None]),
                          hpo_hops=jnp.asarray(hops[terms][:, None]), organs=jnp.asarray(organs[terms]))
             w = np.array(objectives.batch_relation_scores(batch, h))

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from phenolip_jax import artifacts, config_lib
+from phenolip_jax.data import term_batches as tb
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.tokenize import tokenize_captions
 from phenolip_jax.evaluate.concept_retrieval import related_parent_child, results_table
@@ -36,7 +37,7 @@ class Stage1Features(grain.transforms.Map):
         self.anc, self.hops, self.organs = anc, hops, organs
 
     def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts, terms = tv.flatten_term_batch(batch)
+        texts, terms = tb.flatten_term_batch(batch)
         ids, mask = tokenize_captions(self.tokenizer, texts, self.max_len)
         return dict(input_ids=ids, attention_mask=mask, hpo=terms[:, None], hpo_anc=self.anc[terms][:, None],
                     hpo_hops=self.hops[terms][:, None], organs=self.organs[terms])
@@ -63,9 +64,9 @@ def stage1_batches(cfg: Any, views: Any, tokenizer: Any, onto: Any):
     related = None
     if group > 1:
         relation = cfg.data.get("group_relation", "siblings")
-        related = (tv.family_groups(onto, views.terms, cfg.loss.hierarchy.max_hops) if relation == "family"
-                   else tv.related_groups(onto, views.terms))
-    ds = tv.stage1_dataset(views, num_terms=terms, views_per_term=cfg.data.views_per_term, seed=cfg.seed,
+        related = (tb.family_groups(onto, views.terms, cfg.loss.hierarchy.max_hops) if relation == "family"
+                   else tb.related_groups(onto, views.terms))
+    ds = tb.stage1_dataset(views, num_terms=terms, views_per_term=cfg.data.views_per_term, seed=cfg.seed,
                            term_pool=pool, kind_weights=dict(cfg.data.kind_weights), group=group, related=related,
                            mention_rate=cfg.data.get("mention_rate", 0.0))
     ds = ds.map(Stage1Features(tokenizer, cfg.data.max_len, anc, hops, organs)).to_iter_dataset()

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from phenolip_jax.data import term_batches as tb
 from phenolip_jax.data import text_views as tv
 
 
@@ -82,7 +83,7 @@ def test_custom_root_and_separator(onto):
 
 def test_sample_term_batch_shape_names_and_determinism(views):
     n, k = 16, 8
-    texts, idx = tv.sample_term_batch(views, views.terms, np.random.default_rng(3), n, k)
+    texts, idx = tb.sample_term_batch(views, views.terms, np.random.default_rng(3), n, k)
     assert len(texts) == n * k and idx.shape == (n * k,) and idx.dtype == np.int32
     terms = idx.reshape(n, k)
     assert (terms == terms[:, :1]).all() and len(set(terms[:, 0].tolist())) == n
@@ -93,42 +94,42 @@ def test_sample_term_batch_shape_names_and_determinism(views):
         assert set(chunk) <= {t for t, _ in own}
         if len(own) >= k:  # enough views: no repeats
             assert len(set(chunk)) == k
-    again = tv.sample_term_batch(views, views.terms, np.random.default_rng(3), n, k)
+    again = tb.sample_term_batch(views, views.terms, np.random.default_rng(3), n, k)
     assert again[0] == texts and (again[1] == idx).all()
-    other = tv.sample_term_batch(views, views.terms, np.random.default_rng(4), n, k)
+    other = tb.sample_term_batch(views, views.terms, np.random.default_rng(4), n, k)
     assert other[0] != texts
 
 
 def test_sample_views_repeats_only_when_short():
     rng = np.random.default_rng(0)
     short = (("Name", "name"), ("Syn", "synonym"))
-    out = tv.sample_views(short, 5, rng)
+    out = tb.sample_views(short, 5, rng)
     assert out[:2] == ["Name", "Syn"] and len(out) == 5 and set(out) == {"Name", "Syn"}
     long = (("N", "name"),) + tuple((f"s{j}", "synonym") for j in range(10))
-    assert len(set(tv.sample_views(long, 8, rng))) == 8
+    assert len(set(tb.sample_views(long, 8, rng))) == 8
 
 
 def test_bad_arguments_raise(onto, views):
     with pytest.raises(ValueError):
-        tv.sample_term_batch(views, views.terms[:3], np.random.default_rng(0), 4, 2)
+        tb.sample_term_batch(views, views.terms[:3], np.random.default_rng(0), 4, 2)
     with pytest.raises(ValueError):
-        tv.sample_views(views.views[int(views.terms[0])], 0, np.random.default_rng(0))
+        tb.sample_views(views.views[int(views.terms[0])], 0, np.random.default_rng(0))
     with pytest.raises(ValueError):
         tv.build_text_views(onto, holdout_fraction=1.0)
     with pytest.raises(ValueError):
-        tv.stage1_dataset(views, num_terms=10, views_per_term=2, seed=0, term_pool=views.terms[:5])
+        tb.stage1_dataset(views, num_terms=10, views_per_term=2, seed=0, term_pool=views.terms[:5])
 
 
 def test_grain_pipeline_batches_and_checkpoints(views):
     n, k = 8, 4
     pool = views.terms[:20]  # 2 full batches per epoch, remainder dropped
-    ds = tv.stage1_dataset(views, num_terms=n, views_per_term=k, seed=7, term_pool=pool)
+    ds = tb.stage1_dataset(views, num_terms=n, views_per_term=k, seed=7, term_pool=pool)
     it = iter(ds.to_iter_dataset())
     epoch_terms = []
     for _ in range(3):
         batch = next(it)
         assert batch["texts"].shape == (n, k) and batch["term_idx"].shape == (n, k)
-        texts, idx = tv.flatten_term_batch(batch)
+        texts, idx = tb.flatten_term_batch(batch)
         assert len(texts) == n * k and idx.dtype == np.int32
         terms = batch["term_idx"][:, 0]
         assert len(set(terms.tolist())) == n and set(terms.tolist()) <= set(pool.tolist())
@@ -148,7 +149,7 @@ def test_sample_views_balances_kinds():
     # One synonym beside 40 relation views: kind balancing draws the synonym about half the time.
     term = [("name", "name"), ("syn", "synonym")] + [(f"child {i} [SEP] is a", "relation_child") for i in range(40)]
     rng = np.random.default_rng(0)
-    hits = sum("syn" in tv.sample_views(term, 2, rng) for _ in range(2000))
+    hits = sum("syn" in tb.sample_views(term, 2, rng) for _ in range(2000))
     assert 850 < hits < 1150  # uniform over views would give ~49
 
 
@@ -190,10 +191,10 @@ def test_held_out_texts_never_reach_training(typed_views, tok):
     held = {t.casefold() for s in typed_views.query_sets.values() for t, _ in s}
     training = {t.casefold() for vs in typed_views.views.values() for t, _ in vs}
     assert not held & training
-    ds = tv.stage1_dataset(typed_views, num_terms=512, views_per_term=8, seed=0)
+    ds = tb.stage1_dataset(typed_views, num_terms=512, views_per_term=8, seed=0)
     emitted = set()
     for step in range(40):  # > one epoch of the terms that have held-out texts
-        texts, _ = tv.flatten_term_batch(ds[step])
+        texts, _ = tb.flatten_term_batch(ds[step])
         emitted.update(t.casefold() for t in texts)
     assert len(emitted) > 50000
     assert not held & emitted
@@ -207,32 +208,32 @@ def test_bad_typed_fraction_raises(onto, typed):
 def test_kind_weights_shift_the_draw():
     term = [("name", "name"), ("syn", "synonym"), ("def", "definition"), ("child [SEP] is a", "relation_child")]
     rng = np.random.default_rng(0)
-    draws = [tv.sample_views(term, 2, rng, {"synonym": 6.0, "definition": 1.0, "relation_child": 1.0})[1]
+    draws = [tb.sample_views(term, 2, rng, {"synonym": 6.0, "definition": 1.0, "relation_child": 1.0})[1]
              for _ in range(2000)]
     assert 1350 < draws.count("syn") < 1650  # 6/8 of the draws; balanced kinds would give ~1/3
-    only = [tv.sample_views(term, 3, rng, {"synonym": 1.0, "definition": 0.0, "relation_child": 0.0})[1:]
+    only = [tb.sample_views(term, 3, rng, {"synonym": 1.0, "definition": 0.0, "relation_child": 0.0})[1:]
             for _ in range(200)]
     assert all(o[0] == "syn" or o[1] == "syn" for o in only)  # zero-weight kinds only fill the second slot
 
 
 def test_hard_negative_groups_bring_siblings(onto, views):
-    related = tv.related_groups(onto, views.terms)
+    related = tb.related_groups(onto, views.terms)
     some = [int(t) for t in views.terms[:200]]
     for t in some:
         sib = {int(c) for p in onto.parents(t) for c in onto.children(p)} - {t}
         if sib & set(views.terms.tolist()):
             assert set(related[t].tolist()) == sib & set(views.terms.tolist())
     n, k, g = 16, 2, 4
-    ds = tv.stage1_dataset(views, num_terms=n, views_per_term=k, seed=0, group=g, related=related)
+    ds = tb.stage1_dataset(views, num_terms=n, views_per_term=k, seed=0, group=g, related=related)
     batch = ds[0]
     assert batch["texts"].shape == (n // g, g * k)
-    texts, idx = tv.flatten_term_batch(batch)
+    texts, idx = tb.flatten_term_batch(batch)
     assert len(texts) == n * k
     for row in batch["term_idx"]:
         seed, others = int(row[0]), row[k::k]
         assert all(int(o) in set(related[seed].tolist()) for o in others if len(related[seed]))
     with pytest.raises(ValueError, match="divide"):
-        tv.stage1_dataset(views, num_terms=n, views_per_term=k, seed=0, group=3, related=related)
+        tb.stage1_dataset(views, num_terms=n, views_per_term=k, seed=0, group=3, related=related)
 
 
 def test_held_out_queries_do_not_leak_after_normalising(typed_views):
@@ -265,7 +266,7 @@ def test_validation_queries_are_carved_from_each_set(onto, typed, typed_views):
 
 
 def test_family_groups_are_is_a_relatives_within_max_hops(onto, views):
-    family = tv.family_groups(onto, views.terms, max_hops=2)
+    family = tb.family_groups(onto, views.terms, max_hops=2)
     pool = set(views.terms.tolist())
     for t in [int(t) for t in views.terms[:300]]:
         parents = {int(p) for p in onto.parents(t)}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from phenolip_jax.data import mention_views as mv
+from phenolip_jax.data import term_batches as tb
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.link import mentions
 from phenolip_jax.ontology import load_ontology
@@ -115,9 +116,9 @@ def test_inflection_reordering_and_dropping():
 def test_mention_rate_rewrites_views_after_the_name():
     views = {0: (("Abnormality of the kidney", "name"), ("Renal anomaly", "synonym"), ("kidney [SEP] part of", "relation_parent")),
              1: (("Hepatomegaly", "name"), ("Enlarged liver", "synonym"))}
-    plain = tv.SampleTermViews(views, views_per_term=3)
-    mention = tv.SampleTermViews(views, views_per_term=3, mention_rate=1.0)
-    off = tv.SampleTermViews(views, views_per_term=3, mention_rate=0.0)
+    plain = tb.SampleTermViews(views, views_per_term=3)
+    mention = tb.SampleTermViews(views, views_per_term=3, mention_rate=1.0)
+    off = tb.SampleTermViews(views, views_per_term=3, mention_rate=0.0)
     a = plain.random_map(0, np.random.default_rng(1))
     assert off.random_map(0, np.random.default_rng(1))["texts"].tolist() == a["texts"].tolist()  # 0: unchanged
     for seed in range(5):
@@ -166,7 +167,7 @@ def test_mention_views_never_reproduce_a_held_out_query_or_another_terms_string(
     assert guard(0, "renal cysts") and guard(1, "renal corticomedullary cyst")
     # Through the sampler: term 1's name can only become 'renal corticomedullary cyst' (dropping 'corticomedullary'
     # would give its parent's name, and its synonym only forms of the held-out query), so nothing else appears.
-    sampler = tv.SampleTermViews(views, views_per_term=2, mention_rate=1.0)
+    sampler = tb.SampleTermViews(views, views_per_term=2, mention_rate=1.0)
     sampler._guard = guard
     seen = {sampler.random_map(1, np.random.default_rng(s))["texts"].tolist()[1] for s in range(40)}
     assert seen <= {"renal corticomedullary cyst", "Thin nail", "Renal corticomedullary cysts"}
