@@ -18,7 +18,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from phenolip_jax import config_lib, config_tools, distributed
+from phenolip_jax import config_checks, config_lib, config_tools, distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -82,7 +82,7 @@ def prepare(cfg, workdir: str) -> None:
     """Validation and the run's config memory: everything that can refuse a run, before any data is loaded."""
     if cfg.stage == "export" and not cfg.output:
         cfg.output = workdir  # as predict and eval write into the --workdir
-    config_lib.validate(cfg, jax.device_count())
+    config_checks.validate(cfg, jax.device_count())
     if cfg.stage in TRAINING_STAGES:
         changes = config_tools.check_resume_config(cfg, workdir, allow_changes=_ALLOW_CHANGE.value)
         if changes:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks
 from tests.tasks.conftest import REPO, load_config
 
 
@@ -15,42 +15,42 @@ def test_stage_configs_have_run_fields(name):
     cfg = load_config(name)
     for field in ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every"):
         assert field in cfg
-    config_lib.validate(cfg, 1)
+    config_checks.validate(cfg, 1)
 
 
 def test_batch_not_divisible_by_devices():
     cfg = load_config("stage2")
     cfg.data.batch_size = 12
     with pytest.raises(ValueError, match="config.data.batch_size=12"):
-        config_lib.validate(cfg, 8)
+        config_checks.validate(cfg, 8)
 
 
 def test_patch_size_must_divide_image_size():
     cfg = load_config("stage2")
     cfg.model.image["patch_size"] = 7
     with pytest.raises(ValueError, match="config.model.image.patch_size=7"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_missing_teacher_path_named():
     cfg = load_config("stage2")
     cfg.teacher.workdir = "/nonexistent/teacher"
     with pytest.raises(ValueError, match="config.teacher.workdir"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_mesh_must_fit_devices():
     cfg = load_config("stage2")
     cfg.mesh.fsdp = 3
     with pytest.raises(ValueError, match="config.mesh"):
-        config_lib.validate(cfg, 8)
+        config_checks.validate(cfg, 8)
 
 
 def test_accumulation_must_split_batch():
     cfg = load_config("stage2")
     cfg.optim.grad_accum_steps = 3
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_unknown_variant_is_an_error():
@@ -71,21 +71,21 @@ def test_stage1_batch_error_names_its_fields():
     cfg.data.terms_per_batch = 3
     cfg.data.views_per_term = 1
     with pytest.raises(ValueError, match="terms_per_batch x config.data.views_per_term=3"):
-        config_lib.validate(cfg, 8)
+        config_checks.validate(cfg, 8)
 
 
 def test_teacher_dir_must_be_a_finished_stage1_run(tmp_path):
     cfg = load_config("stage2")
     cfg.teacher.workdir = str(tmp_path)
     with pytest.raises(ValueError, match="not a finished stage-1 workdir"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_unknown_loss_kind():
     cfg = load_config("stage2")
     cfg.loss.kind = "hinge"
     with pytest.raises(ValueError, match="config.loss.kind='hinge'"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 # --- one clear line before any work (issue 16 item 4) ---------------------------------------------------------
@@ -121,7 +121,7 @@ def test_enumerated_and_sized_fields_are_validated(field, value, match):
     cfg = load_config("stage2")
     cfg[field.split(".")[0]][field.split(".")[1]] = value
     with pytest.raises(ValueError, match=match):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
@@ -135,14 +135,14 @@ def test_hierarchy_weights_are_checked_before_any_trace(stage, field, value, mat
     cfg = load_config(stage)
     cfg.loss.hierarchy[field] = value
     with pytest.raises(ValueError, match=match):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_jsonl_source_needs_a_manifest():
     cfg = load_config("stage2")
     cfg.data.source = "jsonl"
     with pytest.raises(ValueError, match=r"config\.data\.manifest is empty: config\.data\.source='jsonl'"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_unknown_evaluator_fails_before_any_evaluator_runs(tmp_path):
@@ -150,7 +150,7 @@ def test_unknown_evaluator_fails_before_any_evaluator_runs(tmp_path):
     cfg.checkpoint = str(tmp_path)
     cfg.evaluators = ("retrieval", "zero_shoot")
     with pytest.raises(ValueError, match=r"config\.evaluators has unknown 'zero_shoot': use any of retrieval, "):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_list_config_prints_fields_with_comments_and_the_variants():

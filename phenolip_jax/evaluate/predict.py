@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from phenolip_jax import config_lib, inference
+from phenolip_jax import config_checks, inference
 from phenolip_jax.artifacts import output_folder
 from phenolip_jax.data import demo, dicom
 from phenolip_jax.data.images import IMAGE_EXTENSIONS
@@ -31,7 +31,7 @@ PHENOTYPIC_ABNORMALITY = "HP:0000118"
 
 def validate(cfg: Any) -> None:
     """Checks every field before anything loads; one line naming the field and what it allows (config_lib)."""
-    config_lib.validate(cfg, num_devices=1)
+    config_checks.validate(cfg, num_devices=1)
     # Probability fields are checked here, as config_lib does not know them.
     if not isinstance(cfg.temperature, (int, float)) or cfg.temperature < 0:
         raise ValueError(f"config.temperature={cfg.temperature!r} must be >= 0 (0 = the run's calibration.json or 1)")

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks
 from phenolip_jax.artifacts import output_folder
 from phenolip_jax.data import manifest, paths
 from phenolip_jax.evaluate import phenotype_cache
@@ -76,7 +76,7 @@ def write_outputs(out_dir: str, records: list, rows: list[dict[str, Any]], summa
 
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Links every caption of config.input; writes the outputs and returns the summary."""
-    config_lib.validate(cfg, num_devices=1)
+    config_checks.validate(cfg, num_devices=1)
     t0 = time.time()
     out_dir = output_folder(cfg, workdir)
     records, report, fmt = inputs.read_input(cfg.input, cfg.input_format)

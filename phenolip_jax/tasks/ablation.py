@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from phenolip_jax import artifacts, config_lib, config_tools
+from phenolip_jax import artifacts, config_checks, config_lib, config_tools
 from phenolip_jax.evaluate import medpix_labels
 from phenolip_jax.ontology import load_ontology
 from phenolip_jax.tasks import ablation_tables, stage1, stage2
@@ -133,7 +133,7 @@ def check_workdir(cfg: Any, workdir: str, teachers: dict[str, str]) -> None:
 
 def validate(cfg: Any) -> None:
     """Checks the ablation's own fields (config_lib's checks; each arm's stage-2 config is checked when it starts)."""
-    config_lib.validate(cfg, num_devices=1)
+    config_checks.validate(cfg, num_devices=1)
 
 
 def _on_more_test_pairs(cfg: Any, arm: str, seed: int, teachers: dict[str, str], workdir: str) -> dict[str, Any]:

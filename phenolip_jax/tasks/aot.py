@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks, config_lib
 from phenolip_jax.tasks import stage1, stage2
 from phenolip_jax.train import aot
 
@@ -16,7 +16,7 @@ def compile_config(cfg: Any, topology: str) -> aot.AotReport:
         raise ValueError(f"--aot compiles a training stage; config.stage={cfg.stage!r} is not one of "
                          f"{sorted(ABSTRACT_STEPS)}")
     mesh = aot.topology_mesh(topology, cfg.mesh.data, cfg.mesh.fsdp)
-    config_lib.validate(cfg, mesh.size, aot=True)
+    config_checks.validate(cfg, mesh.size, aot=True)
     step, batch = ABSTRACT_STEPS[cfg.stage](cfg, mesh)
     return aot.compile_report(topology, step, batch)
 

@@ -14,7 +14,7 @@ import grain
 import jax
 import numpy as np
 
-from phenolip_jax import artifacts, config_lib
+from phenolip_jax import artifacts, config_checks
 from phenolip_jax.data import term_batches as tb
 from phenolip_jax.data import text_views as tv
 from phenolip_jax.data.tokenize import tokenize_captions
@@ -171,7 +171,7 @@ def abstract_step(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[build_lib.ShardedS
 
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 1 from `cfg` into `workdir`; returns the before/after evaluation."""
-    config_lib.validate(cfg, jax.device_count())
+    config_checks.validate(cfg, jax.device_count())
     if cfg.text.head_init not in ("random", "identity"):
         raise ValueError(f"config.text.head_init={cfg.text.head_init!r}: use 'random' or 'identity'")
     if not 0.0 <= float(cfg.data.get("mention_rate", 0.0)) <= 1.0:

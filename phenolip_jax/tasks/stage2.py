@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phenolip_jax import artifacts, config_lib
+from phenolip_jax import artifacts, config_checks, config_lib
 from phenolip_jax.convert import export, open_clip
 from phenolip_jax.data import demo, dicom, images, paths, pipeline, sources
 from phenolip_jax.data.manifest import read_and_validate
@@ -242,7 +242,7 @@ def abstract_step(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[build_lib.ShardedS
 
 def run(cfg: Any, workdir: str) -> dict[str, Any]:
     """Trains stage 2 from `cfg` into `workdir`; returns the final held-out evaluation."""
-    config_lib.validate(cfg, jax.device_count())
+    config_checks.validate(cfg, jax.device_count())
     sources.validate_source(cfg.data)  # before the ontology and the text encoder load
     dicom.configure_from(cfg.data, "config.data")
     if warning := common.teacher_family_warning(cfg):

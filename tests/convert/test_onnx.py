@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks, config_lib
 from phenolip_jax.convert import export, onnx_export
 from phenolip_jax.convert import open_clip as oc
 from phenolip_jax.models import bert as bert_lib
@@ -155,7 +155,7 @@ def test_missing_exporter_fails_naming_the_install(tmp_path, monkeypatch):
 
 def test_config_accepts_onnx_and_names_unknown_formats(tmp_path):
     cfg = _config(checkpoint=str(tmp_path), output=str(tmp_path / "o"), formats=("open_clip", "onnx"))
-    config_lib.validate(cfg, num_devices=1)
+    config_checks.validate(cfg, num_devices=1)
     cfg.formats = ("onnx", "tflite")
     with pytest.raises(ValueError, match="config.formats has unknown 'tflite'.*onnx"):
-        config_lib.validate(cfg, num_devices=1)
+        config_checks.validate(cfg, num_devices=1)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks, config_lib
 from tests.link.conftest import IDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,4 +51,4 @@ def test_config_errors_name_the_field(tmp_path, field, value, message):
     cfg.input = str(tmp_path / "c.txt")
     cfg[field] = value
     with pytest.raises(ValueError, match=f"^{message}"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)

@@ -1,12 +1,12 @@
 """Config errors not covered by tests/test_config.py: every one is a ValueError naming the field, raised by
-`config_lib.validate`, which the stages call before loading data or compiling anything."""
+`config_checks.validate`, which the stages call before loading data or compiling anything."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks
 from tests.tasks.conftest import REPO, load_config
 
 
@@ -16,7 +16,7 @@ def test_missing_paths_are_named(field, tmp_path):
     section, key = field.split(".")
     cfg[section][key] = str(tmp_path / "does_not_exist")
     with pytest.raises(ValueError, match=rf"config\.{field}=.*does not exist"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_missing_teacher_workdir_is_named_for_stage2_variants(tmp_path):
@@ -26,7 +26,7 @@ def test_missing_teacher_workdir_is_named_for_stage2_variants(tmp_path):
     cfg.data.manifest = str(tmp_path / "manifest.jsonl")  # source='jsonl' needs one
     cfg.teacher.workdir = str(tmp_path / "no_teacher")
     with pytest.raises(ValueError, match=r"config\.teacher\.workdir="):
-        config_lib.validate(cfg, 8)
+        config_checks.validate(cfg, 8)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -38,7 +38,7 @@ def test_non_positive_run_lengths_are_named(field, value, match):
     cfg = load_config("stage2")
     cfg[field] = value
     with pytest.raises(ValueError, match=match):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 @pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf")])
@@ -46,14 +46,14 @@ def test_bad_learning_rate_is_named(lr):
     cfg = load_config("stage2")
     cfg.optim.lr = lr
     with pytest.raises(ValueError, match=r"config\.optim"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
 
 
 def test_stage1_batch_must_split_over_devices():
     cfg = load_config("stage1")
     cfg.data.terms_per_batch = 3  # 3 terms x 2 views = 6 rows on 8 devices
     with pytest.raises(ValueError, match="not divisible by the device count 8"):
-        config_lib.validate(cfg, 8)
+        config_checks.validate(cfg, 8)
 
 
 def test_bad_shape_on_the_command_line_fails_before_any_compilation(tmp_path):

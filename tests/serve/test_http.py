@@ -10,7 +10,7 @@ from http.client import HTTPConnection
 
 import pytest
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks, config_lib
 from phenolip_jax.serve import server
 from phenolip_jax.serve.engine import Upload
 from tests.serve.conftest import FIFTY_MB, http, multipart, post_case, serve_config
@@ -86,7 +86,7 @@ def test_a_busy_port_or_a_bad_field_is_a_config_error_naming_it(stage2_workdir, 
         cfg = serve_config(stage2_workdir, "")
         cfg[field] = value
         with pytest.raises(ValueError, match=message):
-            config_lib.validate(cfg, 1)
+            config_checks.validate(cfg, 1)
 
 
 def test_main_serves_a_run(stage2_workdir, candidates_file, tmp_path):

@@ -1,13 +1,13 @@
 """Every config field does something: a tiny stage-1 and stage-2 run under a read tracker must read every leaf
 of every variant of configs/stage1.py and configs/stage2.py, except the fields listed below, which are read only
-in another mode (named beside each) and are checked by `config_lib.validate`."""
+in another mode (named beside each) and are checked by `config_checks.validate`."""
 import pytest
 
-from phenolip_jax import config_lib, config_tools
+from phenolip_jax import config_checks, config_tools
 from tests.tasks.conftest import load_config
 from tests.tasks.test_stages import tiny_stage1, tiny_stage2
 
-VALIDATE = config_lib.validate  # the module fixture below switches it off for the tracked runs
+VALIDATE = config_checks.validate  # the module fixture below switches it off for the tracked runs
 
 # field -> the setting under which the run reads it (these runs use the other branch).
 READ_ONLY_WHEN = {
@@ -27,7 +27,7 @@ READ_ONLY_WHEN = {
         "loss.struct_temperature": "loss.struct_weight > 0",
         "optim.end_factor": "optim.schedule='cosine' (the tiny run is constant)",
         "optim.freeze_pattern": "optim.freeze_steps > 0",
-        "init.required": "config_lib.validate (an empty init.checkpoint is refused before anything loads)",
+        "init.required": "config_checks.validate (an empty init.checkpoint is refused before anything loads)",
         "loss.hierarchy.own_share": "loss.hierarchy.mode='soft'",
     },
 }
@@ -40,7 +40,7 @@ def reads(tiny_bert_dir, tiny_demo_dir, tmp_path_factory, monkeypatch_module):
     """(stage1 leaves read, stage2 leaves read) by tiny runs, validation switched off so it counts nothing."""
     from phenolip_jax.tasks import stage1, stage2
 
-    monkeypatch_module.setattr(config_lib, "validate", lambda cfg, n: None)  # it reads every field it checks
+    monkeypatch_module.setattr(config_checks, "validate", lambda cfg, n: None)  # it reads every field it checks
     cfg1 = tiny_stage1(tiny_bert_dir)
     teacher = str(tmp_path_factory.mktemp("teacher"))
     with config_tools.track_reads(cfg1) as read1:

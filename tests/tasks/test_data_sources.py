@@ -11,7 +11,7 @@ import pytest
 from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks, config_lib
 from phenolip_jax.data import paths, sources
 from phenolip_jax.data.packing import pack_manifest
 from phenolip_jax.ontology import load_ontology
@@ -100,7 +100,7 @@ def test_bucket_urls_are_not_mangled(fake_gcs, tiny_demo_dir):
     sources.validate_source(data_cfg(source="jsonl", manifest=url, image_root=BUCKET))
     cfg = config_lib.load_config("stage2")
     cfg.data.source, cfg.data.manifest = "jsonl", url
-    config_lib.validate(cfg, 8)  # the URL is left to epath, not rejected by os.path.exists
+    config_checks.validate(cfg, 8)  # the URL is left to epath, not rejected by os.path.exists
 
 
 def test_bucket_manifest_and_packed_shards_give_the_same_batches(fake_gcs, tiny_bert_dir, tiny_demo_dir, onto,

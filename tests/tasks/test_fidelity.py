@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phenolip_jax import config_lib
+from phenolip_jax import config_checks
 from tests.tasks.conftest import load_config
 
 
@@ -17,10 +17,10 @@ def test_biomedclip_variant_refuses_to_start_without_biomedclip(tmp_path):
     manifest.write_text("")
     cfg.data.manifest = str(manifest)
     with pytest.raises(ValueError, match=r"config.init.checkpoint is empty: .*huggingface-cli download"):
-        config_lib.validate(cfg, 1)
-    config_lib.validate(cfg, 1, aot=True)  # compiling for a TPU loads no weights
+        config_checks.validate(cfg, 1)
+    config_checks.validate(cfg, 1, aot=True)  # compiling for a TPU loads no weights
     cfg.init.checkpoint = cfg.text.hf_dir = str(tmp_path)
-    config_lib.validate(cfg, 1)
+    config_checks.validate(cfg, 1)
 
 
 def test_freezing_randomly_initialised_towers_is_refused():

@@ -32,16 +32,16 @@ def test_identity_head_needs_room(tiny_bert_dir):
 
 
 def test_zero_steps_allowed_for_stage1_only():
-    from phenolip_jax import config_lib
+    from phenolip_jax import config_checks
     from tests.tasks.conftest import load_config
 
     cfg = load_config("stage1")
     cfg.total_steps = 0  # saves the starting encoder: the untrained-teacher baseline
-    config_lib.validate(cfg, 1)
+    config_checks.validate(cfg, 1)
     cfg = load_config("stage2")
     cfg.total_steps = 0
     with pytest.raises(ValueError, match="config.total_steps=0"):
-        config_lib.validate(cfg, 1)
+        config_checks.validate(cfg, 1)
     cfg = load_config("stage1")
     cfg.text.head_init = "zeros"
     with pytest.raises(ValueError, match="head_init"):

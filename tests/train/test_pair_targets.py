@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from phenolip_jax import config_lib, losses
+from phenolip_jax import config_checks, config_lib, losses
 from phenolip_jax.train import objectives
 
 
@@ -163,7 +163,7 @@ def test_hierarchy_mode_and_share_are_validated():
         h = _hierarchy()
         h[field] = value
         with pytest.raises(ValueError, match=match):
-            config_lib._validate_hierarchy(h)
+            config_checks._validate_hierarchy(h)
 
 
 @pytest.mark.parametrize("chunk,padded", [(3, False), (8, True)])
