@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.stage2.checkpoint_every = 150
     if arg == "medpix":
         # Stage 2 on MedPix 2.0 (configs/stage2.py:medpix; set stage2.data.packed_dir to a linked pack), the same
-        # arms and steps as the demo ablation: 10.5-19 min per run on the 2-core CPU at load 2-4 (RESULTS.md).
+        # arms and steps as the demo ablation: 7.5-23 min per run on the 2-core CPU at load 1-6 (RESULTS.md).
         c.stage2 = config_lib.load_config("stage2", "medpix")
         c.stage2.total_steps = 150
         c.stage2.eval_every = 0
