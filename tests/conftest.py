@@ -88,3 +88,19 @@ def stage2_workdir(tiny_bert_dir, tiny_demo_dir, stage1_workdir, tmp_path_factor
     workdir = str(tmp_path_factory.mktemp("eval_stage2"))
     stage2.run(tiny_stage2(tiny_bert_dir, tiny_demo_dir, stage1_workdir), workdir)
     return workdir
+
+
+@pytest.fixture(autouse=True)
+def _dicom_settings_stay_in_their_test():
+    """A run sets its DICOM window / frame in os.environ for its grain workers (data/dicom.configure) and leaves it
+    set; restoring it after every test keeps one test's window out of the next test's decodes."""
+    from phenolip_jax.data import dicom
+
+    names = (dicom.WINDOW_ENV, dicom.FRAME_ENV)
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
