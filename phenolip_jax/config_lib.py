@@ -19,7 +19,7 @@ ZERO_SHOT_TEMPLATES = (
 )
 
 
-# Allowed values of the enumerated fields, checked by `validate` (one place, named in its errors).
+# Allowed values of the enumerated fields, checked by `config_checks.validate` (one place, named in its errors).
 DATA_SOURCES = ("demo", "jsonl", "arrayrecord", "tfds")  # config.data.source of stage 2 (data/sources.py)
 REMAT_POLICIES = ("none", "full", "save_dots")  # config.model.remat (stage 2) / config.text.remat (stage 1)
 EVALUATORS = ("retrieval", "matching", "zero_shot", "hierarchy", "unseen", "linear_probe")  # config.evaluators (eval)

@@ -1,5 +1,7 @@
 """Stage-1 batches: N terms x K text views each, drawn from `text_views.TermViews` (names first, kinds balanced),
-optionally grouped with hard negatives (siblings) or is-a relatives, as an endless grain dataset."""
+optionally grouped with hard negatives (siblings) or is-a relatives, and optionally with mention-like rewrites
+of the later views (`mention_rate`, data/mention_views.py): `stage1_dataset` as an endless grain dataset, and
+`sample_term_batch` as one plain batch."""
 from __future__ import annotations
 
 import collections

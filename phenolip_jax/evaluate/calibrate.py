@@ -20,7 +20,7 @@ from phenolip_jax.inference import ensemble_prompts
 
 
 def validate(cfg: Any) -> None:
-    """Checks config.calibration before anything loads; one line naming the field (config_lib does not know it)."""
+    """Checks config.calibration before anything loads; one line naming the field (config_checks does not know it)."""
     c = cfg.get("calibration")
     if c is None:  # a config from before the section existed: calibration is off
         return

@@ -30,9 +30,9 @@ PHENOTYPIC_ABNORMALITY = "HP:0000118"
 
 
 def validate(cfg: Any) -> None:
-    """Checks every field before anything loads; one line naming the field and what it allows (config_lib)."""
+    """Checks every field before anything loads; one line naming the field and what it allows (config_checks)."""
     config_checks.validate(cfg, num_devices=1)
-    # Probability fields are checked here, as config_lib does not know them.
+    # Probability fields are checked here, as config_checks does not know them.
     if not isinstance(cfg.temperature, (int, float)) or cfg.temperature < 0:
         raise ValueError(f"config.temperature={cfg.temperature!r} must be >= 0 (0 = the run's calibration.json or 1)")
     if not isinstance(cfg.min_probability, (int, float)) or not 0 <= cfg.min_probability <= 1:

@@ -145,7 +145,7 @@ def encoder_scores(encode: Any, onto: Ontology, pool: np.ndarray,
                    related: Any = None, synonyms: bool = False, names: np.ndarray | None = None) -> dict[str, dict]:
     """{set name: metrics} of one text encoder (`encode(texts) -> [N, D]` unit rows) on query sets {name: (texts,
     gold term indices)}: query -> term name (`names`: the pool's name embeddings, if already encoded), or with
-    `synonyms` the best of the term's name and synonyms (the strings fuzzy matching sees)."""
+    `synonyms` the best of the term's name and synonyms (the strings fuzzy matching sees; `names` is then unused)."""
     if not synonyms:
         names = encode([onto.names[int(t)] for t in pool]) if names is None else names
         return {name: concept_retrieval_metrics(encode(list(texts)), names, gold_rows(pool, gold), ks, related)

@@ -132,7 +132,7 @@ def check_workdir(cfg: Any, workdir: str, teachers: dict[str, str]) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Checks the ablation's own fields (config_lib's checks; each arm's stage-2 config is checked when it starts)."""
+    """Checks the ablation's own fields (config_checks' checks; each arm's stage-2 config is checked when it starts)."""
     config_checks.validate(cfg, num_devices=1)
 
 
