@@ -14,8 +14,7 @@ from typing import Any
 
 from phenolip_jax import artifacts, config_checks, config_lib, config_tools
 from phenolip_jax.evaluate import medpix_labels
-from phenolip_jax.ontology import load_ontology
-from phenolip_jax.tasks import ablation_tables, stage1, stage2
+from phenolip_jax.tasks import ablation_tables, common, stage1, stage2
 
 
 
@@ -179,7 +178,7 @@ def run(cfg: Any, workdir: str) -> dict[str, Any]:
     label_sets = None  # MedPix's label sets, read once and before training, so a bad folder fails fast
     if cfg.medpix.dir:
         m = cfg.medpix
-        label_sets = medpix_labels.read_label_sets(m.dir, load_ontology(cfg.stage2.ontology.obo_path or None),
+        label_sets = medpix_labels.read_label_sets(m.dir, common.load_ontology_from_config(cfg.stage2.ontology),
                                                    m.location_field, int(m.min_test_images))
     if any(ARMS[a].teacher == "trained" for a in cfg.arms) and not cfg.teacher_workdir:
         _teacher(cfg.teacher, teachers["trained"])
